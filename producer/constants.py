@@ -1,0 +1,41 @@
+"""Every Redis key, stream, group and channel name betstream uses, in one place.
+
+Producers, the writer, the confirmer and the gateway must agree on these names; keeping
+them here (as arq does in ``arq/constants.py``) makes a rename a one-line change and lets
+operators find every key the system touches.
+"""
+
+from typing import Final
+
+PREFIX: Final = "betstream"
+
+# Wire contract v1 (docs/wire-contract.md).
+WIRE_VERSION: Final = "1"
+STREAM_INTENTS: Final = f"{PREFIX}:intents"
+FIELD_VERSION: Final = "v"
+FIELD_KID: Final = "kid"
+FIELD_BODY: Final = "body"
+FIELD_SIG: Final = "sig"
+ENTRY_FIELDS: Final = frozenset({FIELD_VERSION, FIELD_KID, FIELD_BODY, FIELD_SIG})
+
+# Outcomes and rejects.
+STREAM_CONFIRMATIONS: Final = f"{PREFIX}:confirmations"
+STREAM_DEADLETTER: Final = f"{PREFIX}:deadletter"
+CHANNEL_USER_PREFIX: Final = f"{PREFIX}:user:"
+
+# Writer coordination.
+GROUP_WRITERS: Final = f"{PREFIX}:writers"
+KEY_WRITER_LEASE: Final = f"{PREFIX}:writer:lease"
+KEY_WRITER_HEALTH: Final = f"{PREFIX}:writer:health"
+KEY_NONCE_PREFIX: Final = f"{PREFIX}:nonce:"
+KEY_STATS: Final = f"{PREFIX}:stats"
+
+
+def user_channel(user_id: int) -> str:
+    """Pub/sub channel on which one user's outcomes are published."""
+    return f"{CHANNEL_USER_PREFIX}{user_id}"
+
+
+def nonce_key(kid: str, nonce: str) -> str:
+    """Nonces are unique per key id, so the key id is part of the Redis key."""
+    return f"{KEY_NONCE_PREFIX}{kid}:{nonce}"

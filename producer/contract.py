@@ -1,0 +1,205 @@
+"""Wire contract v1: the intent bodies upstream services sign (docs/wire-contract.md).
+
+The models are strict on purpose: money amounts are integers in minor units, and a float,
+a bool, an unknown field or an out-of-range value is refused before anything is signed or
+sent. The writer validates again with the same models, so both ends share one definition.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import unicodedata
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from producer.errors import ContractError
+
+KINDS: Final = ("bet", "deposit", "withdrawal", "settle")
+OUTCOMES_SETTLE: Final = ("won", "lost", "void")
+USER_ID_MAX: Final = 2**53 - 1  # JSON-safe integer: browsers receive user ids too.
+AMOUNT_MAX: Final = 10**15  # minor units; keeps every sum far below 2**63.
+ISSUED_AT_MAX: Final = 2**53 - 1
+NONCE_LEN_MIN: Final = 16
+NONCE_LEN_MAX: Final = 64
+TEXT_LEN_MAX: Final = 64
+ODDS_MIN_X100: Final = 101
+ODDS_MAX_X100: Final = 100_000
+BODY_BYTES_MAX: Final = 4096  # a valid body is well under 1 KiB; anything larger is hostile.
+
+_ODDS_RE: Final = re.compile(r"^(0|[1-9][0-9]{0,3})(\.[0-9]{1,2})?$")
+
+
+def _canonical_uuid(value: str) -> str:
+    """Ids are idempotency keys, so exactly one spelling is allowed: lowercase canonical."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+    if str(parsed) != value:
+        raise ValueError("must be a UUID in lowercase canonical form (8-4-4-4-12)")
+    return value
+
+
+def is_canonical_uuid(value: str) -> bool:
+    try:
+        _canonical_uuid(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _odds(value: str) -> str:
+    if not _ODDS_RE.match(value):
+        raise ValueError("must be a decimal string with at most 2 decimal places")
+    x100 = odds_x100(value)
+    if not ODDS_MIN_X100 <= x100 <= ODDS_MAX_X100:
+        raise ValueError("must be between 1.01 and 1000.00")
+    return value
+
+
+def _plain_text(value: str) -> str:
+    """Market and selection names are shown to people: no control or format characters."""
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
+        raise ValueError("must not contain control, format or unassigned characters")
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    return value
+
+
+def odds_x100(odds: str) -> int:
+    """Odds as an integer number of hundredths ("2.50" -> 250): payouts never touch floats."""
+    return int(Decimal(odds) * 100)
+
+
+UuidStr = Annotated[str, AfterValidator(_canonical_uuid)]
+UserId = Annotated[int, Field(gt=0, le=USER_ID_MAX)]
+Amount = Annotated[int, Field(gt=0, le=AMOUNT_MAX)]
+Nonce = Annotated[str, Field(min_length=NONCE_LEN_MIN, max_length=NONCE_LEN_MAX)]
+IssuedAt = Annotated[int, Field(ge=0, le=ISSUED_AT_MAX)]
+Text = Annotated[str, Field(min_length=1, max_length=TEXT_LEN_MAX), AfterValidator(_plain_text)]
+Odds = Annotated[str, AfterValidator(_odds)]
+
+
+class _IntentBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: UuidStr
+    user_id: UserId
+    nonce: Nonce
+    issued_at: IssuedAt
+
+
+class DepositIntent(_IntentBase):
+    """Money in from the outside world (cash account 0 -> player)."""
+
+    kind: Literal["deposit"]
+    amount: Amount
+
+
+class WithdrawalIntent(_IntentBase):
+    """Money out to the outside world (player -> cash account 0)."""
+
+    kind: Literal["withdrawal"]
+    amount: Amount
+
+
+class BetIntent(_IntentBase):
+    """A stake moved from the player into escrow until the bet settles; ``id`` is the bet id."""
+
+    kind: Literal["bet"]
+    amount: Amount
+    market: Text
+    selection: Text
+    odds: Odds
+
+
+class SettleIntent(_IntentBase):
+    """Settles one bet; the payout is computed by the writer, never supplied."""
+
+    kind: Literal["settle"]
+    bet_id: UuidStr
+    outcome: Literal["won", "lost", "void"]
+
+
+Intent = Annotated[
+    Union[DepositIntent, WithdrawalIntent, BetIntent, SettleIntent], Field(discriminator="kind")
+]
+_INTENT_ADAPTER: Final = TypeAdapter(Intent)
+
+
+def parse_intent(body: bytes) -> Intent:
+    """Validate a body as stored in the stream; raise :class:`ContractError` with the cause."""
+    if len(body) > BODY_BYTES_MAX:
+        raise ContractError(f"body is {len(body)} bytes, over {BODY_BYTES_MAX}", "too_large")
+    try:
+        return _INTENT_ADAPTER.validate_json(body, strict=True)
+    except ValidationError as exc:
+        raise ContractError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One short line per failing field, e.g. ``amount: Input should be a valid integer``."""
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def encode_body(fields: dict[str, Any]) -> bytes:
+    """Compact JSON with sorted keys, as the contract asks producers to emit."""
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def intent_body(intent: Intent) -> bytes:
+    """The exact bytes that are signed and stored for a validated intent."""
+    return encode_body(intent.model_dump())
+
+
+def new_nonce() -> str:
+    """32 hex characters from the OS CSPRNG: unique per key with overwhelming probability."""
+    return secrets.token_hex(16)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _common(user_id: int, intent_id: str | None) -> dict[str, Any]:
+    return {
+        "id": intent_id or str(uuid.uuid4()),
+        "user_id": user_id,
+        "nonce": new_nonce(),
+        "issued_at": now_ms(),
+    }
+
+
+def new_deposit(user_id: int, amount: int, intent_id: str | None = None) -> DepositIntent:
+    return DepositIntent(kind="deposit", amount=amount, **_common(user_id, intent_id))
+
+
+def new_withdrawal(user_id: int, amount: int, intent_id: str | None = None) -> WithdrawalIntent:
+    return WithdrawalIntent(kind="withdrawal", amount=amount, **_common(user_id, intent_id))
+
+
+def new_bet(
+    user_id: int, amount: int, market: str, selection: str, odds: str, bet_id: str | None = None
+) -> BetIntent:
+    return BetIntent(
+        kind="bet",
+        amount=amount,
+        market=market,
+        selection=selection,
+        odds=odds,
+        **_common(user_id, bet_id),
+    )
+
+
+def new_settle(user_id: int, bet_id: str, outcome: str, intent_id: str | None = None) -> SettleIntent:
+    return SettleIntent(kind="settle", bet_id=bet_id, outcome=outcome, **_common(user_id, intent_id))

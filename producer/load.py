@@ -1,0 +1,124 @@
+"""Load generator: realistic signed intents at a steady or unlimited rate, with progress.
+
+Deposits fund every user first, then bets (with some hot users, a share of withdrawals and
+of deliberate re-sends) stream at ``rate`` per second. Bodies are built as plain dicts and
+encoded once: the hot path signs and XADDs, it does not re-validate what it just built.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from producer.client import Producer, entry_fields
+from producer.contract import encode_body, new_nonce, now_ms
+
+CHUNK_SIZE_MAX: Final = 500  # intents per pipelined round trip
+SENDS_PER_S: Final = 100  # paced loads send this often
+RECENT_MAX: Final = 100  # duplicates are drawn from this many recent intents
+ODDS_CHOICES: Final = ("1.25", "1.50", "1.90", "2.00", "2.50", "3.10", "5.00", "12.00")
+MARKETS: Final = 20
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    users: int
+    bets: int
+    rate: float = 0.0  # intents per second; 0 = as fast as Redis takes them
+    user_first: int = 1
+    deposit: int = 100_000  # minor units per user
+    stake_max: int = 5_000
+    hot_users: int = 10  # a share of bets goes to a few hot users (realistic skew)
+    hot_share: float = 0.2
+    withdrawal_share: float = 0.0
+    duplicate_share: float = 0.0  # re-send an earlier intent unchanged (same id and nonce)
+    seed: int | None = None
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def per_s(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def _body(kind: str, user_id: int, **extra: Any) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "kind": kind, "user_id": user_id, "nonce": new_nonce(),
+            "issued_at": now_ms(), **extra}
+
+
+def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Deposits for every user, then the bet stream (bodies as dicts, in send order)."""
+    last_user = plan.user_first + plan.users - 1
+    for user in range(plan.user_first, last_user + 1):
+        yield _body("deposit", user, amount=plan.deposit)
+    hot = min(plan.hot_users, plan.users)
+    for _ in range(plan.bets):
+        if hot and rng.random() < plan.hot_share:
+            user = plan.user_first + rng.randrange(hot)
+        else:
+            user = rng.randint(plan.user_first, last_user)
+        if rng.random() < plan.withdrawal_share:
+            yield _body("withdrawal", user, amount=rng.randint(1, plan.stake_max))
+            continue
+        yield _body("bet", user, amount=rng.randint(1, plan.stake_max),
+                    market=f"match-{rng.randrange(MARKETS)}", selection=rng.choice("12X"),
+                    odds=rng.choice(ODDS_CHOICES))
+
+
+def run_load(producer: Producer, plan: LoadPlan,
+             progress: Callable[[int, int], None] | None = None) -> LoadResult:
+    """Send the plan; ``progress(sent, total)`` is called after every chunk."""
+    rng = random.Random(plan.seed)
+    total = plan.users + plan.bets
+    result = LoadResult()
+    started = time.perf_counter()
+    chunk: list[dict[str, Any]] = []
+    chunk_size = chunk_size_for(plan.rate)
+    recent: deque[dict[str, str | bytes]] = deque(maxlen=RECENT_MAX)
+    for body in intents(plan, rng):
+        kind = body["kind"]
+        result.by_kind[kind] = result.by_kind.get(kind, 0) + 1
+        fields = entry_fields(producer.key_for(kind), encode_body(body))
+        chunk.append(fields)
+        if recent and rng.random() < plan.duplicate_share:
+            chunk.append(rng.choice(recent))
+            result.duplicates += 1
+        recent.append(fields)
+        if len(chunk) >= chunk_size:
+            _send(producer, chunk, result, started, plan.rate, progress, total)
+            chunk = []
+    if chunk:
+        _send(producer, chunk, result, started, plan.rate, progress, total)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def chunk_size_for(rate: float) -> int:
+    """Unlimited: big chunks. Paced: about 100 sends per second, so the rate stays smooth."""
+    if rate <= 0:
+        return CHUNK_SIZE_MAX
+    return max(1, min(CHUNK_SIZE_MAX, int(rate / SENDS_PER_S)))
+
+
+def _send(producer: Producer, chunk: list, result: LoadResult, started: float, rate: float,
+          progress: Callable[[int, int], None] | None, total: int) -> None:
+    if rate > 0:  # pace: the chunk may go once the schedule says so
+        due = started + (result.sent + len(chunk)) / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    producer.submit_fields(chunk)
+    result.sent += len(chunk)
+    if progress:
+        progress(result.sent, total)

@@ -1,0 +1,1 @@
+"""betstream workers: the writer, audit and operator CLI around the SQLite ledger."""

@@ -1,0 +1,129 @@
+"""``betstream audit``: prove the ledger invariants of DESIGN.md on an SQLite file.
+
+Each check is one SQL query (the same ones anyone can run with the sqlite3 CLI, see
+docs/ledger.md) plus a recomputation of the batch hash chain. Read-only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from workers.chain import GENESIS_HASH, batch_hash
+from workers.store import connect
+
+EXAMPLES_MAX: Final = 5  # offending ids shown per failed check
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple]:
+    return conn.execute(sql).fetchall()
+
+
+def _none(name: str, sql: str, what: str) -> Callable[[sqlite3.Connection], Check]:
+    """A check that passes when ``sql`` returns no rows."""
+    def run(conn: sqlite3.Connection) -> Check:
+        bad = _rows(conn, sql)
+        if not bad:
+            return Check(name, True, "ok")
+        shown = ", ".join(str(r[0]) for r in bad[:EXAMPLES_MAX])
+        return Check(name, False, f"{len(bad)} {what}, e.g. {shown}")
+    return run
+
+
+def _global_sum(conn: sqlite3.Connection) -> Check:
+    total = _rows(conn, "SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM transaction_ledger")[0]
+    return Check("ledger sums to zero", total[0] == 0, f"sum {total[0]} over {total[1]} rows")
+
+
+def _triggers(conn: sqlite3.Connection) -> Check:
+    names = {r[0] for r in _rows(conn, "SELECT name FROM sqlite_master WHERE type='trigger'")}
+    missing = {"ledger_no_update", "ledger_no_delete"} - names
+    return Check("ledger is append-only", not missing,
+                 "triggers present" if not missing else f"missing triggers {sorted(missing)}")
+
+
+def _hash_chain(conn: sqlite3.Connection) -> Check:
+    batches = conn.execute("SELECT batch_no, rows, prev_hash, hash FROM batches ORDER BY batch_no")
+    rows = conn.execute(
+        "SELECT batch_no, entry_id, txn_id, user_id, amount, ref_type, ref_id, created_at "
+        "FROM transaction_ledger ORDER BY entry_id")
+    grouped = _group_by_batch(rows)
+    prev, count, pending = GENESIS_HASH, 0, next(grouped, None)
+    for batch_no, n_rows, prev_hash, digest in batches:
+        mine: list = []
+        if pending is not None and pending[0] == batch_no:
+            mine, pending = pending[1], next(grouped, None)
+        if prev_hash != prev or n_rows != len(mine) or batch_hash(prev, mine) != digest:
+            return Check("hash chain intact", False, f"broken at batch {batch_no}")
+        prev, count = digest, count + 1
+    if pending is not None:
+        return Check("hash chain intact", False, f"ledger rows outside batch {pending[0]}")
+    return Check("hash chain intact", True, f"{count} batches")
+
+
+def _group_by_batch(rows: sqlite3.Cursor) -> Iterator[tuple[int, list]]:
+    current, group = None, []
+    for batch_no, *row in rows:
+        if batch_no != current and group:
+            yield current, group
+            group = []
+        current = batch_no
+        group.append(tuple(row))
+    if group:
+        yield current, group
+
+
+CHECKS: Final = (
+    _global_sum,
+    _none("every transaction sums to zero",
+          "SELECT txn_id FROM transaction_ledger GROUP BY txn_id HAVING SUM(amount) != 0",
+          "unbalanced transactions"),
+    _none("balances equal ledger sums",
+          "SELECT u.id FROM users u LEFT JOIN (SELECT user_id, SUM(amount) AS s "
+          "FROM transaction_ledger GROUP BY user_id) l ON l.user_id = u.id "
+          "WHERE u.balance != COALESCE(l.s, 0) UNION "
+          "SELECT DISTINCT user_id FROM transaction_ledger "
+          "WHERE user_id NOT IN (SELECT id FROM users)",
+          "accounts differ"),
+    _none("no player below zero", "SELECT id FROM users WHERE id > 0 AND balance < 0",
+          "negative players"),
+    _hash_chain,
+    _none("one stake entry per accepted bet",
+          "SELECT b.id FROM bets b LEFT JOIN transaction_ledger l ON l.ref_type = 'bet' "
+          "AND l.ref_id = b.id AND l.user_id = b.user_id AND l.amount = -b.stake "
+          "GROUP BY b.id HAVING COUNT(l.entry_id) != 1 UNION "
+          "SELECT ref_id FROM transaction_ledger WHERE ref_type = 'bet' "
+          "AND ref_id NOT IN (SELECT id FROM bets)",
+          "bets without exactly one stake"),
+    _none("at most one settlement per bet",
+          "SELECT ref_id FROM transaction_ledger WHERE ref_type = 'settle' GROUP BY ref_id "
+          "HAVING COUNT(DISTINCT txn_id) > 1 UNION "
+          "SELECT id FROM bets WHERE status != 'open' AND id NOT IN "
+          "(SELECT ref_id FROM transaction_ledger WHERE ref_type = 'settle')",
+          "bets settled other than once"),
+    _none("every accepted outcome is in the ledger",
+          "SELECT o.id FROM outcomes o WHERE o.status = 'accepted' AND NOT EXISTS "
+          "(SELECT 1 FROM transaction_ledger l WHERE l.txn_id = o.id)",
+          "accepted outcomes without ledger rows"),
+    _triggers,
+)
+
+
+def audit(path: Path, busy_timeout_ms: int = 5000) -> list[Check]:
+    """Run every check in one read transaction (a consistent snapshot under WAL)."""
+    conn = connect(path, busy_timeout_ms, readonly=True)
+    try:
+        conn.execute("BEGIN")
+        return [check(conn) for check in CHECKS]
+    finally:
+        conn.close()

@@ -1,0 +1,111 @@
+"""Turn a batch of decisions into the rows one SQLite transaction writes. Pure.
+
+Sequence numbers, ledger entry ids and the batch hash are assigned here from the store's
+current heads, so the write itself is a handful of ``executemany`` calls.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workers.chain import LedgerRow, batch_hash
+from workers.decision import ACCEPTED, BetState, Candidate, Decision
+from workers.invariants import require
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """Where the ledger ends: the next write continues from here."""
+
+    seq: int
+    batch_no: int
+    entry_id: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    seq: int
+    id: str
+    entry_id: str
+    kind: str
+    user_id: int
+    status: str
+    reason: str | None
+    detail: str | None
+    balance: int | None
+    body_sha: bytes
+    batch_no: int
+    committed_at: int
+
+    def message(self, duplicate: bool = False) -> dict[str, object]:
+        """The confirmation as published to subscribers (wire fields in DESIGN.md)."""
+        return {
+            "id": self.id, "kind": self.kind, "user_id": self.user_id, "status": self.status,
+            "reason": self.reason, "balance": self.balance, "seq": self.seq,
+            "committed_at": self.committed_at, "duplicate": duplicate, "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Outcomes already on disk for a batch: by intent id (first outcome) and by entry id."""
+
+    by_id: dict[str, OutcomeRow]
+    by_entry: dict[str, OutcomeRow]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    epoch: int
+    batch_no: int
+    committed_at: int
+    outcomes: list[OutcomeRow]
+    ledger: list[LedgerRow]
+    new_bets: list[tuple[str, int, str, str, str, int, str, int]]
+    settled_bets: list[tuple[str, int, str]]  # (status, settled_seq, bet id)
+    balance_deltas: list[tuple[int, int, int]]  # (account, delta, created_at)
+    prev_hash: str
+    hash: str
+    after: Heads  # the store's heads once this batch is committed
+
+
+def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int) -> BatchWrite:
+    """Rows for one transaction; checks that every transaction's postings sum to zero."""
+    batch_no = heads.batch_no + 1
+    outcomes: list[OutcomeRow] = []
+    ledger: list[LedgerRow] = []
+    new_bets, settled = [], []
+    deltas: dict[int, int] = defaultdict(int)
+    for offset, d in enumerate(decisions, start=1):
+        cand, seq = d.candidate, heads.seq + offset
+        outcomes.append(OutcomeRow(
+            seq, cand.id, cand.entry_id, cand.kind, cand.user_id, d.status, d.reason,
+            d.detail, d.balance, cand.body_sha, batch_no, now))
+        if d.status != ACCEPTED:
+            require(not d.postings, "a rejected intent must not post")
+            continue
+        require(sum(a for _, a in d.postings) == 0, f"txn {cand.id} does not sum to zero")
+        ref_id = d.settled_bet.id if d.settled_bet else cand.id
+        for account, amount in d.postings:
+            entry_id = heads.entry_id + len(ledger) + 1
+            ledger.append((entry_id, cand.id, account, amount, cand.kind, ref_id, now))
+            deltas[account] += amount
+        if d.new_bet:
+            new_bets.append(_bet_row(d.new_bet, cand, seq))
+        if d.settled_bet:
+            settled.append((d.settled_bet.status, seq, d.settled_bet.id))
+    digest = batch_hash(heads.hash, ledger)
+    after = Heads(heads.seq + len(outcomes), batch_no, heads.entry_id + len(ledger), digest)
+    return BatchWrite(
+        epoch, batch_no, now, outcomes, ledger, new_bets, settled,
+        [(acc, delta, now) for acc, delta in deltas.items() if delta],
+        heads.hash, digest, after,
+    )
+
+
+def _bet_row(bet: BetState, cand: Candidate, seq: int) -> tuple[str, int, str, str, str, int, str, int]:
+    intent = cand.intent
+    return (bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake, "open", seq)

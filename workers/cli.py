@@ -1,0 +1,132 @@
+"""``betstream``: one command for every process and operator task.
+
+Operators get a clear message and an exit code, never a traceback, for expected faults:
+0 success, 1 a check failed (audit), 2 bad settings or usage, 3 a dependency is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+import redis
+
+from producer.errors import BetstreamError, ConfigError
+from workers.logs import configure_logging, get_logger
+from workers.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGTERM / SIGINT ask for a clean stop: the current batch finishes, the lease is freed."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
+    from producer.signing import Keyring
+    from workers.connections import redis_client
+    from workers.hooks import HealthBeacon, Hooks, ProgressLog
+    from workers.store import Store
+    from workers.writer import Writer, consumer_name
+
+    keyring = Keyring.load(settings.keyring)
+    client = redis_client(settings.redis_url)
+    store = Store(settings.db, settings.sqlite_busy_timeout_ms)
+    consumer = args.consumer or consumer_name()
+    hooks = Hooks(ProgressLog(settings.progress_interval_s),
+                  HealthBeacon(client, consumer, settings.health_ttl_ms))
+    get_logger("betstream.writer").info(
+        "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max)
+    Writer(settings, client, store, keyring, hooks, consumer).run(stop_on_signals())
+    store.close()
+    get_logger("betstream.writer").info("writer.stopped", consumer=consumer)
+    return EXIT_OK
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.audit import audit
+
+    path = args.db or settings.db
+    checks = audit(path, settings.sqlite_busy_timeout_ms)
+    if args.json:
+        print(json.dumps({"db": str(path), "ok": all(c.ok for c in checks),
+                          "checks": [c.__dict__ for c in checks]}))
+    else:
+        print(f"audit of {path}")
+        for c in checks:
+            print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+        print("all invariants hold" if all(c.ok for c in checks) else "INVARIANTS VIOLATED")
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.loadcmd import run_load_command
+
+    return run_load_command(settings, args)
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.devrun import run_demo
+
+    return run_demo(settings, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="betstream", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("writer", help="run the single batching writer")
+    w.add_argument("--consumer", help="consumer name (default writer-<host>-<pid>)")
+    w.set_defaults(func=cmd_writer)
+    a = sub.add_parser("audit", help="prove the ledger invariants; exit 1 on any violation")
+    a.add_argument("--db", help="database file (default BETSTREAM_DB)")
+    a.add_argument("--json", action="store_true", help="machine-readable report")
+    a.set_defaults(func=cmd_audit)
+    ld = sub.add_parser("load", help="push signed demo intents at a given rate")
+    ld.add_argument("--users", type=int, default=100)
+    ld.add_argument("--bets", type=int, default=10_000)
+    ld.add_argument("--rate", type=float, default=0.0, help="intents/s (0 = unlimited)")
+    ld.add_argument("--user-first", type=int, default=1, help="first user id")
+    ld.add_argument("--deposit", type=int, default=100_000, help="minor units per user")
+    ld.add_argument("--withdrawals", type=float, default=0.0, help="share of withdrawals")
+    ld.add_argument("--duplicates", type=float, default=0.0, help="share of re-sent intents")
+    ld.add_argument("--seed", type=int, default=None)
+    ld.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    ld.add_argument("--quiet", action="store_true", help="no progress bar")
+    ld.set_defaults(func=cmd_load)
+    r = sub.add_parser("run", help="start a private pipeline with demo data (make run)")
+    r.add_argument("--users", type=int, default=50)
+    r.add_argument("--bets", type=int, default=20_000)
+    r.add_argument("--rate", type=float, default=0.0)
+    r.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[Settings, argparse.Namespace], int] = args.func
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_format, settings.log_level)
+        return func(settings, args)
+    except ConfigError as exc:
+        print(f"betstream {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"betstream {args.command}: Redis unreachable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BetstreamError as exc:
+        print(f"betstream {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Pure decision logic: what each authenticated intent does to the ledger. No I/O here.
+
+The writer hands in candidates in stream order plus a working copy of the balances and
+bets they touch; this module returns one decision per candidate (an outcome and its
+double-entry postings) and updates the working copy. Because it is pure it is tested
+exhaustively with hypothesis, apart from Redis and SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from producer.contract import (
+    BetIntent,
+    DepositIntent,
+    Intent,
+    SettleIntent,
+    WithdrawalIntent,
+    odds_x100,
+)
+from workers.invariants import require
+
+CASH: Final = 0  # the outside world: deposits come from it, withdrawals go to it
+HOUSE: Final = -1  # the operator's profit and loss
+ESCROW: Final = -2  # open stakes, held until their bet settles
+SYSTEM_ACCOUNTS: Final = (CASH, HOUSE, ESCROW)
+BALANCE_ABS_MAX: Final = 2**62  # every account stays far from SQLite's 64-bit limit
+
+ACCEPTED: Final = "accepted"
+REJECTED: Final = "rejected"
+REASONS: Final = (
+    "insufficient_funds", "duplicate", "stale", "replay", "unknown_user", "invalid",
+    "forbidden_kind", "unknown_bet", "already_settled", "id_conflict",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An authenticated intent in stream order, with any reason found before deciding."""
+
+    entry_id: str
+    ingress_ms: int
+    id: str
+    kind: str
+    user_id: int
+    body_sha: bytes
+    intent: Intent | None  # None when the signed body failed validation (pre_reason set)
+    pre_reason: str | None = None
+    detail: str | None = None
+    kid: str = ""  # the key that signed it: nonces are unique per key
+
+    @classmethod
+    def of(cls, entry_id: str, ingress_ms: int, intent: Intent, body_sha: bytes,
+           kid: str) -> Candidate:
+        return cls(entry_id, ingress_ms, intent.id, intent.kind, intent.user_id, body_sha, intent,
+                   kid=kid)
+
+    def rejected_early(self, reason: str, detail: str | None = None) -> Candidate:
+        """The same candidate, to be rejected with ``reason`` without touching the book."""
+        return replace(self, pre_reason=reason, detail=detail)
+
+
+@dataclass(slots=True)
+class BetState:
+    id: str
+    user_id: int
+    stake: int
+    odds: str
+    status: str  # open | won | lost | void
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    candidate: Candidate
+    status: str
+    reason: str | None
+    balance: int | None  # the user's balance after this intent; None for an unknown user
+    postings: tuple[tuple[int, int], ...] = ()
+    new_bet: BetState | None = None
+    settled_bet: BetState | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class Book:
+    """Working copy of the balances and bets a batch may touch (accounts absent = unknown)."""
+
+    balances: MutableMapping[int, int]
+    bets: MutableMapping[str, BetState] = field(default_factory=dict)
+
+
+def payout(stake: int, odds: str) -> int:
+    """floor(stake x odds) in minor units, with integers only."""
+    return stake * odds_x100(odds) // 100
+
+
+def decide_batch(candidates: Sequence[Candidate], book: Book) -> list[Decision]:
+    """Decide every candidate in order; ``book`` is updated with the accepted effects."""
+    return [decide(candidate, book) for candidate in candidates]
+
+
+def decide(candidate: Candidate, book: Book) -> Decision:
+    """One intent against the book: an outcome, and postings that sum to zero."""
+    intent = candidate.intent
+    if candidate.pre_reason is not None:
+        return _reject(candidate, book, candidate.pre_reason, candidate.detail)
+    require(intent is not None, "a candidate without an intent must carry a reason")
+    if isinstance(intent, DepositIntent):
+        return _deposit(candidate, intent, book)
+    if isinstance(intent, WithdrawalIntent):
+        return _move(candidate, book, intent.user_id, CASH, intent.amount)
+    if isinstance(intent, BetIntent):
+        return _bet(candidate, intent, book)
+    if isinstance(intent, SettleIntent):
+        return _settle(candidate, intent, book)
+    raise TypeError(f"no decision for {type(intent).__name__}")  # programmer error
+
+
+def _reject(candidate: Candidate, book: Book, reason: str, detail: str | None = None) -> Decision:
+    balance = book.balances.get(candidate.user_id)
+    return Decision(candidate, REJECTED, reason, balance, detail=detail)
+
+
+def _deposit(candidate: Candidate, intent: DepositIntent, book: Book) -> Decision:
+    opened = intent.user_id not in book.balances
+    if opened:
+        book.balances[intent.user_id] = 0  # a first deposit opens the account
+    decision = _move(candidate, book, CASH, intent.user_id, intent.amount)
+    if opened and decision.status != ACCEPTED:
+        del book.balances[intent.user_id]  # a refused first deposit opens nothing
+        return _reject(candidate, book, decision.reason or "invalid", decision.detail)
+    return decision
+
+
+def _move(candidate: Candidate, book: Book, source: int, target: int, amount: int) -> Decision:
+    """Move ``amount`` from ``source`` to ``target`` (a player can never go below zero)."""
+    user_id = candidate.user_id
+    if user_id not in book.balances:
+        return _reject(candidate, book, "unknown_user")
+    if source > 0 and book.balances[source] < amount:
+        return _reject(candidate, book, "insufficient_funds")
+    postings = ((source, -amount), (target, amount))
+    if not _within_bounds(book, postings):
+        return _reject(candidate, book, "invalid", "balance would leave the supported range")
+    _apply(book, postings)
+    return Decision(candidate, ACCEPTED, None, book.balances[user_id], postings)
+
+
+def _bet(candidate: Candidate, intent: BetIntent, book: Book) -> Decision:
+    if intent.id in book.bets:  # only reachable if an id was reused under another kind
+        return _reject(candidate, book, "id_conflict")
+    decision = _move(candidate, book, intent.user_id, ESCROW, intent.amount)
+    if decision.status != ACCEPTED:
+        return decision
+    bet = BetState(intent.id, intent.user_id, intent.amount, intent.odds, "open")
+    book.bets[intent.id] = bet
+    return Decision(candidate, ACCEPTED, None, decision.balance, decision.postings, new_bet=bet)
+
+
+def _settle(candidate: Candidate, intent: SettleIntent, book: Book) -> Decision:
+    bet = book.bets.get(intent.bet_id)
+    if bet is None or bet.user_id != intent.user_id:
+        return _reject(candidate, book, "unknown_bet")
+    if bet.status != "open":
+        return _reject(candidate, book, "already_settled")
+    postings = settlement_postings(bet, intent.outcome)
+    if not _within_bounds(book, postings):
+        return _reject(candidate, book, "invalid", "balance would leave the supported range")
+    _apply(book, postings)
+    bet.status = intent.outcome
+    balance = book.balances[intent.user_id]
+    return Decision(candidate, ACCEPTED, None, balance, postings, settled_bet=bet)
+
+
+def settlement_postings(bet: BetState, outcome: str) -> tuple[tuple[int, int], ...]:
+    """won: escrow -S, house -(P-S), player +P; lost: escrow -S, house +S; void: refund."""
+    stake = bet.stake
+    if outcome == "won":
+        paid = payout(stake, bet.odds)
+        return ((ESCROW, -stake), (HOUSE, -(paid - stake)), (bet.user_id, paid))
+    if outcome == "lost":
+        return ((ESCROW, -stake), (HOUSE, stake))
+    if outcome == "void":
+        return ((ESCROW, -stake), (bet.user_id, stake))
+    raise ValueError(f"unknown settlement outcome {outcome!r}")
+
+
+def _within_bounds(book: Book, postings: tuple[tuple[int, int], ...]) -> bool:
+    return all(abs(book.balances.get(acc, 0) + amt) <= BALANCE_ABS_MAX for acc, amt in postings)
+
+
+def _apply(book: Book, postings: tuple[tuple[int, int], ...]) -> None:
+    require(sum(amount for _, amount in postings) == 0, "postings must sum to zero")
+    for account, amount in postings:
+        book.balances[account] = book.balances.get(account, 0) + amount
+        require(account <= 0 or book.balances[account] >= 0, f"player {account} below zero")

@@ -1,0 +1,47 @@
+"""Sort a batch's candidates into first-time intents and repeats. Pure.
+
+A repeat is a redelivered entry or a re-sent intent (same id): it gets its original
+outcome again, never a second effect. Same id with another body is ``id_conflict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workers.batch import OutcomeRow, Stored
+from workers.decision import Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """Publish a stored outcome again; ``outcome`` is None when it is decided in this batch."""
+
+    candidate: Candidate
+    outcome: OutcomeRow | None
+    duplicate: bool
+
+
+def split_repeats(
+    candidates: Sequence[Candidate], stored: Stored
+) -> tuple[list[Candidate], list[Repeat]]:
+    """First-time candidates (in order) and repeats of outcomes stored or decided earlier."""
+    fresh: list[Candidate] = []
+    repeats: list[Repeat] = []
+    first_in_batch: dict[str, Candidate] = {}
+    for cand in candidates:
+        if cand.entry_id in stored.by_entry:
+            repeats.append(Repeat(cand, stored.by_entry[cand.entry_id], duplicate=False))
+            continue
+        earlier = stored.by_id.get(cand.id)
+        sha = earlier.body_sha if earlier else None
+        if earlier is None and cand.id in first_in_batch:
+            sha = first_in_batch[cand.id].body_sha
+        if sha is None:
+            first_in_batch[cand.id] = cand
+            fresh.append(cand)
+        elif sha == cand.body_sha:
+            repeats.append(Repeat(cand, earlier, duplicate=True))
+        else:
+            fresh.append(cand.rejected_early("id_conflict", "this id was used for another body"))
+    return fresh, repeats

@@ -1,0 +1,41 @@
+"""``betstream load``: the load generator as a command, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+from rich.progress import TimeRemainingColumn
+
+from producer.client import Producer
+from producer.load import LoadPlan, LoadResult, run_load
+from producer.signing import Keyring
+from workers.connections import redis_client
+from workers.settings import Settings
+
+
+def plan_from_args(args: argparse.Namespace) -> LoadPlan:
+    return LoadPlan(users=args.users, bets=args.bets, rate=args.rate, user_first=args.user_first,
+                    deposit=args.deposit, withdrawal_share=args.withdrawals,
+                    duplicate_share=args.duplicates, seed=args.seed)
+
+
+def push_with_progress(producer: Producer, plan: LoadPlan, quiet: bool) -> LoadResult:
+    if quiet:
+        return run_load(producer, plan)
+    columns = (TextColumn("pushing intents"), BarColumn(), MofNCompleteColumn(),
+               TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("load", total=plan.users + plan.bets)
+        return run_load(producer, plan, lambda sent, _total: bar.update(task, completed=sent))
+
+
+def run_load_command(settings: Settings, args: argparse.Namespace) -> int:
+    producer = Producer(redis_client(settings.redis_url), Keyring.load(settings.keyring))
+    result = push_with_progress(producer, plan_from_args(args), args.quiet)
+    summary = {"sent": result.sent, "duplicates": result.duplicates, "by_kind": result.by_kind,
+               "seconds": round(result.seconds, 3), "per_s": round(result.per_s)}
+    print(json.dumps(summary) if args.json else
+          f"sent {result.sent} intents in {result.seconds:.1f}s ({result.per_s:,.0f}/s)")
+    return 0

@@ -1,0 +1,144 @@
+"""One batch, in the order that makes it correct (DESIGN.md, writer rules 3 and 4).
+
+authenticate -> repeats -> freshness -> nonces -> decide -> ONE transaction -> (caller)
+ack + confirm. Every step before COMMIT may be re-run after a failure: lookups are
+repeated, nonces recognise their own intent id, and the balance cache is only updated
+after a successful commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from producer.contract import SettleIntent, now_ms
+from producer.signing import Keyring
+from workers.batch import OutcomeRow, build_batch
+from workers.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
+from workers.dedupe import Repeat, split_repeats
+from workers.hooks import BatchReport
+from workers.intake import DeadLetter, admit, freshness_reason
+from workers.settings import Settings
+from workers.store import Store
+from workers.streams import Entry, Finish, IntentStream
+
+BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache starts afresh
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    finish: Finish
+    report: BatchReport
+
+
+class BatchPipeline:
+    def __init__(self, settings: Settings, store: Store, stream: IntentStream,
+                 keyring: Keyring) -> None:
+        self._s = settings
+        self._store = store
+        self._stream = stream
+        self.keyring = keyring
+        self.balances: dict[int, int] = {}  # cache; valid only while we hold the epoch
+
+    def forget(self, accounts: Sequence[int] | None = None) -> None:
+        """Drop cached balances (all, or those a failed batch touched)."""
+        if accounts is None:
+            self.balances.clear()
+        else:
+            for account in accounts:
+                self.balances.pop(account, None)
+
+    def run(self, entries: Sequence[Entry], epoch: int) -> Committed:
+        """Decide and durably commit one batch; returns what to ack and publish."""
+        candidates, dead = self._admit(entries)
+        stored = self._store.lookup([c.id for c in candidates], [c.entry_id for c in candidates])
+        fresh, repeats = split_repeats(candidates, stored)
+        fresh = self._check_nonces(self._check_freshness(fresh))
+        book = self._book(fresh)
+        decisions = decide_batch(fresh, book)
+        started = time.perf_counter()
+        outcomes: list[OutcomeRow] = []
+        if decisions:
+            batch = build_batch(decisions, self._store.heads, epoch, now_ms())
+            try:
+                self._store.commit(batch)
+            except Exception:
+                self.forget(list(book.balances))
+                raise
+            outcomes = batch.outcomes
+            self._remember(book)
+        commit_ms = (time.perf_counter() - started) * 1000
+        messages = [o.message() for o in outcomes] + _repeat_messages(repeats, outcomes)
+        finish = Finish([eid for eid, _ in entries], dead, messages)
+        return Committed(finish, _report(entries, outcomes, dead, repeats, commit_ms))
+
+    def _admit(self, entries: Sequence[Entry]) -> tuple[list[Candidate], list[DeadLetter]]:
+        candidates, dead = [], []
+        for entry_id, fields in entries:
+            if fields is None:
+                dead.append(DeadLetter(entry_id, "deleted", "entry was deleted before processing"))
+                continue
+            result = admit(entry_id, fields, self.keyring)
+            (dead if isinstance(result, DeadLetter) else candidates).append(result)
+        return candidates, dead
+
+    def _check_freshness(self, fresh: list[Candidate]) -> list[Candidate]:
+        now, s = now_ms(), self._s
+        out = []
+        for cand in fresh:
+            reason = None
+            if cand.pre_reason is None and cand.intent is not None:
+                reason = freshness_reason(cand.intent, cand.ingress_ms, now,
+                                          s.intent_age_max_ms, s.clock_skew_max_ms)
+            out.append(cand.rejected_early(reason, "intent too old or issued too far from "
+                                           "its ingress time") if reason else cand)
+        return out
+
+    def _check_nonces(self, fresh: list[Candidate]) -> list[Candidate]:
+        todo = [i for i, c in enumerate(fresh) if c.pre_reason is None and c.intent is not None]
+        claims = [(fresh[i].kid, fresh[i].intent.nonce, fresh[i].id)  # type: ignore[union-attr]
+                  for i in todo]
+        holders = self._stream.claim_nonces(claims) if claims else []
+        out = list(fresh)
+        for i, holder in zip(todo, holders):
+            if holder is not None and holder != fresh[i].id:
+                out[i] = fresh[i].rejected_early("replay", "nonce already used by another intent")
+        return out
+
+    def _book(self, fresh: list[Candidate]) -> Book:
+        wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
+        missing = [a for a in wanted if a not in self.balances]
+        if missing:
+            if len(self.balances) + len(missing) > BALANCE_CACHE_SIZE_MAX:
+                self.balances.clear()
+                missing = list(wanted)
+            self.balances.update(self._store.load_balances(missing))
+        settles = [c.intent.bet_id for c in fresh if isinstance(c.intent, SettleIntent)]
+        bets = self._store.load_bets(settles) if settles else {}
+        return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets)
+
+    def _remember(self, book: Book) -> None:
+        self.balances.update(book.balances)
+
+
+def _repeat_messages(repeats: Sequence[Repeat], outcomes: Sequence[OutcomeRow]) -> list[dict]:
+    """Repeats get the original outcome again (stored earlier, or decided in this batch)."""
+    decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
+    out = []
+    for rep in repeats:
+        original = rep.outcome or decided.get(rep.candidate.id)
+        if original is not None:
+            out.append(original.message(duplicate=rep.duplicate))
+    return out
+
+
+def _report(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow],
+            dead: Sequence[DeadLetter], repeats: Sequence[Repeat], commit_ms: float) -> BatchReport:
+    rejected = Counter(o.reason or "" for o in outcomes if o.status != ACCEPTED)
+    accepted = sum(1 for o in outcomes if o.status == ACCEPTED)
+    oldest = min((int(eid.split("-", 1)[0]) for eid, _ in entries), default=None)
+    return BatchReport(len(entries), accepted, rejected, Counter(d.reason for d in dead),
+                       len(repeats), commit_ms, oldest)

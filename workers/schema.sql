@@ -1,0 +1,82 @@
+-- betstream ledger schema, version 1. Table names follow the seed audit.
+-- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Balance is a cached snapshot of SUM(transaction_ledger.amount) for the account.
+-- System accounts have ids <= 0: 0 cash (outside world), -1 house, -2 escrow.
+CREATE TABLE IF NOT EXISTS users (
+    id         INTEGER PRIMARY KEY,
+    balance    INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    CHECK (id <= 0 OR balance >= 0)
+);
+
+-- Append-only double-entry ledger: the rows of one txn_id sum to zero.
+CREATE TABLE IF NOT EXISTS transaction_ledger (
+    entry_id   INTEGER PRIMARY KEY,
+    txn_id     TEXT    NOT NULL,
+    batch_no   INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    amount     INTEGER NOT NULL CHECK (amount != 0),
+    ref_type   TEXT    NOT NULL,
+    ref_id     TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_by_user ON transaction_ledger(user_id, entry_id);
+CREATE INDEX IF NOT EXISTS ledger_by_ref ON transaction_ledger(ref_id, ref_type);
+
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON transaction_ledger
+BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON transaction_ledger
+BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END;
+
+CREATE TABLE IF NOT EXISTS bets (
+    id         TEXT    PRIMARY KEY,
+    user_id    INTEGER NOT NULL,
+    market     TEXT    NOT NULL,
+    selection  TEXT    NOT NULL,
+    odds       TEXT    NOT NULL,
+    stake      INTEGER NOT NULL CHECK (stake > 0),
+    status     TEXT    NOT NULL CHECK (status IN ('open', 'won', 'lost', 'void')),
+    placed_seq INTEGER NOT NULL,
+    settled_seq INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bets_by_market ON bets(market, status);
+
+-- One row per outcome; seq is the monotonic confirmation sequence number.
+-- entry_id (the stream entry) is unique: a redelivered entry never gets a second outcome.
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT    NOT NULL,
+    entry_id     TEXT    NOT NULL UNIQUE,
+    kind         TEXT    NOT NULL,
+    user_id      INTEGER NOT NULL,
+    status       TEXT    NOT NULL CHECK (status IN ('accepted', 'rejected')),
+    reason       TEXT,
+    detail       TEXT,
+    balance      INTEGER,
+    body_sha     BLOB    NOT NULL,
+    batch_no     INTEGER NOT NULL,
+    committed_at INTEGER NOT NULL
+);
+-- An intent id has one first outcome; later entries with the same id but another body
+-- are recorded as id_conflict rows without taking the id over.
+CREATE UNIQUE INDEX IF NOT EXISTS outcomes_by_id ON outcomes(id)
+    WHERE reason IS NULL OR reason != 'id_conflict';
+
+-- Tamper evidence: each batch hashes its ledger rows, chained to the previous batch.
+CREATE TABLE IF NOT EXISTS batches (
+    batch_no     INTEGER PRIMARY KEY,
+    epoch        INTEGER NOT NULL,
+    rows         INTEGER NOT NULL,
+    prev_hash    TEXT    NOT NULL,
+    hash         TEXT    NOT NULL,
+    committed_at INTEGER NOT NULL
+);
+
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 1), ('epoch', 0);
+INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0);

@@ -1,0 +1,82 @@
+"""One frozen settings object, built from ``BETSTREAM_*`` environment variables.
+
+Every bound the service relies on (batch sizes, waits, TTLs, retries, queue lengths) is a
+named field here with a safe default, so operators can see and tune it, and no module
+keeps its own global configuration. Build it once with :func:`load_settings` and pass it in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producer.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BETSTREAM_", frozen=True, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    db: Path = Path("./var/betstream.sqlite3")
+    keyring: Path = Path("./var/keyring.json")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Batching: one SQLite transaction per batch of at most batch_size_max intents.
+    batch_size_max: int = Field(1000, ge=1, le=100_000)
+    batch_wait_ms: int = Field(20, ge=1, le=10_000)
+    pending_claim_count: int = Field(1000, ge=1, le=100_000)
+
+    # Freshness and replay protection (the seed's 90 s nonce TTL).
+    nonce_ttl_s: int = Field(90, ge=1, le=86_400)
+    intent_age_max_ms: int = Field(60_000, ge=100)
+    clock_skew_max_ms: int = Field(5_000, ge=0)
+
+    # Single writer: Redis lease plus fencing epoch in SQLite.
+    lease_ms: int = Field(10_000, ge=500, le=600_000)
+    standby_poll_ms: int = Field(500, ge=10, le=60_000)
+
+    # Retries of a failed commit or Redis call: bounded exponential backoff with jitter.
+    retry_backoff_min_ms: int = Field(50, ge=1)
+    retry_backoff_max_ms: int = Field(5_000, ge=1)
+    sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000)
+
+    # Retention of the output streams (approximate MAXLEN).
+    confirmations_len_max: int = Field(1_000_000, ge=1_000)
+    deadletter_len_max: int = Field(100_000, ge=100)
+
+    # Observability.
+    progress_interval_s: float = Field(5.0, gt=0)
+    health_ttl_ms: int = Field(15_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _bounds_agree(self) -> Settings:
+        if self.intent_age_max_ms >= self.nonce_ttl_s * 1000:
+            raise ValueError(
+                "intent_age_max_ms must stay below nonce_ttl_s, or a replayed nonce could "
+                "outlive its record"
+            )
+        if self.retry_backoff_min_ms > self.retry_backoff_max_ms:
+            raise ValueError("retry_backoff_min_ms must not exceed retry_backoff_max_ms")
+        return self
+
+    @property
+    def lease_renew_ms(self) -> int:
+        """Renew well before expiry: three chances per lease period."""
+        return self.lease_ms // 3
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides); bad values become a ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in err["loc"])
+            env = f"BETSTREAM_{name.upper()}" if name else "settings"
+            lines.append(f"{env}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(lines)) from None

@@ -1,0 +1,188 @@
+"""SQLite adapter for the ledger: schema, durable settings, reads, and the batch commit.
+
+Every commit is one ``BEGIN IMMEDIATE`` transaction that first checks the fencing epoch,
+so a writer that lost its lease cannot commit. Anything that goes wrong rolls back: a
+batch is either wholly durable (WAL + ``synchronous=FULL``) or not there at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+from producer.errors import ConfigError, FencedOut, InvariantViolation, StoreError
+from workers.batch import BatchWrite, Heads, OutcomeRow, Stored
+from workers.chain import GENESIS_HASH
+from workers.decision import BetState
+from workers.invariants import require
+
+SCHEMA_VERSION: Final = 1
+SQL_VARIABLES_MAX: Final = 900  # stay below SQLite's bound on host parameters per statement
+
+
+def connect(path: Path, busy_timeout_ms: int, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the durability settings the ledger depends on."""
+    if readonly:
+        if not Path(path).exists():
+            raise ConfigError(f"database not found: {path}")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if not readonly:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise ConfigError(f"{path}: cannot switch to WAL (journal_mode={mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Store:
+    """The writer's handle on the ledger file."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int) -> None:
+        self.path = Path(path)
+        try:
+            self._conn = connect(self.path, busy_timeout_ms)
+            self._conn.executescript(resources.files("workers").joinpath("schema.sql").read_text())
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open ledger {self.path}: {exc}") from exc
+        version = self._meta("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+        self.heads = self._read_heads()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _meta(self, key: str) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _read_heads(self) -> Heads:
+        q = self._conn.execute
+        seq = q("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
+        entry = q("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger").fetchone()[0]
+        last = q("SELECT batch_no, hash FROM batches ORDER BY batch_no DESC LIMIT 1").fetchone()
+        batch_no, digest = last if last else (0, GENESIS_HASH)
+        return Heads(seq, batch_no, entry, digest)
+
+    def bump_epoch(self) -> int:
+        """Take the fencing epoch: every older writer's next commit will fail."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'epoch'")
+            epoch = self._meta("epoch")
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"cannot take the fencing epoch: {exc}") from exc
+        self.heads = self._read_heads()  # another writer may have committed before us
+        return epoch
+
+    def lookup(self, ids: Iterable[str], entry_ids: Iterable[str]) -> Stored:
+        """Outcomes already stored for these intent ids or stream entries."""
+        by_id: dict[str, OutcomeRow] = {}
+        by_entry: dict[str, OutcomeRow] = {}
+        cols = ("seq, id, entry_id, kind, user_id, status, reason, detail, balance, body_sha, "
+                "batch_no, committed_at")
+        first = "(reason IS NULL OR reason != 'id_conflict')"
+        for chunk in _chunks(sorted(set(ids))):
+            sql = f"SELECT {cols} FROM outcomes WHERE {first} AND id IN ({_marks(chunk)})"
+            for row in self._read(sql, chunk):
+                by_id[row[1]] = OutcomeRow(*row)
+        for chunk in _chunks(sorted(set(entry_ids))):
+            sql = f"SELECT {cols} FROM outcomes WHERE entry_id IN ({_marks(chunk)})"
+            for row in self._read(sql, chunk):
+                by_entry[row[2]] = OutcomeRow(*row)
+        return Stored(by_id, by_entry)
+
+    def load_balances(self, accounts: Iterable[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for chunk in _chunks(sorted(set(accounts))):
+            sql = f"SELECT id, balance FROM users WHERE id IN ({_marks(chunk)})"
+            out.update(self._read(sql, chunk))
+        return out
+
+    def load_bets(self, bet_ids: Iterable[str]) -> dict[str, BetState]:
+        out: dict[str, BetState] = {}
+        for chunk in _chunks(sorted(set(bet_ids))):
+            sql = f"SELECT id, user_id, stake, odds, status FROM bets WHERE id IN ({_marks(chunk)})"
+            for row in self._read(sql, chunk):
+                out[row[0]] = BetState(*row)
+        return out
+
+    def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        try:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
+
+    def commit(self, batch: BatchWrite) -> None:
+        """Write one batch in one transaction, or nothing at all."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            epoch = self._meta("epoch")
+            if epoch != batch.epoch:
+                raise FencedOut(f"fencing epoch is {epoch}, this writer holds {batch.epoch}")
+            self._write(batch)
+            self._conn.execute("COMMIT")
+        except FencedOut:
+            self._rollback()
+            raise
+        except (sqlite3.Error, InvariantViolation) as exc:
+            self._rollback()
+            raise StoreError(f"batch {batch.batch_no} not committed: {exc}") from exc
+        self.heads = batch.after
+
+    def _write(self, batch: BatchWrite) -> None:
+        x = self._conn.executemany
+        # Deltas, not absolute values: users.balance stays the sum of its ledger rows even if
+        # a cached balance were wrong, and the CHECK refuses any player going below zero.
+        # (Not an upsert: SQLite checks CHECK constraints on the would-be inserted row.)
+        x("INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (?, 0, ?)",
+          [(acc, at) for acc, _, at in batch.balance_deltas])
+        x("UPDATE users SET balance = balance + ? WHERE id = ?",
+          [(delta, acc) for acc, delta, _ in batch.balance_deltas])
+        x("INSERT INTO transaction_ledger(entry_id, txn_id, user_id, amount, ref_type, ref_id, "
+          "created_at, batch_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+          [row + (batch.batch_no,) for row in batch.ledger])
+        x("INSERT INTO bets(id, user_id, market, selection, odds, stake, status, placed_seq) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.new_bets)
+        cur = x("UPDATE bets SET status = ?, settled_seq = ? WHERE id = ? AND status = 'open'",
+                batch.settled_bets)
+        require(cur.rowcount == len(batch.settled_bets) or not batch.settled_bets,
+                "a settled bet was not open on disk")
+        x("INSERT INTO outcomes(seq, id, entry_id, kind, user_id, status, reason, detail, "
+          "balance, body_sha, batch_no, committed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+          [_outcome_params(o) for o in batch.outcomes])
+        self._conn.execute(
+            "INSERT INTO batches(batch_no, epoch, rows, prev_hash, hash, committed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (batch.batch_no, batch.epoch, len(batch.ledger), batch.prev_hash, batch.hash,
+             batch.committed_at))
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection rolls back by itself when the statement failed hard
+
+
+def _outcome_params(o: OutcomeRow) -> tuple:
+    return (o.seq, o.id, o.entry_id, o.kind, o.user_id, o.status, o.reason, o.detail,
+            o.balance, o.body_sha, o.batch_no, o.committed_at)
+
+
+def _chunks(items: Sequence) -> Iterable[Sequence]:
+    for start in range(0, len(items), SQL_VARIABLES_MAX):
+        yield items[start:start + SQL_VARIABLES_MAX]
+
+
+def _marks(chunk: Sequence) -> str:
+    return ",".join("?" * len(chunk))

@@ -1,0 +1,119 @@
+"""Redis side of the writer: consumer group reads, nonce claims, and the post-commit MULTI.
+
+One round trip per step per batch: a pipelined nonce claim, and after COMMIT one MULTI
+that acknowledges the entries, parks dead letters and publishes confirmations together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import redis
+
+from producer import constants as c
+from workers.intake import DeadLetter
+from workers.settings import Settings
+
+Entry = tuple[str, dict[bytes, bytes] | None]  # fields None: the entry was deleted
+CLAIM_ROUNDS_MAX: Final = 10_000  # XAUTOCLAIM pages per recovery; a bound, not a target
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Everything the post-commit MULTI does for one batch."""
+
+    ack_ids: Sequence[str]
+    dead: Sequence[DeadLetter]
+    messages: Sequence[dict[str, object]]
+
+
+class IntentStream:
+    def __init__(self, client: redis.Redis, settings: Settings, consumer: str) -> None:
+        self._redis = client
+        self._settings = settings
+        self.consumer = consumer
+
+    def ensure_group(self) -> None:
+        try:
+            self._redis.xgroup_create(c.STREAM_INTENTS, c.GROUP_WRITERS, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def claim_all(self) -> int:
+        """Move every pending entry (of any consumer) to us; only one writer leads at a time."""
+        claimed, cursor = 0, "0-0"
+        for _ in range(CLAIM_ROUNDS_MAX):
+            # Not JUSTID: redis-py drops the cursor from JUSTID replies, so we could not page.
+            cursor, entries, *rest = self._redis.xautoclaim(
+                c.STREAM_INTENTS, c.GROUP_WRITERS, self.consumer, min_idle_time=0,
+                start_id=cursor, count=self._settings.pending_claim_count)
+            claimed += len(entries)
+            deleted = [_text(i) for i in (rest[0] if rest else [])]
+            if deleted:  # trimmed before they were processed: must never pass unnoticed
+                self.finish(Finish([], [DeadLetter(i, "deleted", "pending entry was trimmed")
+                                        for i in deleted], []))
+            if _text(cursor) == "0-0":
+                break
+        self._forget_idle_consumers()
+        return claimed
+
+    def _forget_idle_consumers(self) -> None:
+        """Consumers of dead writers pile up (one per pid); drop those with nothing pending."""
+        for info in self._redis.xinfo_consumers(c.STREAM_INTENTS, c.GROUP_WRITERS):
+            name = _text(info["name"])
+            if name != self.consumer and int(info["pending"]) == 0:
+                self._redis.xgroup_delconsumer(c.STREAM_INTENTS, c.GROUP_WRITERS, name)
+
+    def read_pending(self, after_id: str) -> list[Entry]:
+        """Our own pending entries after ``after_id`` (redeliveries after a crash)."""
+        return self._read(after_id, block_ms=None)
+
+    def read_new(self) -> list[Entry]:
+        return self._read(">", block_ms=self._settings.batch_wait_ms)
+
+    def _read(self, start: str, block_ms: int | None) -> list[Entry]:
+        reply = self._redis.xreadgroup(
+            c.GROUP_WRITERS, self.consumer, {c.STREAM_INTENTS: start},
+            count=self._settings.batch_size_max, block=block_ms)
+        if not reply:
+            return []
+        _, entries = reply[0]
+        return [(_text(eid), fields or None) for eid, fields in entries]
+
+    def claim_nonces(self, claims: Sequence[tuple[str, str, str]]) -> list[str | None]:
+        """``SET nonce id NX GET EX ttl`` per (kid, nonce, id): None if we took it, else holder."""
+        pipe = self._redis.pipeline(transaction=False)
+        ttl = self._settings.nonce_ttl_s
+        for kid, nonce, intent_id in claims:
+            pipe.set(c.nonce_key(kid, nonce), intent_id, nx=True, get=True, ex=ttl)
+        return [None if r is None else _text(r) for r in pipe.execute()]
+
+    def finish(self, work: Finish) -> None:
+        """After COMMIT: ack, dead-letter and confirm in one MULTI (all or nothing)."""
+        s = self._settings
+        pipe = self._redis.pipeline(transaction=True)
+        for dead in work.dead:
+            pipe.xadd(c.STREAM_DEADLETTER, _dead_fields(dead), maxlen=s.deadletter_len_max,
+                      approximate=True)
+            pipe.hincrby(c.KEY_STATS, f"deadletter:{dead.reason}", 1)
+        for message in work.messages:
+            data = json.dumps(message, separators=(",", ":"))
+            pipe.xadd(c.STREAM_CONFIRMATIONS, {"outcome": data},
+                      maxlen=s.confirmations_len_max, approximate=True)
+            pipe.publish(c.user_channel(int(message["user_id"])), data)  # type: ignore[arg-type]
+        if work.ack_ids:
+            pipe.xack(c.STREAM_INTENTS, c.GROUP_WRITERS, *work.ack_ids)
+        pipe.execute()
+
+
+def _dead_fields(dead: DeadLetter) -> dict[str, str]:
+    return {"entry_id": dead.entry_id, "reason": dead.reason, "detail": dead.detail,
+            "kid": dead.kid or ""}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,147 @@
+"""The single batching writer: lead (lease + epoch), recover pending entries, then serve.
+
+Faults are expected and handled: a failing store or Redis is retried with bounded backoff
+(the batch stays pending, nothing is dropped), and a writer that finds itself fenced out
+stops committing and goes back to standby.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import redis
+
+from producer.errors import FencedOut, LeaseLost, StoreError
+from producer.signing import Keyring
+from workers.backoff import backoff_ms
+from workers.hooks import Hook
+from workers.pipeline import BatchPipeline
+from workers.settings import Settings
+from workers.store import Store
+from workers.streams import Entry, IntentStream
+
+T = TypeVar("T")
+RETRYABLE = (StoreError, redis.ConnectionError, redis.TimeoutError)
+
+
+def consumer_name() -> str:
+    """Unique per process, readable by operators (host and pid)."""
+    return f"writer-{socket.gethostname()}-{os.getpid()}"
+
+
+class Writer:
+    def __init__(self, settings: Settings, client: redis.Redis, store: Store, keyring: Keyring,
+                 hooks: Hook, consumer: str | None = None) -> None:
+        from workers.lease import Lease  # local: keeps the import graph of tests small
+
+        self._s = settings
+        self._store = store
+        self._hooks = hooks
+        self.consumer = consumer or consumer_name()
+        self.stream = IntentStream(client, settings, self.consumer)
+        self.lease = Lease(client, f"{self.consumer}:{random.getrandbits(32):08x}",
+                           settings.lease_ms)
+        self.pipeline = BatchPipeline(settings, store, self.stream, keyring)
+        self.epoch = 0
+        self._renewed_at = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        """Lead when possible, serve until ``stop`` is set; standby otherwise."""
+        self._retry("ensure_group", self.stream.ensure_group, stop)
+        try:
+            while not stop.is_set():
+                if not self._retry("lead", self._try_lead, stop):
+                    self._hooks.on_standby(self.lease.holder())
+                    stop.wait(self._s.standby_poll_ms / 1000)
+                    continue
+                try:
+                    self._serve(stop)
+                except (FencedOut, LeaseLost) as exc:
+                    self._hooks.on_fenced(exc)
+                    self.pipeline.forget()
+        finally:
+            self._release()
+
+    def _try_lead(self) -> bool:
+        if not self.lease.acquire():
+            return False
+        self._renewed_at = time.monotonic()
+        self.epoch = self._store.bump_epoch()
+        self.pipeline.forget()
+        claimed = self.stream.claim_all()
+        self._hooks.on_lead(self.epoch, claimed)
+        return True
+
+    def _serve(self, stop: threading.Event) -> None:
+        after = "0"  # first our own pending entries (redeliveries), in stream order
+        while not stop.is_set():
+            self._keep_lease()
+            if after is not None:
+                entries = self._retry("read_pending", lambda: self.stream.read_pending(after), stop)
+                if not entries:
+                    after = None
+                    continue
+                after = entries[-1][0]
+            else:
+                entries = self._retry("read_new", self.stream.read_new, stop)
+            if entries:
+                self.process(entries, stop)
+            else:
+                self._hooks.on_idle()
+
+    def process(self, entries: Sequence[Entry], stop: threading.Event) -> None:
+        """Commit, then ack and confirm; each step retried until it succeeds or we stop."""
+        committed = self._retry("commit", lambda: self.pipeline.run(entries, self.epoch), stop,
+                                leading=True)
+        if committed is None:
+            return  # stopping: the entries stay pending and are redelivered
+        self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
+        self._hooks.on_batch(committed.report)
+
+    def _keep_lease(self) -> None:
+        if time.monotonic() - self._renewed_at < self._s.lease_renew_ms / 1000:
+            return
+        if not self.lease.renew():
+            raise LeaseLost(f"lease {self.lease.owner} expired or was taken")
+        self._renewed_at = time.monotonic()
+
+    def _retry(self, what: str, step: Callable[[], T], stop: threading.Event,
+               leading: bool = False) -> T | None:
+        """Run ``step`` until it succeeds; expected faults wait with backoff and jitter.
+
+        While leading, the lease is renewed between attempts so a long store outage does
+        not hand the stream to another writer for no reason (a lost lease raises).
+        """
+        attempt = 0
+        while True:
+            try:
+                return step()
+            except (FencedOut, LeaseLost):
+                raise
+            except RETRYABLE as exc:
+                attempt += 1
+                delay = backoff_ms(attempt, self._s.retry_backoff_min_ms,
+                                   self._s.retry_backoff_max_ms)
+                self._hooks.on_retry(what, exc, attempt, delay)
+                if stop.wait(delay / 1000):
+                    return None
+                if leading:
+                    self._renew_quietly()
+
+    def _renew_quietly(self) -> None:
+        try:
+            self._keep_lease()
+        except redis.RedisError:
+            pass  # Redis is away; the fencing epoch still protects the ledger
+
+    def _release(self) -> None:
+        try:
+            self.lease.release()
+        except redis.RedisError:
+            pass  # it expires by itself within lease_ms
