@@ -1,0 +1,36 @@
+# betstream — two commands: `make run` and `make test`. Both bootstrap themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+APT    := DEBIAN_FRONTEND=noninteractive apt-get
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test test-fast bench redis-server clean help
+
+help:
+	@echo "make run    start redis (if needed), writer and a demo load; Ctrl-C stops"
+	@echo "make test   run the whole test suite (unit, integration, end-to-end)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian's redis-server when missing (the tests start private ones on free ports).
+redis-server:
+	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
+	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq redis-server >/dev/null; }
+
+run: $(STAMP) redis-server
+	@$(BIN)/betstream run
+
+test: $(STAMP) redis-server
+	@$(BIN)/python -m pytest
+
+test-fast: $(STAMP) redis-server
+	@$(BIN)/python -m pytest -m "not e2e"
+
+clean:
+	rm -rf var .pytest_cache .hypothesis

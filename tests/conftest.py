@@ -1,0 +1,182 @@
+"""Shared fixtures: a private redis-server per session (never the machine's shared one),
+fresh SQLite files per test, a keyring, and helpers to run real betstream processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from producer.client import Producer
+from producer.signing import Keyring
+from workers.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BETSTREAM = [sys.executable, "-m", "workers.cli"]
+KEYRING = {
+    "frontend": {"secret": "frontend-test-secret-0001", "kinds": ["bet"]},
+    "cashier": {"secret": "cashier-test-secret-00001", "kinds": ["deposit", "withdrawal"]},
+    "settlement": {"secret": "settlement-test-secret-01", "kinds": ["settle"]},
+}
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str = "condition",
+             interval_s: float = 0.05) -> object:
+    """Poll until ``condition()`` is truthy; fail the test with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server we own: tests may restart it, turn on AOF, or SIGKILL it."""
+
+    dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> None:
+        self.extra = extra or self.extra
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+               "--logfile", str(self.dir / "redis.log"), *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self, *extra: str) -> None:
+        self.kill()
+        self.start(*extra)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A clean private Redis for each test (our own server, so FLUSHALL harms nobody)."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def keyring_path(tmp_path: Path) -> Path:
+    path = tmp_path / "keyring.json"
+    path.write_text(json.dumps(KEYRING))
+    return path
+
+
+@pytest.fixture
+def keyring(keyring_path: Path) -> Keyring:
+    return Keyring.load(keyring_path)
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, tmp_path: Path, keyring_path: Path) -> dict[str, str]:
+    """Environment for betstream processes in this test."""
+    return {
+        **os.environ,
+        "BETSTREAM_REDIS_URL": redis_server.url,
+        "BETSTREAM_DB": str(tmp_path / "ledger.sqlite3"),
+        "BETSTREAM_KEYRING": str(keyring_path),
+        "BETSTREAM_LOG_FORMAT": "json",
+        "BETSTREAM_PROGRESS_INTERVAL_S": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in env.items():
+        if key.startswith("BETSTREAM_"):
+            monkeypatch.setenv(key, value)
+    return load_settings(lease_ms=2000, batch_wait_ms=5)
+
+
+@pytest.fixture
+def producer(redis_client: redis.Redis, keyring: Keyring) -> Producer:
+    return Producer(redis_client, keyring)
+
+
+@dataclass
+class Procs:
+    """Real betstream processes started by a test; all are killed at teardown."""
+
+    env: dict[str, str]
+    logdir: Path
+    started: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, *args: str, name: str | None = None, **env: str) -> subprocess.Popen:
+        log = open(self.logdir / f"{name or args[0]}-{len(self.started)}.log", "wb")
+        proc = subprocess.Popen([*BETSTREAM, *args], env={**self.env, **env}, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.started.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout_s: float = 120, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*BETSTREAM, *args], env={**self.env, **env}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def procs(env: dict[str, str], tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(env, tmp_path)
+    yield p
+    p.stop_all()

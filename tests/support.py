@@ -1,0 +1,58 @@
+"""Small read helpers for tests: stream progress and ledger contents."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import redis
+
+from producer import constants as c
+
+
+def group_state(client: redis.Redis) -> dict[str, int]:
+    """Pending and not-yet-delivered counts of the writers' group (0/0 = fully processed)."""
+    try:
+        groups = client.xinfo_groups(c.STREAM_INTENTS)
+    except redis.ResponseError:
+        return {"pending": -1, "lag": -1}  # no stream yet
+    for g in groups:
+        if g["name"] in (c.GROUP_WRITERS, c.GROUP_WRITERS.encode()):
+            return {"pending": int(g["pending"]), "lag": int(g["lag"] or 0)}
+    return {"pending": -1, "lag": -1}  # no writer has created the group yet
+
+
+def drained(client: redis.Redis) -> bool:
+    state = group_state(client)
+    return state == {"pending": 0, "lag": 0}
+
+
+def query(db: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def outcome_of(db: Path | str, intent_id: str) -> dict | None:
+    rows = query(db, "SELECT status, reason, balance, seq FROM outcomes WHERE id = ? "
+                     "ORDER BY seq", (intent_id,))
+    if not rows:
+        return None
+    status, reason, balance, seq = rows[0]
+    return {"status": status, "reason": reason, "balance": balance, "seq": seq}
+
+
+def balances(db: Path | str) -> dict[int, int]:
+    return dict(query(db, "SELECT id, balance FROM users"))
+
+
+def confirmations(client: redis.Redis) -> list[dict]:
+    return [json.loads(f[b"outcome"]) for _, f in client.xrange(c.STREAM_CONFIRMATIONS)]
+
+
+def deadletters(client: redis.Redis) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()}
+            for _, f in client.xrange(c.STREAM_DEADLETTER)]
