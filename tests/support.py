@@ -9,23 +9,12 @@ from pathlib import Path
 import redis
 
 from producer import constants as c
-
-
-def group_state(client: redis.Redis) -> dict[str, int]:
-    """Pending and not-yet-delivered counts of the writers' group (0/0 = fully processed)."""
-    try:
-        groups = client.xinfo_groups(c.STREAM_INTENTS)
-    except redis.ResponseError:
-        return {"pending": -1, "lag": -1}  # no stream yet
-    for g in groups:
-        if g["name"] in (c.GROUP_WRITERS, c.GROUP_WRITERS.encode()):
-            return {"pending": int(g["pending"]), "lag": int(g["lag"] or 0)}
-    return {"pending": -1, "lag": -1}  # no writer has created the group yet
+from workers.streams import backlog
 
 
 def drained(client: redis.Redis) -> bool:
-    state = group_state(client)
-    return state == {"pending": 0, "lag": 0}
+    """Every entry delivered to the writer and acknowledged (committed and confirmed)."""
+    return backlog(client) == (0, 0)
 
 
 def query(db: Path | str, sql: str, params: tuple = ()) -> list[tuple]:

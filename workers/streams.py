@@ -117,3 +117,15 @@ def _dead_fields(dead: DeadLetter) -> dict[str, str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def backlog(client: redis.Redis) -> tuple[int, int] | None:
+    """(pending, not yet delivered) of the writers' group; None before a writer made it."""
+    try:
+        groups = client.xinfo_groups(c.STREAM_INTENTS)
+    except redis.ResponseError:
+        return None
+    for group in groups:
+        if _text(group["name"]) == c.GROUP_WRITERS:
+            return int(group["pending"]), int(group["lag"] or 0)
+    return None

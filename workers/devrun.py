@@ -1,0 +1,200 @@
+"""``betstream run`` (behind ``make run``): the whole pipeline on one machine, with demo data.
+
+Finds or starts Redis, creates a demo keyring, starts the writer as a child process, pushes
+a demo load with a progress bar, waits until every intent is committed, prints a summary,
+and keeps running until Ctrl-C, when it stops its children cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlparse
+
+import redis
+from rich.console import Console
+
+from producer.client import Producer
+from producer.load import LoadPlan
+from producer.signing import Keyring
+from workers.connections import redis_client
+from workers.loadcmd import push_with_progress
+from workers.settings import Settings
+
+VAR: Final = Path("var")
+START_TIMEOUT_S: Final = 20.0
+DRAIN_TIMEOUT_S: Final = 600.0
+STOP_TIMEOUT_S: Final = 15.0
+DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
+                    "settlement": ["settle"]}
+PROCESSES: Final = ("writer",)  # the Procfile's processes, except redis
+
+
+def ensure_keyring(path: Path, console: Console) -> None:
+    """A demo keyring with fresh random secrets, readable only by its owner."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ring = {kid: {"secret": secrets.token_urlsafe(32), "kinds": kinds}
+            for kid, kinds in DEMO_KEYS.items()}
+    path.write_text(json.dumps(ring, indent=2))
+    path.chmod(0o600)
+    console.print(f"created demo keyring [bold]{path}[/] (keys: {', '.join(ring)})")
+
+
+def ensure_redis(url: str, console: Console) -> subprocess.Popen | None:
+    """Use the Redis at ``url`` if it answers, else start a private one under ./var."""
+    if _pings(url):
+        console.print(f"using Redis at [bold]{url}[/]")
+        return None
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit(f"Redis at {url} does not answer, and it is not local to start it")
+    rdir = VAR / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(parsed.port or 6379), "--bind", "127.0.0.1",
+         "--dir", str(rdir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
+         "--logfile", str((rdir / "redis.log").resolve())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(lambda: _pings(url), START_TIMEOUT_S, "the private redis-server to answer")
+    console.print(f"started a private redis-server at [bold]{url}[/] (data in {rdir})")
+    return proc
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def start_processes(logdir: Path) -> dict[str, subprocess.Popen]:
+    logdir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in PROCESSES:
+        log = open(logdir / f"{name}.log", "ab")
+        out[name] = subprocess.Popen([sys.executable, "-m", "workers.cli", name],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     env={**os.environ, "BETSTREAM_LOG_FORMAT": "json"})
+    return out
+
+
+def max_seq(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def summary(db: Path, after_seq: int) -> list[tuple[str, str | None, int]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT status, reason, COUNT(*) FROM outcomes WHERE seq > ? GROUP BY 1, 2 "
+            "ORDER BY 3 DESC", (after_seq,)).fetchall()
+    finally:
+        conn.close()
+
+
+def wait_committed(client: redis.Redis, total: int, console: Console) -> None:
+    """Progress bar until the writer has committed and acknowledged everything."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from workers.streams import backlog
+
+    with Progress(TextColumn("committing"), BarColumn(), MofNCompleteColumn(),
+                  console=console) as bar:
+        task = bar.add_task("commit", total=total)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = backlog(client)
+            left = sum(state) if state else total
+            bar.update(task, completed=max(0, total - left))
+            if state == (0, 0):
+                return
+            time.sleep(0.1)
+    raise SystemExit("the writer did not drain the demo load in time; see var/log/writer.log")
+
+
+def print_summary(console: Console, db: Path, after_seq: int, seconds: float) -> None:
+    rows = summary(db, after_seq)
+    total = sum(n for _, _, n in rows)
+    accepted = sum(n for status, _, n in rows if status == "accepted")
+    console.print(f"\n[bold]demo done[/]: {total} outcomes in {seconds:.1f}s "
+                  f"([bold]{total / seconds:,.0f} intents/s[/] end to end, durable)")
+    console.print(f"  accepted  {accepted}")
+    for status, reason, n in rows:
+        if status == "rejected":
+            console.print(f"  rejected  {n:>6}  {reason}")
+    console.print(f"\nledger      {db.resolve()}  (check it: .venv/bin/betstream audit)")
+    console.print(f"writer log  {(VAR / 'log' / 'writer.log').resolve()}")
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    console = Console(stderr=False)
+    redis_proc = ensure_redis(settings.redis_url, console)
+    ensure_keyring(settings.keyring, console)
+    children = start_processes(VAR / "log")
+    try:
+        client = redis_client(settings.redis_url)
+        producer = Producer(client, Keyring.load(settings.keyring))
+        after = max_seq(settings.db)
+        plan = LoadPlan(users=args.users, bets=args.bets, rate=args.rate, deposit=1_000_000,
+                        stake_max=2_000, withdrawal_share=0.02, duplicate_share=0.01)
+        started = time.perf_counter()
+        result = push_with_progress(producer, plan, quiet=False)
+        wait_committed(client, result.sent, console)
+        print_summary(console, settings.db, after, time.perf_counter() - started)
+        if not args.exit_after_demo:
+            console.print("\nrunning; push more with [bold].venv/bin/betstream load[/]. "
+                          "Ctrl-C stops.")
+            _wait_for_interrupt(children)
+    finally:
+        stop_children(list(children.values()) + ([redis_proc] if redis_proc else []))
+    return 0
+
+
+def _wait_for_interrupt(children: dict[str, subprocess.Popen]) -> None:
+    try:
+        while all(p.poll() is None for p in children.values()):
+            time.sleep(0.5)
+        dead = [n for n, p in children.items() if p.poll() is not None]
+        raise SystemExit(f"{', '.join(dead)} exited; see var/log/")
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+
+
+def stop_children(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM (each finishes its batch and frees its lease), SIGKILL only past the timeout."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
