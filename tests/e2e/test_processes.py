@@ -1,0 +1,82 @@
+"""The ways operators start betstream: `make run`'s demo, honcho with the Procfile, compose."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from producer.contract import new_deposit
+from tests.conftest import BETSTREAM, ROOT, free_port, wait_for
+from tests.support import drained, outcome_of
+
+pytestmark = pytest.mark.e2e
+
+
+def test_run_demo_starts_private_redis_and_prints_a_summary(tmp_path: Path,
+                                                            env: dict[str, str]) -> None:
+    """`make run` on a machine where no Redis answers: it starts one, demo, summary, exit."""
+    port = free_port()
+    demo_env = {**env, "BETSTREAM_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "BETSTREAM_DB": "var/betstream.sqlite3", "BETSTREAM_KEYRING": "var/keyring.json"}
+    done = subprocess.run([*BETSTREAM, "run", "--exit-after-demo", "--users", "5",
+                           "--bets", "300"], cwd=tmp_path, env=demo_env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "started a private redis-server" in done.stdout
+    assert "demo done" in done.stdout and "accepted" in done.stdout
+    assert (tmp_path / "var" / "betstream.sqlite3").exists()
+    assert (tmp_path / "var" / "keyring.json").stat().st_mode & 0o077 == 0, "secret file is private"
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=port, socket_connect_timeout=1).ping()  # stopped on the way out
+    audit = subprocess.run([*BETSTREAM, "audit"], cwd=tmp_path, env=demo_env,
+                           capture_output=True, text=True, timeout=60)
+    assert audit.returncode == 0, audit.stdout
+
+
+def test_procfile_runs_the_writer_under_honcho(tmp_path: Path, env: dict[str, str],
+                                               redis_client: redis.Redis, producer) -> None:
+    deposit = new_deposit(11, 900)
+    producer.submit(deposit)
+    bin_dir = str(Path(sys.executable).parent)
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start"], cwd=ROOT,
+        env={**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: drained(redis_client), 30, "the Procfile writer to drain the stream")
+        assert outcome_of(env["BETSTREAM_DB"], deposit.id)["status"] == "accepted"
+    finally:
+        os.killpg(honcho.pid, signal.SIGTERM)
+        honcho.wait(30)
+
+
+def test_compose_runs_redis_with_aof_everysec_and_the_writer() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--appendfsync everysec" in redis_cmd
+    writer = services["writer"]
+    assert writer["command"] == ["writer"]
+    assert writer["environment"]["BETSTREAM_REDIS_URL"] == "redis://redis:6379/0"
+    procfile = (ROOT / "Procfile").read_text()
+    assert "writer: betstream writer" in procfile
+
+
+@pytest.mark.parametrize("setting,value,needle", [
+    ("BETSTREAM_KEYRING", "/nonexistent/keyring.json", "keyring file not found"),
+    ("BETSTREAM_BATCH_SIZE_MAX", "0", "BETSTREAM_BATCH_SIZE_MAX"),
+    ("BETSTREAM_INTENT_AGE_MAX_MS", "120000", "nonce_ttl_s"),
+])
+def test_writer_refuses_bad_settings_with_a_message_not_a_traceback(
+        env: dict[str, str], setting: str, value: str, needle: str) -> None:
+    done = subprocess.run([*BETSTREAM, "writer"], env={**env, setting: value}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert needle in done.stderr and "Traceback" not in done.stderr
