@@ -67,6 +67,23 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
 
 
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.connections import redis_client
+    from workers.health import writer_health
+
+    health = writer_health(redis_client(settings.redis_url))
+    if args.json:
+        print(json.dumps(health.as_dict()))
+    else:
+        print(f"writer lease: {health.lease_holder or 'nobody'}")
+        for name, beacon in sorted(health.writers.items()):
+            print(f"  {name}: {beacon.get('state')} epoch={beacon.get('epoch')} "
+                  f"committed={beacon.get('committed')}")
+        print(f"backlog: pending={health.pending} undelivered={health.lag}")
+        print("healthy" if health.ok else "UNHEALTHY: no writer is leading")
+    return EXIT_OK if health.ok else EXIT_FAILED
+
+
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     from workers.loadcmd import run_load_command
 
@@ -89,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--db", help="database file (default BETSTREAM_DB)")
     a.add_argument("--json", action="store_true", help="machine-readable report")
     a.set_defaults(func=cmd_audit)
+    h = sub.add_parser("health", help="writer lease, beacons and backlog; exit 1 if unhealthy")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_health)
     ld = sub.add_parser("load", help="push signed demo intents at a given rate")
     ld.add_argument("--users", type=int, default=100)
     ld.add_argument("--bets", type=int, default=10_000)

@@ -22,3 +22,12 @@ def test_writer_commits_a_deposit_and_a_bet(procs: Procs, producer, redis_client
                                       "seq": 2}
     audit = procs.run("audit")
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_health_reports_the_leading_writer(procs: Procs, redis_client: redis.Redis) -> None:
+    """Operators (and the gateway later) see whether a writer is leading."""
+    before = procs.run("health")
+    assert before.returncode == 1 and "no writer is leading" in before.stdout
+    writer = procs.start("writer")
+    wait_for(lambda: procs.run("health").returncode == 0, 30, "a healthy writer")
+    assert f"-{writer.pid}" in procs.run("health").stdout

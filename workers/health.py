@@ -1,0 +1,40 @@
+"""``betstream health``: is a writer leading, recently alive, and keeping up?"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from producer import constants as c
+from workers.streams import backlog
+
+
+@dataclass(frozen=True)
+class WriterHealth:
+    lease_holder: str | None
+    writers: dict[str, dict[str, str]]  # consumer -> last beacon fields
+    pending: int | None
+    lag: int | None
+
+    @property
+    def ok(self) -> bool:
+        """Healthy when some writer holds the lease and one beacon says it is leading."""
+        leading = [w for w in self.writers.values() if w.get("state") == "leading"]
+        return self.lease_holder is not None and bool(leading)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "lease_holder": self.lease_holder, "writers": self.writers,
+                "pending": self.pending, "lag": self.lag, "checked_ms": time.time_ns() // 10**6}
+
+
+def writer_health(client: redis.Redis) -> WriterHealth:
+    holder = client.get(c.KEY_WRITER_LEASE)
+    writers = {}
+    for key in client.scan_iter(match=f"{c.KEY_WRITER_HEALTH}:*", count=100):
+        name = key.decode().rsplit(":", 1)[-1]
+        writers[name] = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    state = backlog(client)
+    return WriterHealth(holder.decode() if holder else None, writers,
+                        state[0] if state else None, state[1] if state else None)
