@@ -22,6 +22,9 @@ ENTRY_FIELDS: Final = frozenset({FIELD_VERSION, FIELD_KID, FIELD_BODY, FIELD_SIG
 STREAM_CONFIRMATIONS: Final = f"{PREFIX}:confirmations"
 STREAM_DEADLETTER: Final = f"{PREFIX}:deadletter"
 CHANNEL_USER_PREFIX: Final = f"{PREFIX}:user:"
+STREAM_USER_CONFIRMATIONS_PREFIX: Final = f"{PREFIX}:confirmations:user:"
+KEY_CONFIRMED_JOB_PREFIX: Final = f"{PREFIX}:confirmed-job:"
+QUEUE_CONFIRMATIONS: Final = f"{PREFIX}-confirmations"  # an RQ queue name (RQ adds rq:queue:)
 
 # Writer coordination.
 GROUP_WRITERS: Final = f"{PREFIX}:writers"
@@ -29,11 +32,17 @@ KEY_WRITER_LEASE: Final = f"{PREFIX}:writer:lease"
 KEY_WRITER_HEALTH: Final = f"{PREFIX}:writer:health"
 KEY_NONCE_PREFIX: Final = f"{PREFIX}:nonce:"
 KEY_STATS: Final = f"{PREFIX}:stats"
+KEY_METRICS_PREFIX: Final = f"{PREFIX}:metrics:"
 
 
 def user_channel(user_id: int) -> str:
     """Pub/sub channel on which one user's outcomes are published."""
     return f"{CHANNEL_USER_PREFIX}{user_id}"
+
+
+def user_confirmations(user_id: int) -> str:
+    """A short per-user stream of recent confirmations, for reconnecting subscribers."""
+    return f"{STREAM_USER_CONFIRMATIONS_PREFIX}{user_id}"
 
 
 def nonce_key(kid: str, nonce: str) -> str:

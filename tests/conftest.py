@@ -130,6 +130,7 @@ def env(redis_server: RedisServer, tmp_path: Path, keyring_path: Path) -> dict[s
         "BETSTREAM_KEYRING": str(keyring_path),
         "BETSTREAM_LOG_FORMAT": "json",
         "BETSTREAM_PROGRESS_INTERVAL_S": "1",
+        "BETSTREAM_GATEWAY_SECRET_FILE": str(tmp_path / "gateway-secret"),
         "PYTHONPATH": str(ROOT),
     }
 

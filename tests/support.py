@@ -45,3 +45,16 @@ def confirmations(client: redis.Redis) -> list[dict]:
 def deadletters(client: redis.Redis) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in f.items()}
             for _, f in client.xrange(c.STREAM_DEADLETTER)]
+
+
+def deliver_confirmations(client: redis.Redis) -> int:
+    """Run the confirmer in burst mode in this process: publish every queued job now."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from workers.confirmer import confirmation_queue
+
+    queue = confirmation_queue(client)
+    waiting = queue.count
+    SimpleWorker([queue], connection=client, serializer=JSONSerializer).work(burst=True)
+    return waiting

@@ -33,7 +33,8 @@ def stop_on_signals() -> threading.Event:
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     from producer.signing import Keyring
     from workers.connections import redis_client
-    from workers.hooks import HealthBeacon, Hooks, ProgressLog
+    from workers.hooks import HealthBeacon, Hooks, MetricsHook, ProgressLog
+    from workers.metrics import Recorder
     from workers.store import Store
     from workers.writer import Writer, consumer_name
 
@@ -42,12 +43,46 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.db, settings.sqlite_busy_timeout_ms)
     consumer = args.consumer or consumer_name()
     hooks = Hooks(ProgressLog(settings.progress_interval_s),
-                  HealthBeacon(client, consumer, settings.health_ttl_ms))
+                  HealthBeacon(client, consumer, settings.health_ttl_ms),
+                  MetricsHook(Recorder(client, settings.metrics_flush_interval_s)))
     get_logger("betstream.writer").info(
         "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max)
     Writer(settings, client, store, keyring, hooks, consumer).run(stop_on_signals())
     store.close()
     get_logger("betstream.writer").info("writer.stopped", consumer=consumer)
+    return EXIT_OK
+
+
+def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.confirmer import run_confirmer
+    from workers.connections import redis_client
+
+    get_logger("betstream.confirmer").info("confirmer.start")
+    run_confirmer(settings, redis_client(settings.redis_url))
+    return EXIT_OK
+
+
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from workers.gateway import create_app
+
+    host = args.host or settings.gateway_host
+    port = settings.gateway_port if args.port is None else args.port
+    app = create_app(settings, demo=args.demo)
+    get_logger("betstream.gateway").info("gateway.start", url=f"http://{host}:{port}/",
+                                         demo=args.demo)
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level, access_log=False)
+    return EXIT_OK
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import tokens
+
+    if args.user_id <= 0:
+        raise ConfigError("USER_ID must be a positive integer")
+    secret = tokens.load_or_create_secret(settings.gateway_secret_file)
+    print(tokens.issue(secret, args.user_id, args.ttl or settings.token_ttl_s))
     return EXIT_OK
 
 
@@ -102,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("writer", help="run the single batching writer")
     w.add_argument("--consumer", help="consumer name (default writer-<host>-<pid>)")
     w.set_defaults(func=cmd_writer)
+    cf = sub.add_parser("confirmer", help="run the RQ worker that publishes confirmations")
+    cf.set_defaults(func=cmd_confirmer)
+    g = sub.add_parser("gateway", help="WebSocket confirmations, /bets, /health, /metrics")
+    g.add_argument("--host", default=None, help="default BETSTREAM_GATEWAY_HOST (127.0.0.1)")
+    g.add_argument("--port", type=int, default=None, help="default BETSTREAM_GATEWAY_PORT (8000)")
+    g.add_argument("--demo", action="store_true", help="serve the demo bet slip at /")
+    g.set_defaults(func=cmd_gateway)
+    t = sub.add_parser("token", help="print a subscriber token for USER_ID")
+    t.add_argument("user_id", type=int, metavar="USER_ID")
+    t.add_argument("--ttl", type=int, default=None, help="seconds (default BETSTREAM_TOKEN_TTL_S)")
+    t.set_defaults(func=cmd_token)
     a = sub.add_parser("audit", help="prove the ledger invariants; exit 1 on any violation")
     a.add_argument("--db", help="database file (default BETSTREAM_DB)")
     a.add_argument("--json", action="store_true", help="machine-readable report")

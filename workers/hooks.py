@@ -15,6 +15,7 @@ import redis
 
 from producer import constants as c
 from workers.logs import get_logger
+from workers.metrics import Recorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class BatchReport:
     repeats: int
     commit_ms: float
     oldest_ingress_ms: int | None
+    ingress_to_commit_ms: list[int] = field(default_factory=list)
 
 
 class Hook:
@@ -88,6 +90,7 @@ class ProgressLog(Hook):
 
     def on_batch(self, report: BatchReport) -> None:
         self.totals["intents"] += report.size
+        self.totals["duplicates"] += report.repeats
         self.totals["accepted"] += report.accepted
         self.totals.update({f"rejected:{k}": v for k, v in report.rejected.items()})
         self.totals.update({f"deadletter:{k}": v for k, v in report.dead.items()})
@@ -158,3 +161,26 @@ class HealthBeacon(Hook):
             pipe.execute()
         except redis.RedisError:
             pass  # health is best effort; the batch path reports Redis faults itself
+
+
+@dataclass
+class MetricsHook(Hook):
+    """Counts and latency histograms into Redis (read back by the gateway's /metrics)."""
+
+    recorder: Recorder
+
+    def on_batch(self, report: BatchReport) -> None:
+        r = self.recorder
+        r.count("accepted", report.accepted)
+        for reason, n in report.rejected.items():
+            r.count(f"rejected:{reason}", n)
+        for reason, n in report.dead.items():
+            r.count(f"deadletter:{reason}", n)
+        r.count("duplicates", report.repeats)
+        r.observe_many("batch_size", [report.size])
+        r.observe_many("commit_ms", [report.commit_ms])
+        r.observe_many("ingress_to_commit_ms", report.ingress_to_commit_ms)
+        r.maybe_flush()
+
+    def on_idle(self) -> None:
+        self.recorder.maybe_flush()

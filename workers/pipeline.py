@@ -20,7 +20,7 @@ from workers.batch import OutcomeRow, build_batch
 from workers.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers.dedupe import Repeat, split_repeats
 from workers.hooks import BatchReport
-from workers.intake import DeadLetter, admit, freshness_reason
+from workers.intake import DeadLetter, admit, freshness_reason, ingress_ms
 from workers.settings import Settings
 from workers.store import Store
 from workers.streams import Entry, Finish, IntentStream
@@ -71,8 +71,8 @@ class BatchPipeline:
             outcomes = batch.outcomes
             self._remember(book)
         commit_ms = (time.perf_counter() - started) * 1000
-        messages = [o.message() for o in outcomes] + _repeat_messages(repeats, outcomes)
-        finish = Finish([eid for eid, _ in entries], dead, messages)
+        messages, ingress = _messages(outcomes, repeats)
+        finish = Finish([eid for eid, _ in entries], dead, messages, ingress)
         return Committed(finish, _report(entries, outcomes, dead, repeats, commit_ms))
 
     def _admit(self, entries: Sequence[Entry]) -> tuple[list[Candidate], list[DeadLetter]]:
@@ -124,21 +124,25 @@ class BatchPipeline:
         self.balances.update(book.balances)
 
 
-def _repeat_messages(repeats: Sequence[Repeat], outcomes: Sequence[OutcomeRow]) -> list[dict]:
-    """Repeats get the original outcome again (stored earlier, or decided in this batch)."""
+def _messages(outcomes: Sequence[OutcomeRow],
+              repeats: Sequence[Repeat]) -> tuple[list[dict], list[int]]:
+    """New outcomes, then repeats with their original outcome (stored, or decided now)."""
+    messages = [o.message() for o in outcomes]
+    ingress = [ingress_ms(o.entry_id) for o in outcomes]
     decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
-    out = []
     for rep in repeats:
         original = rep.outcome or decided.get(rep.candidate.id)
         if original is not None:
-            out.append(original.message(duplicate=rep.duplicate))
-    return out
+            messages.append(original.message(duplicate=rep.duplicate))
+            ingress.append(rep.candidate.ingress_ms)
+    return messages, ingress
 
 
 def _report(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow],
             dead: Sequence[DeadLetter], repeats: Sequence[Repeat], commit_ms: float) -> BatchReport:
     rejected = Counter(o.reason or "" for o in outcomes if o.status != ACCEPTED)
     accepted = sum(1 for o in outcomes if o.status == ACCEPTED)
-    oldest = min((int(eid.split("-", 1)[0]) for eid, _ in entries), default=None)
+    oldest = min((ingress_ms(eid) for eid, _ in entries), default=None)
+    latencies = [o.committed_at - ingress_ms(o.entry_id) for o in outcomes]
     return BatchReport(len(entries), accepted, rejected, Counter(d.reason for d in dead),
-                       len(repeats), commit_ms, oldest)
+                       len(repeats), commit_ms, oldest, latencies)

@@ -48,9 +48,30 @@ class Settings(BaseSettings):
     confirmations_len_max: int = Field(1_000_000, ge=1_000)
     deadletter_len_max: int = Field(100_000, ge=100)
 
+    # Confirmer (RQ worker): one job per committed batch, retried until delivered.
+    user_confirmations_len_max: int = Field(1_000, ge=10)  # per-user replay window
+    user_confirmations_ttl_s: int = Field(86_400, ge=60)
+    confirm_job_timeout_s: int = Field(30, ge=1)
+    confirm_retries_max: int = Field(20, ge=1)
+    confirm_failure_ttl_s: int = Field(7 * 86_400, ge=60)  # failed jobs stay visible
+    confirm_worker_ttl_s: int = Field(20, ge=16)  # RQ blocks for worker_ttl - 15 s at most
+    confirm_maintenance_s: int = Field(5, ge=1)  # how often abandoned jobs are looked for
+    confirm_monitoring_s: int = Field(5, ge=1)
+    confirm_heartbeat_grace_s: int = Field(10, ge=1)
+    confirm_guard_ttl_s: int = Field(3_600, ge=60)  # a published job is not re-published
+
+    # Gateway (WebSocket confirmations, bet lookups, health, metrics).
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65_535)
+    gateway_secret_file: Path = Path("./var/gateway-secret")
+    token_ttl_s: int = Field(3_600, ge=1, le=30 * 86_400)
+    ws_queue_max: int = Field(1_000, ge=1)  # messages buffered per WebSocket before closing
+    ws_seen_max: int = Field(10_000, ge=100)  # seqs remembered per WebSocket for dedupe
+
     # Observability.
     progress_interval_s: float = Field(5.0, gt=0)
     health_ttl_ms: int = Field(15_000, ge=1_000)
+    metrics_flush_interval_s: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _bounds_agree(self) -> Settings:

@@ -6,7 +6,6 @@ that acknowledges the entries, parks dead letters and publishes confirmations to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -14,6 +13,7 @@ from typing import Final
 import redis
 
 from producer import constants as c
+from workers.confirmer import confirmation_queue, enqueue_delivery
 from workers.intake import DeadLetter
 from workers.settings import Settings
 
@@ -28,6 +28,7 @@ class Finish:
     ack_ids: Sequence[str]
     dead: Sequence[DeadLetter]
     messages: Sequence[dict[str, object]]
+    ingress_ms: Sequence[int] = ()  # per message, for the ingress-to-confirmation latency
 
 
 class IntentStream:
@@ -35,6 +36,7 @@ class IntentStream:
         self._redis = client
         self._settings = settings
         self.consumer = consumer
+        self._confirmations = confirmation_queue(client)
 
     def ensure_group(self) -> None:
         try:
@@ -93,18 +95,14 @@ class IntentStream:
         return [None if r is None else _text(r) for r in pipe.execute()]
 
     def finish(self, work: Finish) -> None:
-        """After COMMIT: ack, dead-letter and confirm in one MULTI (all or nothing)."""
+        """After COMMIT: dead-letter, enqueue the confirmations and ack, in one MULTI."""
         s = self._settings
         pipe = self._redis.pipeline(transaction=True)
         for dead in work.dead:
             pipe.xadd(c.STREAM_DEADLETTER, _dead_fields(dead), maxlen=s.deadletter_len_max,
                       approximate=True)
-            pipe.hincrby(c.KEY_STATS, f"deadletter:{dead.reason}", 1)
-        for message in work.messages:
-            data = json.dumps(message, separators=(",", ":"))
-            pipe.xadd(c.STREAM_CONFIRMATIONS, {"outcome": data},
-                      maxlen=s.confirmations_len_max, approximate=True)
-            pipe.publish(c.user_channel(int(message["user_id"])), data)  # type: ignore[arg-type]
+        if work.messages:
+            enqueue_delivery(self._confirmations, pipe, s, work.messages, work.ingress_ms)
         if work.ack_ids:
             pipe.xack(c.STREAM_INTENTS, c.GROUP_WRITERS, *work.ack_ids)
         pipe.execute()

@@ -8,7 +8,7 @@ import redis
 
 from producer.contract import new_bet, new_deposit
 from producer.signing import Keyring
-from tests.support import balances, confirmations, query
+from tests.support import balances, confirmations, deliver_confirmations, query
 from workers.hooks import Hook
 from workers.settings import Settings
 from workers.store import Store
@@ -39,7 +39,11 @@ def test_committed_but_unacked_batch_is_republished_not_reapplied(
     thread.start()
     try:
         from tests.conftest import wait_for
-        wait_for(lambda: len(confirmations(redis_client)) == 2, 20, "the re-published outcomes")
+        def published() -> bool:
+            deliver_confirmations(redis_client)
+            return len(confirmations(redis_client)) == 2
+
+        wait_for(published, 20, "the re-published outcomes")
     finally:
         stop.set()
         thread.join(10)

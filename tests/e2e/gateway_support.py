@@ -1,0 +1,52 @@
+"""Start the whole pipeline (writer, confirmer, gateway) as real processes for a test."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx
+from websockets.sync.client import ClientConnection, connect
+
+from tests.conftest import Procs, free_port, wait_for
+
+
+@dataclass
+class Pipeline:
+    procs: Procs
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def token(self, user_id: int, *extra: str) -> str:
+        done = self.procs.run("token", str(user_id), *extra)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def ws(self, token: str, since: int | None = None) -> ClientConnection:
+        query = f"token={token}" + (f"&since={since}" if since is not None else "")
+        return connect(f"ws://127.0.0.1:{self.port}/ws?{query}", open_timeout=10, legacy=True)
+
+
+def start_pipeline(procs: Procs, demo: bool = False, **env: str) -> Pipeline:
+    port = free_port()
+    procs.start("writer", **env)
+    procs.start("confirmer", **env)
+    procs.start("gateway", "--port", str(port), *(["--demo"] if demo else []), **env)
+    pipeline = Pipeline(procs, port)
+    wait_for(lambda: _healthy(pipeline), 60, "writer, confirmer and gateway to be healthy")
+    return pipeline
+
+
+def _healthy(pipeline: Pipeline) -> bool:
+    try:
+        return httpx.get(f"{pipeline.http}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def receive(ws: ClientConnection, count: int, timeout_s: float = 20) -> list[dict]:
+    """Exactly ``count`` messages, each within the deadline."""
+    return [json.loads(ws.recv(timeout=timeout_s)) for _ in range(count)]

@@ -1,0 +1,114 @@
+"""Confirmations reach the right subscriber, once, through real processes."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import httpx
+import pytest
+import redis
+from websockets.exceptions import InvalidStatus
+
+from producer.client import Producer
+from producer.contract import new_bet, new_deposit
+from tests.conftest import Procs, wait_for
+from tests.e2e.gateway_support import receive, start_pipeline
+from tests.support import drained, query
+from workers import tokens
+
+pytestmark = pytest.mark.e2e
+
+
+def test_each_subscriber_gets_its_own_confirmations_once(
+        procs: Procs, producer: Producer) -> None:
+    pipe = start_pipeline(procs)
+    alice, bob = pipe.ws(pipe.token(21)), pipe.ws(pipe.token(22))
+    deposit, bet = new_deposit(21, 1_000), new_bet(21, 400, "final", "home", "2.00")
+    producer.submit_many([deposit, bet])
+    got = receive(alice, 2)
+    assert [m["id"] for m in got] == [deposit.id, bet.id]
+    assert got[1]["status"] == "accepted" and got[1]["balance"] == 600
+
+    marker = new_deposit(22, 5)  # bob's own intent, sent after alice's were confirmed
+    producer.submit(marker)
+    assert [m["id"] for m in receive(bob, 1)] == [marker.id], "bob saw nothing of alice's"
+    with pytest.raises(TimeoutError):
+        alice.recv(timeout=0.5)  # and alice got no third message (nor bob's)
+
+    bet_view = httpx.get(f"{pipe.http}/bets/{bet.id}",
+                         headers={"authorization": f"Bearer {pipe.token(21)}"}).json()
+    assert bet_view["stake"] == 400 and bet_view["status"] == "accepted"
+    assert bet_view["odds"] == "2.00" and bet_view["balance"] == 600
+
+
+def test_wrong_tokens_are_refused(procs: Procs, producer: Producer, env: dict[str, str]) -> None:
+    pipe = start_pipeline(procs)
+    secret = tokens.load_or_create_secret(env["BETSTREAM_GATEWAY_SECRET_FILE"])
+    expired = tokens.issue(secret, 31, ttl_s=1, now_ms=int(time.time() * 1000) - 10_000)
+    forged = tokens.issue(b"not-the-gateway-secret-0123456789abcdef", 31, ttl_s=60)
+    for bad in ("", "garbage", expired, forged, pipe.token(31)[:-1] + "0"):
+        with pytest.raises(InvalidStatus):
+            pipe.ws(bad)
+    bet = new_bet(31, 1, "m", "s", "2.00")
+    producer.submit_many([new_deposit(31, 10), bet])
+    wait_for(lambda: httpx.get(f"{pipe.http}/bets/{bet.id}?token={pipe.token(31)}")
+             .status_code == 200, 20, "the bet to be committed")
+    other = httpx.get(f"{pipe.http}/bets/{bet.id}?token={pipe.token(32)}")
+    assert other.status_code == 404, "another user's token does not see the bet"
+    assert httpx.get(f"{pipe.http}/bets/{bet.id}").status_code == 401
+
+
+def test_confirmer_sigkilled_mid_load_every_outcome_confirmed_once(
+        procs: Procs, redis_client: redis.Redis, env: dict[str, str]) -> None:
+    pipe = start_pipeline(procs, BETSTREAM_CONFIRM_HEARTBEAT_GRACE_S="2",
+                          BETSTREAM_CONFIRM_MAINTENANCE_S="1",
+                          BETSTREAM_CONFIRM_MONITORING_S="1")
+    hot = 1  # the load generator sends a share of bets to users 1..10
+    token = pipe.token(hot)
+    ws = pipe.ws(token, since=0)
+    load = procs.start("load", "--users", "20", "--bets", "6000", "--rate", "2000", "--quiet",
+                       "--seed", "7")
+    seen: list[int] = []
+    confirmer = next(p for p in procs.started if p.args[-1] == "confirmer")
+    for _ in range(2):
+        time.sleep(random.uniform(0.3, 1.0))  # a random moment to crash at, not a wait
+        confirmer.send_signal(signal.SIGKILL)
+        confirmer.wait(10)
+        seen += [m["seq"] for m in receive_some(ws)]
+        ws.close()
+        confirmer = procs.start("confirmer", BETSTREAM_CONFIRM_HEARTBEAT_GRACE_S="2",
+                                BETSTREAM_CONFIRM_MAINTENANCE_S="1",
+                                BETSTREAM_CONFIRM_MONITORING_S="1")
+        ws = pipe.ws(token, since=max(seen, default=0))
+    assert load.wait(60) == 0
+    wait_for(lambda: drained(redis_client), 60, "the writer to commit everything")
+    db = env["BETSTREAM_DB"]
+    all_seqs = {s for (s,) in query(db, "SELECT seq FROM outcomes")}
+    wait_for(lambda: published_seqs(redis_client) >= all_seqs, 90,
+             "every committed outcome to be confirmed")
+    hot_seqs = {s for (s,) in query(db, "SELECT seq FROM outcomes WHERE user_id = ?", (hot,))}
+    deadline = time.monotonic() + 60
+    while set(seen) != hot_seqs and time.monotonic() < deadline:
+        seen += [m["seq"] for m in receive_some(ws)]
+    assert set(seen) == hot_seqs, "the reconnecting subscriber saw every seq of its user"
+    assert len(seen) == len(set(seen)), "and each once"
+
+
+def receive_some(ws) -> list[dict]:
+    """Whatever arrives until a short quiet spell (used between crashes)."""
+    import json
+
+    out = []
+    while True:
+        try:
+            out.append(json.loads(ws.recv(timeout=0.3)))
+        except TimeoutError:
+            return out
+
+
+def published_seqs(client: redis.Redis) -> set[int]:
+    import json
+
+    return {json.loads(f[b"outcome"])["seq"] for _, f in client.xrange("betstream:confirmations")}

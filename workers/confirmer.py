@@ -1,0 +1,107 @@
+"""The confirmer: an RQ worker (JSON serializer, never pickle) that publishes outcomes.
+
+The writer enqueues one job per committed batch, in the same MULTI as its XACK. A job
+appends each outcome to ``betstream:confirmations`` (bounded), to the user's short stream
+(for reconnecting subscribers) and PUBLISHes it on the user's channel, all in one MULTI:
+a job either delivers its whole batch or nothing, and is retried until it does.
+A retried job whose earlier run did publish (the worker died before RQ marked it done)
+finds its guard key and publishes nothing again. Confirmations are at-least-once (e.g. the
+guard expired while the confirmer was down); ``seq`` lets subscribers drop repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import redis
+from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from producer import constants as c
+from workers.metrics import Recorder
+from workers.settings import Settings
+
+JOB_FUNC: Final = "workers.confirmer.deliver"
+
+
+def confirmation_queue(client: redis.Redis) -> Queue:
+    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JSONSerializer)
+
+
+def enqueue_delivery(queue: Queue, pipe: redis.client.Pipeline, settings: Settings,
+                     messages: Sequence[dict[str, Any]], ingress_ms: Sequence[int]) -> None:
+    """Add the batch's delivery job to ``pipe`` (the writer's post-commit MULTI)."""
+    limits = {"stream_len_max": settings.confirmations_len_max,
+              "user_len_max": settings.user_confirmations_len_max,
+              "user_ttl_s": settings.user_confirmations_ttl_s,
+              "guard_ttl_s": settings.confirm_guard_ttl_s}
+    queue.enqueue_call(
+        JOB_FUNC, args=(list(messages), list(ingress_ms), limits), pipeline=pipe,
+        timeout=settings.confirm_job_timeout_s, result_ttl=0,
+        failure_ttl=settings.confirm_failure_ttl_s, ttl=None,
+        retry=Retry(max=settings.confirm_retries_max, interval=list(RETRY_INTERVALS_S)),
+        description=f"confirm {len(messages)} outcomes")
+
+
+RETRY_INTERVALS_S: Final = (1, 2, 5, 10, 30)
+
+
+def deliver(messages: list[dict[str, Any]], ingress_ms: list[int], limits: dict[str, int]) -> int:
+    """RQ job: publish one batch of outcomes (all of them, or none and the job is retried)."""
+    job = get_current_job()
+    if job is None:  # programmer error: only RQ calls this
+        raise RuntimeError("deliver() runs inside an RQ job")
+    client: redis.Redis = job.connection
+    guard = f"{c.KEY_CONFIRMED_JOB_PREFIX}{job.id}"
+    if client.exists(guard):
+        return 0  # a run of this job already published (killed before RQ marked it done)
+    pipe = client.pipeline(transaction=True)
+    pipe.set(guard, 1, ex=limits["guard_ttl_s"])
+    for message in messages:
+        data = json.dumps(message, separators=(",", ":"))
+        user = int(message["user_id"])
+        pipe.xadd(c.STREAM_CONFIRMATIONS, {"outcome": data},
+                  maxlen=limits["stream_len_max"], approximate=True)
+        pipe.xadd(c.user_confirmations(user), {"outcome": data},
+                  maxlen=limits["user_len_max"], approximate=True)
+        pipe.expire(c.user_confirmations(user), limits["user_ttl_s"])
+        pipe.publish(c.user_channel(user), data)
+    recorder = Recorder(client, 0)
+    now = time.time_ns() // 1_000_000
+    recorder.observe_many("ingress_to_confirm_ms", [now - t for t in ingress_ms])
+    recorder.count("confirmed", len(messages))
+    recorder.write_to(pipe)
+    pipe.execute()
+    return len(messages)
+
+
+class ConfirmerWorker(SimpleWorker):
+    """An RQ SimpleWorker whose abandoned jobs are found in seconds, not minutes.
+
+    RQ adds a fixed 60 s to a job's heartbeat TTL, so a SIGKILLed worker's job would wait
+    over a minute before another worker requeues it (the peers' "stuck job" failure,
+    arq #343). Here the grace is a setting, and maintenance runs every few seconds.
+    """
+
+    heartbeat_grace_s: int = 10
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = int(min(job.timeout - working_time, interval))
+        return max(1, interval) + self.heartbeat_grace_s
+
+
+def run_confirmer(settings: Settings, client: redis.Redis) -> None:
+    """Work the confirmation queue until SIGTERM/SIGINT (RQ's warm shutdown)."""
+    worker = ConfirmerWorker(
+        [confirmation_queue(client)], connection=client, serializer=JSONSerializer,
+        worker_ttl=settings.confirm_worker_ttl_s,
+        maintenance_interval=settings.confirm_maintenance_s,
+        job_monitoring_interval=settings.confirm_monitoring_s)
+    worker.heartbeat_grace_s = settings.confirm_heartbeat_grace_s
+    worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
