@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed-stamp
 APT    := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast bench redis-server clean help
+.PHONY: run test test-fast bench redis-server chromium clean help
 
 help:
-	@echo "make run    start redis (if needed), writer and a demo load; Ctrl-C stops"
+	@echo "make run    start redis (if needed), writer, confirmer, gateway and a demo load"
 	@echo "make test   run the whole test suite (unit, integration, end-to-end)"
 
 $(STAMP): pyproject.toml
@@ -23,10 +23,15 @@ redis-server:
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq redis-server >/dev/null; }
 
+# Debian's chromium for the browser test (never a downloaded browser build).
+chromium:
+	@command -v chromium >/dev/null || { echo "installing chromium (browser tests)"; \
+	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq chromium >/dev/null; }
+
 run: $(STAMP) redis-server
 	@$(BIN)/betstream run
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server chromium
 	@$(BIN)/python -m pytest
 
 test-fast: $(STAMP) redis-server

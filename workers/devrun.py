@@ -37,7 +37,7 @@ DRAIN_TIMEOUT_S: Final = 600.0
 STOP_TIMEOUT_S: Final = 15.0
 DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
                     "settlement": ["settle"]}
-PROCESSES: Final = ("writer",)  # the Procfile's processes, except redis
+PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
 
 
 def ensure_keyring(path: Path, console: Console) -> None:
@@ -90,11 +90,11 @@ def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 def start_processes(logdir: Path) -> dict[str, subprocess.Popen]:
     logdir.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name in PROCESSES:
-        log = open(logdir / f"{name}.log", "ab")
-        out[name] = subprocess.Popen([sys.executable, "-m", "workers.cli", name],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     env={**os.environ, "BETSTREAM_LOG_FORMAT": "json"})
+    for args in PROCESSES:
+        log = open(logdir / f"{args[0]}.log", "ab")
+        out[args[0]] = subprocess.Popen([sys.executable, "-m", "workers.cli", *args],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        env={**os.environ, "BETSTREAM_LOG_FORMAT": "json"})
     return out
 
 
@@ -151,7 +151,30 @@ def print_summary(console: Console, db: Path, after_seq: int, seconds: float) ->
         if status == "rejected":
             console.print(f"  rejected  {n:>6}  {reason}")
     console.print(f"\nledger      {db.resolve()}  (check it: .venv/bin/betstream audit)")
-    console.print(f"writer log  {(VAR / 'log' / 'writer.log').resolve()}")
+    console.print(f"logs        {(VAR / 'log').resolve()}/{{writer,confirmer,gateway}}.log")
+
+
+def print_gateway(console: Console, settings: Settings) -> None:
+    """Where to look: the bet slip page, a token, health and metrics."""
+    from workers import tokens
+
+    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    _wait(lambda: _answers(base + "/health"), START_TIMEOUT_S, "the gateway to answer")
+    token = tokens.issue(tokens.load_or_create_secret(settings.gateway_secret_file), 1,
+                         settings.token_ttl_s)
+    console.print(f"bet slip    [bold]{base}/[/]  (demo users 1-5)")
+    console.print(f"health      {base}/health    metrics {base}/metrics")
+    console.print(f"token (user 1, {settings.token_ttl_s}s)  {token}")
+    console.print(f"websocket   ws://{settings.gateway_host}:{settings.gateway_port}/ws?token=…&since=0")
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code in (200, 503)
+    except httpx.HTTPError:
+        return False
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,6 +192,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         result = push_with_progress(producer, plan, quiet=False)
         wait_committed(client, result.sent, console)
         print_summary(console, settings.db, after, time.perf_counter() - started)
+        print_gateway(console, settings)
         if not args.exit_after_demo:
             console.print("\nrunning; push more with [bold].venv/bin/betstream load[/]. "
                           "Ctrl-C stops.")

@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import yaml
 
 from producer.contract import new_deposit
 from tests.conftest import BETSTREAM, ROOT, free_port, wait_for
-from tests.support import drained, outcome_of
+from tests.support import confirmations, drained, outcome_of
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +25,7 @@ def test_run_demo_starts_private_redis_and_prints_a_summary(tmp_path: Path,
     """`make run` on a machine where no Redis answers: it starts one, demo, summary, exit."""
     port = free_port()
     demo_env = {**env, "BETSTREAM_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "BETSTREAM_GATEWAY_PORT": str(free_port()),
                 "BETSTREAM_DB": "var/betstream.sqlite3", "BETSTREAM_KEYRING": "var/keyring.json"}
     done = subprocess.run([*BETSTREAM, "run", "--exit-after-demo", "--users", "5",
                            "--bets", "300"], cwd=tmp_path, env=demo_env, capture_output=True,
@@ -31,6 +33,7 @@ def test_run_demo_starts_private_redis_and_prints_a_summary(tmp_path: Path,
     assert done.returncode == 0, done.stdout + done.stderr
     assert "started a private redis-server" in done.stdout
     assert "demo done" in done.stdout and "accepted" in done.stdout
+    assert "bet slip    http://127.0.0.1:" in done.stdout and "token (user 1" in done.stdout
     assert (tmp_path / "var" / "betstream.sqlite3").exists()
     assert (tmp_path / "var" / "keyring.json").stat().st_mode & 0o077 == 0, "secret file is private"
     with pytest.raises(redis.ConnectionError):
@@ -40,21 +43,34 @@ def test_run_demo_starts_private_redis_and_prints_a_summary(tmp_path: Path,
     assert audit.returncode == 0, audit.stdout
 
 
-def test_procfile_runs_the_writer_under_honcho(tmp_path: Path, env: dict[str, str],
-                                               redis_client: redis.Redis, producer) -> None:
+def test_procfile_runs_writer_confirmer_and_gateway_under_honcho(
+        tmp_path: Path, env: dict[str, str], redis_client: redis.Redis, producer) -> None:
     deposit = new_deposit(11, 900)
     producer.submit(deposit)
     bin_dir = str(Path(sys.executable).parent)
+    port = free_port()
     honcho = subprocess.Popen(
         [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start"], cwd=ROOT,
-        env={**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"},
+        env={**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}",
+             "BETSTREAM_GATEWAY_PORT": str(port)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: drained(redis_client), 30, "the Procfile writer to drain the stream")
         assert outcome_of(env["BETSTREAM_DB"], deposit.id)["status"] == "accepted"
+        wait_for(lambda: [m["id"] for m in confirmations(redis_client)] == [deposit.id], 30,
+                 "the Procfile confirmer to publish the outcome")
+        wait_for(lambda: _status(f"http://127.0.0.1:{port}/health") == 200, 30,
+                 "the Procfile gateway to report healthy")
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         honcho.wait(30)
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 def test_compose_runs_redis_with_aof_everysec_and_the_writer() -> None:
@@ -62,11 +78,13 @@ def test_compose_runs_redis_with_aof_everysec_and_the_writer() -> None:
     services = compose["services"]
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--appendfsync everysec" in redis_cmd
-    writer = services["writer"]
-    assert writer["command"] == ["writer"]
-    assert writer["environment"]["BETSTREAM_REDIS_URL"] == "redis://redis:6379/0"
+    for name in ("writer", "confirmer", "gateway"):
+        assert services[name]["command"][0] == name
+        assert services[name]["environment"]["BETSTREAM_REDIS_URL"] == "redis://redis:6379/0"
     procfile = (ROOT / "Procfile").read_text()
-    assert "writer: betstream writer" in procfile
+    for line in ("writer: betstream writer", "confirmer: betstream confirmer",
+                 "gateway: betstream gateway"):
+        assert line in procfile
 
 
 @pytest.mark.parametrize("setting,value,needle", [
