@@ -14,8 +14,10 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "installing betstream into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install -q --upgrade pip > $(VENV)/install.log 2>&1
+	@$(BIN)/python -m pip install -q -e '.[dev]' >> $(VENV)/install.log 2>&1 \
+	  || { tail -30 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
 # Debian's redis-server when missing (the tests start private ones on free ports).

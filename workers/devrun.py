@@ -178,7 +178,7 @@ def _answers(url: str) -> bool:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
+    console = Console(stderr=False, soft_wrap=True)  # never break a token across lines
     redis_proc = ensure_redis(settings.redis_url, console)
     ensure_keyring(settings.keyring, console)
     children = start_processes(VAR / "log")
