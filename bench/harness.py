@@ -1,0 +1,130 @@
+"""Benchmark plumbing: a private redis-server, fresh SQLite files, betstream processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYRING = {
+    "frontend": {"secret": "bench-frontend-secret-0001", "kinds": ["bet"]},
+    "cashier": {"secret": "bench-cashier-secret-00001", "kinds": ["deposit", "withdrawal"]},
+    "settlement": {"secret": "bench-settlement-secret-1", "kinds": ["settle"]},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Env:
+    dir: Path
+    port: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "ledger.sqlite3"
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "BETSTREAM_REDIS_URL": self.redis_url,
+                "BETSTREAM_DB": str(self.db), "BETSTREAM_KEYRING": str(self.dir / "keyring.json"),
+                "BETSTREAM_GATEWAY_SECRET_FILE": str(self.dir / "gateway-secret"),
+                "BETSTREAM_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **extra}
+
+    def start(self, *args: str, **extra: str) -> subprocess.Popen:
+        log = open(self.dir / f"{args[0]}-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
+                                env=self.environ(**extra), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
+                              env=self.environ(**extra), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, check=True)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+@contextmanager
+def private_env(keep: bool = False) -> Iterator[Env]:
+    """A fresh directory, keyring and redis-server (no persistence) for one measurement."""
+    tmp = Path(tempfile.mkdtemp(prefix="betstream-bench-"))
+    (tmp / "keyring.json").write_text(json.dumps(KEYRING))
+    env = Env(tmp, free_port())
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(env.port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        wait(lambda: _pings(env), 10, "redis-server")
+        yield env
+    finally:
+        for proc in env.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in env.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server.kill()
+        server.wait()
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pings(env: Env) -> bool:
+    try:
+        return bool(env.client().ping())
+    except redis.RedisError:
+        return False
+
+
+def wait(check, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
