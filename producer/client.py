@@ -39,11 +39,16 @@ class Producer:
         keyring: Keyring,
         kids: dict[str, str] | None = None,
         pipeline_size_max: int = PIPELINE_SIZE_MAX,
+        shed: bool = True,
     ) -> None:
+        """``shed``: refuse fast with BreakerOpen while the shared circuit breaker is open."""
+        from producer.shedding import BreakerView  # reads the breaker hash, cached
+
         self._redis = client
         self._keyring = keyring
         self._kids = dict(kids or {})
         self._pipeline_size_max = pipeline_size_max
+        self._breaker = BreakerView(client) if shed else None
 
     def key_for(self, kind: str) -> Key:
         """The configured key for ``kind``, else the first keyring key allowed to sign it."""
@@ -61,8 +66,14 @@ class Producer:
         return entry_fields(self.key_for(intent.kind), intent_body(intent))
 
     def submit(self, intent: Intent) -> str:
-        """Sign and enqueue one intent; returns the stream entry id (its ingress time)."""
-        entry_id = self._redis.xadd(c.STREAM_INTENTS, self.fields_for(intent))
+        """Sign and enqueue one intent; returns the stream entry id (its ingress time).
+
+        Raises BreakerOpen (nothing sent) while the circuit breaker sheds load.
+        """
+        fields = self.fields_for(intent)
+        if self._breaker:
+            self._breaker.check()
+        entry_id = self._redis.xadd(c.STREAM_INTENTS, fields)
         return _text(entry_id)
 
     def submit_many(self, intents: Iterable[Intent]) -> list[str]:
@@ -83,6 +94,8 @@ class Producer:
         return ids
 
     def _flush(self, chunk: Sequence[dict[str, str | bytes]]) -> list[str]:
+        if self._breaker:
+            self._breaker.check()  # whole chunks are shed, never half of one
         pipe = self._redis.pipeline(transaction=False)
         for fields in chunk:
             pipe.xadd(c.STREAM_INTENTS, fields)

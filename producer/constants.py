@@ -32,6 +32,8 @@ KEY_WRITER_LEASE: Final = f"{PREFIX}:writer:lease"
 KEY_WRITER_HEALTH: Final = f"{PREFIX}:writer:health"
 KEY_NONCE_PREFIX: Final = f"{PREFIX}:nonce:"
 KEY_STATS: Final = f"{PREFIX}:stats"
+KEY_BREAKER: Final = f"{PREFIX}:breaker"  # hash: the shared breaker state
+STREAM_BREAKER_LOG: Final = f"{PREFIX}:breaker:log"  # every transition, bounded
 KEY_METRICS_PREFIX: Final = f"{PREFIX}:metrics:"
 
 

@@ -55,3 +55,11 @@ class LeaseLost(BetstreamError):
 
 class InvariantViolation(BetstreamError):
     """A ledger invariant does not hold; never swallowed, always investigated."""
+
+
+class BreakerOpen(BetstreamError):
+    """The circuit breaker sheds load: nothing was sent; try again after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -17,10 +17,12 @@ from typing import Any, Final
 
 from producer.client import Producer, entry_fields
 from producer.contract import encode_body, new_nonce, now_ms
+from producer.errors import BreakerOpen
 
 CHUNK_SIZE_MAX: Final = 500  # intents per pipelined round trip
 SENDS_PER_S: Final = 100  # paced loads send this often
 RECENT_MAX: Final = 100  # duplicates are drawn from this many recent intents
+SHED_WAIT_MAX_S: Final = 5.0  # longest back-off after the breaker refused a chunk
 ODDS_CHOICES: Final = ("1.25", "1.50", "1.90", "2.00", "2.50", "3.10", "5.00", "12.00")
 MARKETS: Final = 20
 
@@ -44,6 +46,8 @@ class LoadPlan:
 class LoadResult:
     sent: int = 0
     duplicates: int = 0
+    shed: int = 0  # intents refused by the circuit breaker (each later sent again)
+    shed_wait_s: float = 0.0
     seconds: float = 0.0
     by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -118,7 +122,15 @@ def _send(producer: Producer, chunk: list, result: LoadResult, started: float, r
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-    producer.submit_fields(chunk)
+    while True:
+        try:
+            producer.submit_fields(chunk)
+            break
+        except BreakerOpen as exc:  # nothing was sent: back off, then offer the chunk again
+            result.shed += len(chunk)
+            pause = min(exc.retry_after, SHED_WAIT_MAX_S)
+            result.shed_wait_s += pause
+            time.sleep(pause)
     result.sent += len(chunk)
     if progress:
         progress(result.sent, total)

@@ -33,6 +33,7 @@ def stop_on_signals() -> threading.Event:
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     from producer.signing import Keyring
     from workers.connections import redis_client
+    from workers.breaker import BreakerHook, BreakerStore
     from workers.hooks import HealthBeacon, Hooks, MetricsHook, ProgressLog
     from workers.metrics import Recorder
     from workers.store import Store
@@ -44,7 +45,9 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     consumer = args.consumer or consumer_name()
     hooks = Hooks(ProgressLog(settings.progress_interval_s),
                   HealthBeacon(client, consumer, settings.health_ttl_ms),
-                  MetricsHook(Recorder(client, settings.metrics_flush_interval_s)))
+                  MetricsHook(Recorder(client, settings.metrics_flush_interval_s)),
+                  BreakerHook(BreakerStore(client, settings.breaker_limits),
+                              settings.breaker_sync_ms / 1000))
     get_logger("betstream.writer").info(
         "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max)
     Writer(settings, client, store, keyring, hooks, consumer).run(stop_on_signals())
@@ -83,6 +86,32 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("USER_ID must be a positive integer")
     secret = tokens.load_or_create_secret(settings.gateway_secret_file)
     print(tokens.issue(secret, args.user_id, args.ttl or settings.token_ttl_s))
+    return EXIT_OK
+
+
+def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.breaker import BreakerStore, now_ms
+    from workers.breaker_core import CLOSED, OPEN
+    from workers.connections import redis_client
+
+    store = BreakerStore(redis_client(settings.redis_url), settings.breaker_limits)
+    if args.action in ("open", "close"):
+        if not args.reason:
+            raise ConfigError("--reason is required: forcing the breaker is recorded")
+        store.force(OPEN if args.action == "open" else CLOSED, args.reason)
+    snap = store.load()
+    b = snap.breaker
+    in_state_s = (now_ms() - b.since_ms) / 1000 if b.since_ms else 0.0
+    report = {"state": b.state, "reason": b.reason, "in_state_s": round(in_state_s, 1),
+              "forced": b.forced, "opened_total": b.opened,
+              "recent_transitions": store.transitions(5)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"breaker {b.state.upper()}{' (forced)' if b.forced else ''} for "
+              f"{in_state_s:.1f}s: {b.reason or 'no trips yet'}")
+        for t in report["recent_transitions"]:
+            print(f"  -> {t['state']:<9} at {t['since_ms']}  {t['reason']}")
     return EXIT_OK
 
 
@@ -148,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("user_id", type=int, metavar="USER_ID")
     t.add_argument("--ttl", type=int, default=None, help="seconds (default BETSTREAM_TOKEN_TTL_S)")
     t.set_defaults(func=cmd_token)
+    b = sub.add_parser("breaker", help="show or force the circuit breaker")
+    b.add_argument("action", choices=["status", "open", "close"], nargs="?", default="status")
+    b.add_argument("--reason", help="why (required to force; recorded in the transition log)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_breaker)
     a = sub.add_parser("audit", help="prove the ledger invariants; exit 1 on any violation")
     a.add_argument("--db", help="database file (default BETSTREAM_DB)")
     a.add_argument("--json", action="store_true", help="machine-readable report")

@@ -133,8 +133,15 @@ def health_report(st: GatewayState) -> dict[str, Any]:
         "writer": writer.as_dict(),
         "confirmer": {"workers": confirmers, "backlog_jobs": queue.count,
                       "failed_jobs": queue.failed_job_registry.count},
-        "breaker": {"state": "not configured"},
+        "breaker": _breaker_state(st),
     }
+
+
+def _breaker_state(st: GatewayState) -> dict[str, Any]:
+    from workers.breaker import BreakerStore
+
+    b = BreakerStore(st.redis, st.settings.breaker_limits).load().breaker
+    return {"state": b.state, "reason": b.reason, "since_ms": b.since_ms, "forced": b.forced}
 
 
 async def metrics(request: Request) -> Response:

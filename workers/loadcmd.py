@@ -35,7 +35,10 @@ def run_load_command(settings: Settings, args: argparse.Namespace) -> int:
     producer = Producer(redis_client(settings.redis_url), Keyring.load(settings.keyring))
     result = push_with_progress(producer, plan_from_args(args), args.quiet)
     summary = {"sent": result.sent, "duplicates": result.duplicates, "by_kind": result.by_kind,
-               "seconds": round(result.seconds, 3), "per_s": round(result.per_s)}
+               "seconds": round(result.seconds, 3), "per_s": round(result.per_s),
+               "shed": result.shed, "shed_wait_s": round(result.shed_wait_s, 1)}
+    shed = (f"; breaker shed {result.shed} (waited {result.shed_wait_s:.1f}s)"
+            if result.shed else "")
     print(json.dumps(summary) if args.json else
-          f"sent {result.sent} intents in {result.seconds:.1f}s ({result.per_s:,.0f}/s)")
+          f"sent {result.sent} intents in {result.seconds:.1f}s ({result.per_s:,.0f}/s){shed}")
     return 0

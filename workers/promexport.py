@@ -9,6 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from producer import constants as c
+from workers.breaker import parse
+from workers.breaker_core import CLOSED, HALF_OPEN, OPEN, BreakerLimits
 from workers.confirmer import confirmation_queue
 from workers.metrics import HISTOGRAMS, read_histogram
 from workers.streams import backlog
@@ -45,6 +47,14 @@ class RedisMetrics(Collector):
                                 value=queue.count)
         yield GaugeMetricFamily("betstream_confirmation_failed", "confirmation jobs failed",
                                 value=queue.failed_job_registry.count)
+        snap = parse(self._redis.hgetall(c.KEY_BREAKER), BreakerLimits())
+        state = GaugeMetricFamily("betstream_breaker_state", "1 for the current state",
+                                  labels=["state"])
+        for name in (CLOSED, OPEN, HALF_OPEN):
+            state.add_metric([name], 1 if snap.breaker.state == name else 0)
+        yield state
+        yield CounterMetricFamily("betstream_breaker_opened", "transitions to OPEN",
+                                  value=snap.breaker.opened)
 
 
 def _labelled(stats: dict[str, int], name: str, doc: str, prefix: str,

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.errors import ConfigError
+from workers.breaker_core import BreakerLimits
 
 
 class Settings(BaseSettings):
@@ -68,6 +69,16 @@ class Settings(BaseSettings):
     ws_queue_max: int = Field(1_000, ge=1)  # messages buffered per WebSocket before closing
     ws_seen_max: int = Field(10_000, ge=100)  # seqs remembered per WebSocket for dedupe
 
+    # Circuit breaker (state shared in Redis; the seed's 30 s stability window).
+    breaker_failures_max: int = Field(3, ge=1)
+    breaker_commit_ms_max: int = Field(2_000, ge=1)
+    breaker_backlog_age_ms_max: int = Field(30_000, ge=100)
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+    breaker_cooldown_max_s: float = Field(60.0, gt=0)
+    breaker_stability_s: float = Field(30.0, gt=0)
+    breaker_half_open_share: float = Field(0.1, ge=0, le=1)
+    breaker_sync_ms: int = Field(1_000, ge=10)  # how often the writer re-reads operator changes
+
     # Observability.
     progress_interval_s: float = Field(5.0, gt=0)
     health_ttl_ms: int = Field(15_000, ge=1_000)
@@ -80,9 +91,22 @@ class Settings(BaseSettings):
                 "intent_age_max_ms must stay below nonce_ttl_s, or a replayed nonce could "
                 "outlive its record"
             )
+        if self.breaker_backlog_age_ms_max >= self.intent_age_max_ms:
+            raise ValueError(
+                "breaker_backlog_age_ms_max must stay below intent_age_max_ms, so load is "
+                "shed before intents turn stale")
         if self.retry_backoff_min_ms > self.retry_backoff_max_ms:
             raise ValueError("retry_backoff_min_ms must not exceed retry_backoff_max_ms")
         return self
+
+    @property
+    def breaker_limits(self) -> BreakerLimits:
+        return BreakerLimits(
+            failures_max=self.breaker_failures_max, commit_ms_max=self.breaker_commit_ms_max,
+            backlog_age_ms_max=self.breaker_backlog_age_ms_max,
+            cooldown_s=self.breaker_cooldown_s, cooldown_max_s=self.breaker_cooldown_max_s,
+            stability_s=self.breaker_stability_s,
+            half_open_share=self.breaker_half_open_share)
 
     @property
     def lease_renew_ms(self) -> int:

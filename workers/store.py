@@ -46,15 +46,30 @@ class Store:
 
     def __init__(self, path: Path, busy_timeout_ms: int) -> None:
         self.path = Path(path)
-        try:
-            self._conn = connect(self.path, busy_timeout_ms)
-            self._conn.executescript(resources.files("workers").joinpath("schema.sql").read_text())
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open ledger {self.path}: {exc}") from exc
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn = self._open()
+        self._broken = False
         version = self._meta("schema_version")
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
         self.heads = self._read_heads()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = connect(self.path, self._busy_timeout_ms)
+            conn.executescript(resources.files("workers").joinpath("schema.sql").read_text())
+            return conn
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open ledger {self.path}: {exc}") from exc
+
+    def _healthy_conn(self) -> sqlite3.Connection:
+        """After a failed commit, start over on a fresh connection (a read-only or full
+        file, a lost file handle): SQLite's own recovery runs when it opens the file."""
+        if self._broken:
+            self._conn.close()
+            self._conn = self._open()
+            self._broken = False
+        return self._conn
 
     def close(self) -> None:
         self._conn.close()
@@ -73,6 +88,7 @@ class Store:
 
     def bump_epoch(self) -> int:
         """Take the fencing epoch: every older writer's next commit will fail."""
+        self._healthy_conn()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'epoch'")
@@ -80,6 +96,7 @@ class Store:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            self._broken = True
             raise StoreError(f"cannot take the fencing epoch: {exc}") from exc
         self.heads = self._read_heads()  # another writer may have committed before us
         return epoch
@@ -118,12 +135,14 @@ class Store:
 
     def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
         try:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+            return self._healthy_conn().execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
+            self._broken = True
             raise StoreError(f"ledger read failed: {exc}") from exc
 
     def commit(self, batch: BatchWrite) -> None:
         """Write one batch in one transaction, or nothing at all."""
+        self._healthy_conn()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             epoch = self._meta("epoch")
@@ -136,6 +155,7 @@ class Store:
             raise
         except (sqlite3.Error, InvariantViolation) as exc:
             self._rollback()
+            self._broken = True
             raise StoreError(f"batch {batch.batch_no} not committed: {exc}") from exc
         self.heads = batch.after
 

@@ -1,0 +1,144 @@
+"""The breaker's state in Redis (one hash + a transition log) and the writer's hook.
+
+The writer is the only process that moves the breaker automatically; operators can force
+it with ``betstream breaker open|close``. Every change is a compare-and-set on a version
+number, so an operator's force is never overwritten by a writer that had not seen it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Final
+
+import redis
+
+from producer import constants as c
+from workers.breaker_core import Breaker, BreakerLimits, force, on_failure, on_success, on_tick
+from workers.hooks import BatchReport, Hook
+from workers.logs import get_logger
+
+LOG_LEN_MAX: Final = 10_000
+
+# KEYS[1] hash, KEYS[2] log stream; ARGV[1] expected version, ARGV[2] log maxlen,
+# then field/value pairs. Writes only if nobody changed the version meanwhile.
+_CAS: Final = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then return -1 end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'version', current + 1, unpack(fields))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+return current + 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    breaker: Breaker
+    version: int
+    limits: BreakerLimits
+
+
+def _fields(b: Breaker, lim: BreakerLimits) -> dict[str, str]:
+    out = {k: str(int(v) if isinstance(v, bool) else v) for k, v in asdict(b).items()}
+    out.update({"cooldown_ms": str(int(lim.cooldown_s * 1000)),
+                "cooldown_max_ms": str(int(lim.cooldown_max_s * 1000)),
+                "half_open_share": str(lim.half_open_share)})
+    return out
+
+
+def parse(raw: dict[bytes, bytes], defaults: BreakerLimits) -> Snapshot:
+    """The stored state; producers also take the writer's cool-down and share from it."""
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    b = Breaker(state=f.get("state", "closed"), since_ms=int(f.get("since_ms", 0)),
+                reason=f.get("reason", ""), failures=int(f.get("failures", 0)),
+                forced=f.get("forced", "0") == "1", opened=int(f.get("opened", 0)),
+                reopens=int(f.get("reopens", 0)))
+    limits = replace(
+        defaults,
+        cooldown_s=int(f.get("cooldown_ms", defaults.cooldown_s * 1000)) / 1000,
+        cooldown_max_s=int(f.get("cooldown_max_ms", defaults.cooldown_max_s * 1000)) / 1000,
+        half_open_share=float(f.get("half_open_share", defaults.half_open_share)))
+    return Snapshot(b, int(f.get("version", 0)), limits)
+
+
+class BreakerStore:
+    def __init__(self, client: redis.Redis, limits: BreakerLimits) -> None:
+        self._redis = client
+        self.limits = limits
+        self._cas = client.register_script(_CAS)
+
+    def load(self) -> Snapshot:
+        snap = parse(self._redis.hgetall(c.KEY_BREAKER), self.limits)
+        return Snapshot(snap.breaker, snap.version, self.limits)  # the writer's own limits
+
+    def save(self, expected_version: int, b: Breaker) -> int | None:
+        """New version, or None if someone else (an operator) changed it first."""
+        flat = [x for kv in _fields(b, self.limits).items() for x in kv]
+        version = self._cas(keys=[c.KEY_BREAKER, c.STREAM_BREAKER_LOG],
+                            args=[expected_version, LOG_LEN_MAX, *flat])
+        return None if int(version) < 0 else int(version)
+
+    def force(self, state: str, reason: str) -> Breaker:
+        for _ in range(10):  # a bounded compare-and-set loop
+            snap = self.load()
+            forced = force(snap.breaker, state, now_ms(), reason)
+            if self.save(snap.version, forced) is not None:
+                return forced
+        raise RuntimeError("breaker kept changing; try again")
+
+    def transitions(self, count: int = 20) -> list[dict[str, str]]:
+        rows = self._redis.xrevrange(c.STREAM_BREAKER_LOG, count=count)
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BreakerHook(Hook):
+    """Feeds commit results and backlog age into the state machine; saves transitions."""
+
+    def __init__(self, store: BreakerStore, sync_interval_s: float) -> None:
+        self._store = store
+        self._sync_s = sync_interval_s
+        self._synced = 0.0
+        self._snap = Snapshot(Breaker(), 0, store.limits)
+        self._log = get_logger("betstream.breaker")
+
+    def on_batch(self, report: BatchReport) -> None:
+        age = now_ms() - report.oldest_ingress_ms if report.oldest_ingress_ms else 0
+        self._apply(lambda b, lim, t: on_success(b, lim, t, report.commit_ms, age))
+
+    def on_retry(self, what: str, error: Exception, attempt: int, delay_ms: int) -> None:
+        if what == "commit":
+            self._apply(lambda b, lim, t: on_failure(b, lim, t, str(error)[:200]))
+
+    def on_idle(self) -> None:
+        self._apply(lambda b, lim, t: on_tick(b, lim, t, 0))
+
+    def _apply(self, step) -> None:
+        try:
+            self._sync()
+            new = step(self._snap.breaker, self._snap.limits, now_ms())
+            if new != self._snap.breaker:
+                self._save(new)
+        except redis.RedisError:
+            pass  # the batch path reports Redis faults; the breaker catches up next time
+
+    def _sync(self) -> None:
+        if time.monotonic() - self._synced >= self._sync_s:
+            self._snap = self._store.load()
+            self._synced = time.monotonic()
+
+    def _save(self, new: Breaker) -> None:
+        old = self._snap.breaker
+        version = self._store.save(self._snap.version, new)
+        if version is None:  # an operator moved it: adopt theirs next time
+            self._synced = 0.0
+            return
+        self._snap = Snapshot(new, version, self._snap.limits)
+        if new.state != old.state:
+            self._log.warning("breaker.transition", old=old.state, new=new.state,
+                              reason=new.reason, opened=new.opened)
