@@ -112,7 +112,7 @@ class BreakerHook(Hook):
         self._apply(lambda b, lim, t: on_success(b, lim, t, report.commit_ms, age))
 
     def on_retry(self, what: str, error: Exception, attempt: int, delay_ms: int) -> None:
-        if what == "commit":
+        if what in ("commit", "open_store"):
             self._apply(lambda b, lim, t: on_failure(b, lim, t, str(error)[:200]))
 
     def on_idle(self) -> None:
@@ -122,14 +122,19 @@ class BreakerHook(Hook):
         try:
             self._sync()
             new = step(self._snap.breaker, self._snap.limits, now_ms())
-            if new != self._snap.breaker:
+            if new.state != self._snap.breaker.state:
                 self._save(new)
+            else:  # counters only: no transition to share or log
+                self._snap = Snapshot(new, self._snap.version, self._snap.limits)
         except redis.RedisError:
             pass  # the batch path reports Redis faults; the breaker catches up next time
 
     def _sync(self) -> None:
+        """Adopt the shared state when someone else (an operator) changed it."""
         if time.monotonic() - self._synced >= self._sync_s:
-            self._snap = self._store.load()
+            snap = self._store.load()
+            if snap.version != self._snap.version:
+                self._snap = snap
             self._synced = time.monotonic()
 
     def _save(self, new: Breaker) -> None:

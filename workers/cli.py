@@ -41,7 +41,6 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
 
     keyring = Keyring.load(settings.keyring)
     client = redis_client(settings.redis_url)
-    store = Store(settings.db, settings.sqlite_busy_timeout_ms)
     consumer = args.consumer or consumer_name()
     hooks = Hooks(ProgressLog(settings.progress_interval_s),
                   HealthBeacon(client, consumer, settings.health_ttl_ms),
@@ -50,8 +49,10 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
                               settings.breaker_sync_ms / 1000))
     get_logger("betstream.writer").info(
         "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max)
-    Writer(settings, client, store, keyring, hooks, consumer).run(stop_on_signals())
-    store.close()
+    writer = Writer(settings, client, lambda: Store(settings.db, settings.sqlite_busy_timeout_ms),
+                    keyring, hooks, consumer)
+    writer.run(stop_on_signals())
+    writer.close()
     get_logger("betstream.writer").info("writer.stopped", consumer=consumer)
     return EXIT_OK
 

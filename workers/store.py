@@ -32,12 +32,16 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False) -> sqlite3
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    if not readonly:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise ConfigError(f"{path}: cannot switch to WAL (journal_mode={mode})")
-    conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if not readonly:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise ConfigError(f"{path}: cannot switch to WAL (journal_mode={mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -55,11 +59,14 @@ class Store:
         self.heads = self._read_heads()
 
     def _open(self) -> sqlite3.Connection:
+        conn = None
         try:
             conn = connect(self.path, self._busy_timeout_ms)
             conn.executescript(resources.files("workers").joinpath("schema.sql").read_text())
             return conn
         except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()  # a half-open connection would pin a read-only file handle
             raise StoreError(f"cannot open ledger {self.path}: {exc}") from exc
 
     def _healthy_conn(self) -> sqlite3.Connection:

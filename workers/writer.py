@@ -36,24 +36,40 @@ def consumer_name() -> str:
 
 
 class Writer:
-    def __init__(self, settings: Settings, client: redis.Redis, store: Store, keyring: Keyring,
-                 hooks: Hook, consumer: str | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis,
+                 store: Store | Callable[[], Store], keyring: Keyring, hooks: Hook,
+                 consumer: str | None = None) -> None:
+        """``store`` may be a factory: a store that cannot be opened yet (read-only, full,
+        missing disk) is then retried like a failing commit instead of ending the process."""
         from workers.lease import Lease  # local: keeps the import graph of tests small
 
         self._s = settings
-        self._store = store
+        self._open_store = (lambda: store) if isinstance(store, Store) else store
+        self._keyring = keyring
         self._hooks = hooks
         self.consumer = consumer or consumer_name()
         self.stream = IntentStream(client, settings, self.consumer)
         self.lease = Lease(client, f"{self.consumer}:{random.getrandbits(32):08x}",
                            settings.lease_ms)
-        self.pipeline = BatchPipeline(settings, store, self.stream, keyring)
+        self._store: Store | None = store if isinstance(store, Store) else None
+        self.pipeline = (BatchPipeline(settings, self._store, self.stream, keyring)
+                         if self._store else None)
         self.epoch = 0
         self._renewed_at = 0.0
+
+    def _ensure_store(self, stop: threading.Event) -> bool:
+        if self._store is None:
+            self._store = self._retry("open_store", self._open_store, stop)
+            if self._store is None:
+                return False
+            self.pipeline = BatchPipeline(self._s, self._store, self.stream, self._keyring)
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Lead when possible, serve until ``stop`` is set; standby otherwise."""
         self._retry("ensure_group", self.stream.ensure_group, stop)
+        if not self._ensure_store(stop):
+            return
         try:
             while not stop.is_set():
                 if not self._retry("lead", self._try_lead, stop):
@@ -139,6 +155,10 @@ class Writer:
             self._keep_lease()
         except redis.RedisError:
             pass  # Redis is away; the fencing epoch still protects the ledger
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
     def _release(self) -> None:
         try:
