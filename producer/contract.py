@@ -55,7 +55,7 @@ def is_canonical_uuid(value: str) -> bool:
 
 
 def _odds(value: str) -> str:
-    if not _ODDS_RE.match(value):
+    if not _ODDS_RE.fullmatch(value):
         raise ValueError("must be a decimal string with at most 2 decimal places")
     x100 = odds_x100(value)
     if not ODDS_MIN_X100 <= x100 <= ODDS_MAX_X100:
@@ -138,9 +138,39 @@ def parse_intent(body: bytes) -> Intent:
     if len(body) > BODY_BYTES_MAX:
         raise ContractError(f"body is {len(body)} bytes, over {BODY_BYTES_MAX}", "too_large")
     try:
-        return _INTENT_ADAPTER.validate_json(body, strict=True)
+        return _INTENT_ADAPTER.validate_python(load_json_object(body), strict=True)
     except ValidationError as exc:
         raise ContractError(_describe(exc)) from None
+
+
+def load_json_object(body: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no repeated keys, no NaN/Infinity.
+
+    A repeated key would let two parsers read different amounts from the same signed
+    bytes (one keeps the first value, another the last), so it is refused outright.
+    """
+    try:
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys,
+                          parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise ContractError("body: Invalid JSON: not UTF-8") from None
+    except RecursionError:
+        raise ContractError("body: Invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ContractError(f"body: Invalid JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"repeated key {repeated!r}")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _describe(exc: ValidationError) -> str:

@@ -77,7 +77,9 @@ class Keyring:
             try:
                 parsed = _KeyEntry.model_validate(entry)
             except ValidationError as exc:
-                msg = exc.errors(include_url=False)[0]["msg"]
+                err = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in err["loc"])
+                msg = f"{where}: {err['msg']}" if where else err["msg"]
                 raise KeyringError(f"keyring entry {kid!r}: {msg}") from None
             unknown = set(parsed.kinds) - set(KINDS)
             if unknown:
