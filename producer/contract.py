@@ -32,6 +32,7 @@ ODDS_MIN_X100: Final = 101
 ODDS_MAX_X100: Final = 100_000
 BODY_BYTES_MAX: Final = 4096  # a valid body is well under 1 KiB; anything larger is hostile.
 
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _ODDS_RE: Final = re.compile(r"^(0|[1-9][0-9]{0,3})(\.[0-9]{1,2})?$")
 
 
@@ -65,8 +66,9 @@ def _odds(value: str) -> str:
 
 def _plain_text(value: str) -> str:
     """Market and selection names are shown to people: no control or format characters."""
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
-        raise ValueError("must not contain control, format or unassigned characters")
+    if any(unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in value):
+        raise ValueError("must not contain control, format, line-separator or unassigned "
+                         "characters")
     if value != value.strip():
         raise ValueError("must not start or end with whitespace")
     return value

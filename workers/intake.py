@@ -52,7 +52,7 @@ def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candid
     try:
         intent = parse_intent(body)
     except ContractError as exc:
-        return _invalid(entry_id, body, sha, kid, exc)
+        return _invalid(entry_id, body, sha, key.kinds, kid, exc)
     candidate = Candidate.of(entry_id, ingress_ms(entry_id), intent, sha, kid)
     if intent.kind not in key.kinds:
         return candidate.rejected_early(
@@ -86,7 +86,7 @@ def _kid_of(fields: dict[bytes, bytes]) -> str | None:
 
 
 def _invalid(
-    entry_id: str, body: bytes, sha: bytes, kid: str, exc: ContractError
+    entry_id: str, body: bytes, sha: bytes, kinds: frozenset[str], kid: str, exc: ContractError
 ) -> Candidate | DeadLetter:
     """Signed but invalid: if we can tell whose intent it is, they get an ``invalid`` outcome."""
     detail = str(exc)[:RAW_FIELD_BYTES_MAX]
@@ -95,8 +95,11 @@ def _invalid(
         return DeadLetter(entry_id, exc.reason if exc.reason != "invalid" else "malformed",
                           detail, kid)
     intent_id, kind, user_id = identity
+    reason = "invalid"
+    if kind not in kinds:  # authorisation is decided before validation
+        reason, detail = "forbidden_kind", f"key {kid!r} may not sign {kind!r} intents"
     return Candidate(entry_id, ingress_ms(entry_id), intent_id, kind, user_id, sha, None,
-                     pre_reason="invalid", detail=detail, kid=kid)
+                     pre_reason=reason, detail=detail, kid=kid)
 
 
 def _identity(body: bytes) -> tuple[str, str, int] | None:

@@ -306,3 +306,19 @@ def test_freshness_matches_the_documented_rule(ingress: int, issued_off: int, wa
     expected = (now - ingress > age or ingress - issued > age or issued - ingress > skew)
     got = freshness_reason(deposit_issued_at(issued), ingress, now, age, skew)
     assert got == ("stale" if expected else None)
+
+
+def test_a_key_signing_an_invalid_body_of_a_forbidden_kind_gets_forbidden_kind(keyring) -> None:
+    """Authorisation is decided before validation: the owner hears forbidden_kind."""
+    import json as _json
+
+    from producer.client import entry_fields
+    from producer.contract import encode_body
+
+    body = encode_body({"id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3b", "kind": "deposit",
+                        "user_id": 5, "amount": 10.5, "nonce": "n" * 16, "issued_at": 1})
+    fields = {k.encode(): (v if isinstance(v, bytes) else v.encode())
+              for k, v in entry_fields(keyring.get("frontend"), body).items()}
+    got = admit("1-0", fields, keyring)
+    assert got.pre_reason == "forbidden_kind" and got.user_id == 5
+    assert _json.loads(body)["kind"] == "deposit"
