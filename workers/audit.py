@@ -98,6 +98,8 @@ CHECKS: Final = (
     _none("no player below zero", "SELECT id FROM users WHERE id > 0 AND balance < 0",
           "negative players"),
     _hash_chain,
+    _none("bet ids are unique", "SELECT id FROM bets GROUP BY id HAVING COUNT(*) > 1",
+          "repeated bet ids"),
     _none("one stake entry per accepted bet",
           "SELECT b.id FROM bets b LEFT JOIN transaction_ledger l ON l.ref_type = 'bet' "
           "AND l.ref_id = b.id AND l.user_id = b.user_id AND l.amount = -b.stake "

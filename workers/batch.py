@@ -64,8 +64,8 @@ class BatchWrite:
     committed_at: int
     outcomes: list[OutcomeRow]
     ledger: list[LedgerRow]
-    new_bets: list[tuple[str, int, str, str, str, int, str, int]]
-    settled_bets: list[tuple[str, int, str]]  # (status, settled_seq, bet id)
+    new_bets: list[tuple[int, str, int, str, str, str, int, str]]
+    settled_bets: list[tuple[str, int, int]]  # (status, settled_seq, the bet's seq)
     balance_deltas: list[tuple[int, int, int]]  # (account, delta, created_at)
     prev_hash: str
     hash: str
@@ -94,9 +94,11 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
             ledger.append((entry_id, cand.id, account, amount, cand.kind, ref_id, now))
             deltas[account] += amount
         if d.new_bet:
-            new_bets.append(_bet_row(d.new_bet, cand, seq))
+            d.new_bet.seq = seq  # a settle later in this batch refers to it by this seq
+            new_bets.append(_bet_row(d.new_bet, cand))
         if d.settled_bet:
-            settled.append((d.settled_bet.status, seq, d.settled_bet.id))
+            require(d.settled_bet.seq is not None, "a settled bet must have been placed")
+            settled.append((d.settled_bet.status, seq, d.settled_bet.seq))
     digest = batch_hash(heads.hash, ledger)
     after = Heads(heads.seq + len(outcomes), batch_no, heads.entry_id + len(ledger), digest)
     return BatchWrite(
@@ -106,6 +108,7 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
     )
 
 
-def _bet_row(bet: BetState, cand: Candidate, seq: int) -> tuple[str, int, str, str, str, int, str, int]:
+def _bet_row(bet: BetState, cand: Candidate) -> tuple[int, str, int, str, str, str, int, str]:
     intent = cand.intent
-    return (bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake, "open", seq)
+    return (bet.seq, bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake,
+            "open")

@@ -69,6 +69,7 @@ class BetState:
     stake: int
     odds: str
     status: str  # open | won | lost | void
+    seq: int | None = None  # seq of the outcome that placed it (None until committed)
 
 
 @dataclass(frozen=True, slots=True)

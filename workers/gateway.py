@@ -104,7 +104,7 @@ def read_bet(settings: Settings, bet_id: str) -> dict[str, Any] | None:
         row = conn.execute(
             "SELECT o.id, o.user_id, o.status, o.reason, o.balance, o.seq, o.committed_at, "
             "b.stake, b.odds, b.market, b.selection, b.status AS bet_status FROM outcomes o "
-            "LEFT JOIN bets b ON b.id = o.id WHERE o.id = ? AND o.kind = 'bet' "
+            "LEFT JOIN bets b ON b.seq = o.seq WHERE o.id = ? AND o.kind = 'bet' "
             "AND (o.reason IS NULL OR o.reason != 'id_conflict')", (bet_id,)).fetchone()
         return dict(row) if row else None
     finally:

@@ -27,24 +27,26 @@ CREATE TABLE IF NOT EXISTS transaction_ledger (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_by_user ON transaction_ledger(user_id, entry_id);
-CREATE INDEX IF NOT EXISTS ledger_by_ref ON transaction_ledger(ref_id, ref_type);
+-- No index on ref_id: random UUID keys cost a page write per row; the audit joins without it.
 
 CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON transaction_ledger
 BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON transaction_ledger
 BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END;
 
+-- Keyed by the seq of the outcome that placed the bet: inserts append, no random B-tree.
+-- The bet id (= the intent id) is found through outcomes_by_id and is unique there.
 CREATE TABLE IF NOT EXISTS bets (
-    id         TEXT    PRIMARY KEY,
-    user_id    INTEGER NOT NULL,
-    market     TEXT    NOT NULL,
-    selection  TEXT    NOT NULL,
-    odds       TEXT    NOT NULL,
-    stake      INTEGER NOT NULL CHECK (stake > 0),
-    status     TEXT    NOT NULL CHECK (status IN ('open', 'won', 'lost', 'void')),
-    placed_seq INTEGER NOT NULL,
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL,
+    user_id     INTEGER NOT NULL,
+    market      TEXT    NOT NULL,
+    selection   TEXT    NOT NULL,
+    odds        TEXT    NOT NULL,
+    stake       INTEGER NOT NULL CHECK (stake > 0),
+    status      TEXT    NOT NULL CHECK (status IN ('open', 'won', 'lost', 'void')),
     settled_seq INTEGER
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS bets_by_market ON bets(market, status);
 
 -- One row per outcome; seq is the monotonic confirmation sequence number.

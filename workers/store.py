@@ -20,10 +20,12 @@ from workers.decision import BetState
 from workers.invariants import require
 
 SCHEMA_VERSION: Final = 1
+CACHE_MB_DEFAULT: Final = 256  # page cache per connection: the hot B-tree pages stay in RAM
 SQL_VARIABLES_MAX: Final = 900  # stay below SQLite's bound on host parameters per statement
 
 
-def connect(path: Path, busy_timeout_ms: int, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
+            cache_mb: int = CACHE_MB_DEFAULT) -> sqlite3.Connection:
     """A connection with the durability settings the ledger depends on."""
     if readonly:
         if not Path(path).exists():
@@ -39,6 +41,8 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False) -> sqlite3
             if mode.lower() != "wal":
                 raise ConfigError(f"{path}: cannot switch to WAL (journal_mode={mode})")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA cache_size = -{int(cache_mb) * 1024}")  # KiB when negative
+        conn.execute("PRAGMA temp_store = MEMORY")
     except BaseException:
         conn.close()
         raise
@@ -135,7 +139,9 @@ class Store:
     def load_bets(self, bet_ids: Iterable[str]) -> dict[str, BetState]:
         out: dict[str, BetState] = {}
         for chunk in _chunks(sorted(set(bet_ids))):
-            sql = f"SELECT id, user_id, stake, odds, status FROM bets WHERE id IN ({_marks(chunk)})"
+            sql = ("SELECT b.id, b.user_id, b.stake, b.odds, b.status, b.seq FROM outcomes o "
+                   "JOIN bets b ON b.seq = o.seq WHERE (o.reason IS NULL OR "
+                   f"o.reason != 'id_conflict') AND o.id IN ({_marks(chunk)})")
             for row in self._read(sql, chunk):
                 out[row[0]] = BetState(*row)
         return out
@@ -178,9 +184,9 @@ class Store:
         x("INSERT INTO transaction_ledger(entry_id, txn_id, user_id, amount, ref_type, ref_id, "
           "created_at, batch_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
           [row + (batch.batch_no,) for row in batch.ledger])
-        x("INSERT INTO bets(id, user_id, market, selection, odds, stake, status, placed_seq) "
+        x("INSERT INTO bets(seq, id, user_id, market, selection, odds, stake, status) "
           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.new_bets)
-        cur = x("UPDATE bets SET status = ?, settled_seq = ? WHERE id = ? AND status = 'open'",
+        cur = x("UPDATE bets SET status = ?, settled_seq = ? WHERE seq = ? AND status = 'open'",
                 batch.settled_bets)
         require(cur.rowcount == len(batch.settled_bets) or not batch.settled_bets,
                 "a settled bet was not open on disk")

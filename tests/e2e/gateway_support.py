@@ -27,7 +27,7 @@ class Pipeline:
 
     def ws(self, token: str, since: int | None = None) -> ClientConnection:
         query = f"token={token}" + (f"&since={since}" if since is not None else "")
-        return connect(f"ws://127.0.0.1:{self.port}/ws?{query}", open_timeout=10, legacy=True)
+        return connect(f"ws://127.0.0.1:{self.port}/ws?{query}", open_timeout=10)
 
 
 def start_pipeline(procs: Procs, demo: bool = False, **env: str) -> Pipeline:

@@ -238,7 +238,8 @@ class Ledger:
         for d in decisions:
             if d.new_bet:
                 self.bets[d.new_bet.id] = BetState(d.new_bet.id, d.new_bet.user_id,
-                                                   d.new_bet.stake, d.new_bet.odds, "open")
+                                                   d.new_bet.stake, d.new_bet.odds, "open",
+                                                   d.new_bet.seq)
             if d.settled_bet:
                 self.bets[d.settled_bet.id].status = d.settled_bet.status
         for o in write.outcomes:

@@ -1,0 +1,72 @@
+"""Throughput of the real ``betstream writer`` draining a prefilled stream.
+
+Producers fill the stream first (2 processes, signed mixed deposits and bets, hot users),
+then the writer starts and drains it: committed (durable) intents per second, batch
+sizes, writer CPU seconds and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench.harness import Env, private_env, wait
+from workers.streams import backlog
+
+CLK_TCK = 100
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if line.startswith("VmRSS:"))
+    return cpu, rss_kb * 1024
+
+
+def prefill(env: Env, intents: int, producers: int = 2, users: int = 10_000) -> None:
+    per = intents // producers
+    per_users = users // producers
+    procs = [env.start("load", "--users", str(per_users), "--bets", str(per - per_users),
+                       "--user-first", str(1 + i * per_users), "--deposit", "100000000",
+                       "--quiet", "--seed", str(i)) for i in range(producers)]
+    for p in procs:
+        if p.wait(600) != 0:
+            raise RuntimeError("a producer failed; see its log in " + str(env.dir))
+
+
+def measure_writer(env: Env, intents: int, **settings: str) -> dict[str, float]:
+    prefill(env, intents)
+    client = env.client()
+    total = client.xlen("betstream:intents")
+    writer = env.start("writer", **settings)
+    started = time.perf_counter()
+    peak_rss = 0
+
+    def done() -> bool:
+        nonlocal peak_rss
+        peak_rss = max(peak_rss, proc_stats(writer.pid)[1])
+        return backlog(client) == (0, 0)
+
+    wait(done, 900, "the writer to drain", interval_s=0.02)
+    seconds = time.perf_counter() - started
+    cpu, _ = proc_stats(writer.pid)
+    batches = env.query("SELECT COUNT(*), AVG(rows) FROM batches")[0]
+    return {"intents": total, "seconds": round(seconds, 2), "per_s": round(total / seconds),
+            "batches": batches[0], "writer_cpu_s": round(cpu, 2),
+            "writer_rss_mb": round(peak_rss / 2**20, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--intents", type=int, default=200_000)
+    args = parser.parse_args()
+    with private_env() as env:
+        print(json.dumps(measure_writer(env, args.intents), indent=2))
+
+
+if __name__ == "__main__":
+    main()
