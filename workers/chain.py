@@ -18,8 +18,5 @@ LedgerRow = tuple[int, str, int, int, str, str, int]
 
 def batch_hash(prev_hash: str, rows: Iterable[LedgerRow]) -> str:
     """Hex SHA-256 of the previous hash followed by one tab-separated line per row."""
-    digest = hashlib.sha256(prev_hash.encode())
-    for row in rows:
-        digest.update("\t".join(str(v) for v in row).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    lines = "".join(f"{e}\t{t}\t{u}\t{a}\t{rt}\t{ri}\t{c}\n" for e, t, u, a, rt, ri, c in rows)
+    return hashlib.sha256(prev_hash.encode() + lines.encode()).hexdigest()

@@ -19,8 +19,8 @@ from producer.contract import (
     USER_ID_MAX,
     Intent,
     is_canonical_uuid,
-    parse_intent,
 )
+from producer.fastparse import parse_intent_fast
 from producer.errors import AuthError, ContractError
 from producer.signing import Keyring, verify
 from workers.decision import Candidate
@@ -50,7 +50,7 @@ def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candid
         return DeadLetter(entry_id, exc.reason, str(exc), _kid_of(fields))
     sha = hashlib.sha256(body).digest()
     try:
-        intent = parse_intent(body)
+        intent = parse_intent_fast(body)
     except ContractError as exc:
         return _invalid(entry_id, body, sha, key.kinds, kid, exc)
     candidate = Candidate.of(entry_id, ingress_ms(entry_id), intent, sha, kid)

@@ -1,0 +1,80 @@
+"""The fast hot-path parser accepts and rejects exactly what the pydantic models do."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from producer.contract import encode_body, parse_intent
+from producer.errors import ContractError
+from producer.fastparse import parse_intent_fast
+
+UUIDS = st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
+                  st.text(max_size=40), st.integers())
+INTS = st.one_of(st.integers(-5, 5), st.integers(-(2**64), 2**64), st.booleans(),
+                 st.floats(allow_nan=False), st.just(10.0), st.text(max_size=5), st.none())
+TEXTS = st.one_of(st.text(max_size=70), st.sampled_from(["home", " a", "a ", "", "x" * 64,
+                                                         "x" * 65, "é", "a\u2028b", "a\tb"]),
+                  st.integers())
+ODDS = st.one_of(st.sampled_from(["1.01", "1.00", "1000.00", "1000.01", "2.5", "2.50",
+                                  "02.50", "2.505", "2.50\n", " 2.50", "0.99", "1e2", "2.",
+                                  ".5", "1000", "9999.99"]),
+                 st.from_regex(r"[0-9]{1,5}(\.[0-9]{0,3})?", fullmatch=True),
+                 st.floats(1, 10), st.text(max_size=8))
+FIELDS = {
+    "id": UUIDS, "bet_id": UUIDS, "kind": st.sampled_from(["bet", "deposit", "withdrawal",
+                                                             "settle", "other"]),
+    "user_id": INTS, "amount": INTS, "issued_at": INTS,
+    "nonce": st.one_of(st.text(min_size=14, max_size=66), st.integers()),
+    "market": TEXTS, "selection": TEXTS, "odds": ODDS,
+    "outcome": st.sampled_from(["won", "lost", "void", "draw", 1]),
+}
+VALID = {"id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3b", "user_id": 7, "nonce": "n" * 20,
+         "issued_at": 1_700_000_000_000}
+SHAPES = [
+    {**VALID, "kind": "deposit", "amount": 5},
+    {**VALID, "kind": "withdrawal", "amount": 5},
+    {**VALID, "kind": "bet", "amount": 5, "market": "final", "selection": "home", "odds": "2.50"},
+    {**VALID, "kind": "settle", "bet_id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3c",
+     "outcome": "won"},
+]
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    """A valid body with some fields replaced, removed or added: near the boundary."""
+    body = dict(draw(st.sampled_from(SHAPES)))
+    for name in draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=3)):
+        body[name] = draw(FIELDS[name])
+    for name in draw(st.lists(st.sampled_from(sorted(body)), max_size=1)):
+        del body[name]
+    if draw(st.booleans()):
+        return encode_body(body)
+    return json.dumps(body).encode()  # not compact, not sorted: also allowed
+
+
+def outcome(parse, body: bytes) -> object:
+    try:
+        return ("ok", parse(body))
+    except ContractError as exc:
+        return ("error", exc.reason, str(exc))
+
+
+@settings(max_examples=3000, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(bodies())
+def test_fast_and_pydantic_paths_agree(body: bytes) -> None:
+    assert outcome(parse_intent_fast, body) == outcome(parse_intent, body)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.binary(max_size=300))
+def test_fast_and_pydantic_paths_agree_on_arbitrary_bytes(body: bytes) -> None:
+    assert outcome(parse_intent_fast, body) == outcome(parse_intent, body)
+
+
+def test_every_valid_shape_takes_the_fast_path() -> None:
+    for shape in SHAPES:
+        assert parse_intent_fast(encode_body(shape)) == parse_intent(encode_body(shape))
