@@ -8,6 +8,7 @@ batch is either wholly durable (WAL + ``synchronous=FULL``) or not there at all.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,9 @@ from workers.decision import BetState
 from workers.invariants import require
 
 SCHEMA_VERSION: Final = 1
+CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
+WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
+JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
 CACHE_MB_DEFAULT: Final = 256  # page cache per connection: the hot B-tree pages stay in RAM
 SQL_VARIABLES_MAX: Final = 900  # stay below SQLite's bound on host parameters per statement
 
@@ -49,14 +53,51 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
     return conn
 
 
+class Checkpointer:
+    """Copies the WAL back into the database on its own connection and thread.
+
+    SQLite's automatic checkpoint would run inside the writer's COMMIT and stall it; here
+    it runs beside it (sqlite3 releases the GIL), so the writer's commit only appends to
+    the WAL. The writer keeps a large automatic checkpoint as a bound should this stop.
+    """
+
+    def __init__(self, path: Path, interval_ms: int, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._interval_s = interval_ms / 1000
+        self._busy_timeout_ms = busy_timeout_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.wait(self._interval_s):
+            try:
+                conn = conn or connect(self._path, self._busy_timeout_ms)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except (sqlite3.Error, ConfigError):
+                if conn is not None:
+                    conn.close()
+                conn = None  # retried at the next interval; the writer's bound still holds
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 class Store:
     """The writer's handle on the ledger file."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int,
+                 checkpoint_interval_ms: int = CHECKPOINT_INTERVAL_MS_DEFAULT) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._conn = self._open()
         self._broken = False
+        self._checkpointer = (Checkpointer(self.path, checkpoint_interval_ms, busy_timeout_ms)
+                              if checkpoint_interval_ms else None)
         version = self._meta("schema_version")
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
@@ -66,6 +107,8 @@ class Store:
         conn = None
         try:
             conn = connect(self.path, self._busy_timeout_ms)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
             conn.executescript(resources.files("workers").joinpath("schema.sql").read_text())
             return conn
         except sqlite3.Error as exc:
@@ -83,6 +126,8 @@ class Store:
         return self._conn
 
     def close(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.stop()
         self._conn.close()
 
     def _meta(self, key: str) -> int:
