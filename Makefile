@@ -11,6 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make run    start redis (if needed), writer, confirmer, gateway and a demo load"
 	@echo "make test   run the whole test suite (unit, integration, end-to-end)"
+	@echo "make bench  benchmark betstream against its peers (several minutes)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,10 @@ run: $(STAMP) redis-server
 
 test: $(STAMP) redis-server chromium
 	@$(BIN)/python -m pytest
+
+# Benchmarks (not tests): betstream against its peers; table + bench/results/<date>.json/png.
+bench: $(STAMP) redis-server
+	@$(BIN)/python -m bench
 
 test-fast: $(STAMP) redis-server
 	@$(BIN)/python -m pytest -m "not e2e"

@@ -15,7 +15,7 @@ from bench.harness import Env, percentile, private_env, wait
 from workers.streams import backlog
 
 
-def measure(env: Env, rate: float, seconds: float, users: int = 1000) -> dict[str, float]:
+def measure(env: Env, rate: float, seconds: float, users: int = 1000) -> dict[str, object]:
     env.start("writer")
     env.start("confirmer")
     client = env.client()
@@ -29,7 +29,7 @@ def measure(env: Env, rate: float, seconds: float, users: int = 1000) -> dict[st
     return summarise(env, client, rate, seconds, total)
 
 
-def summarise(env: Env, client, rate: float, seconds: float, total: int) -> dict[str, float]:
+def summarise(env: Env, client, rate: float, seconds: float, total: int) -> dict[str, object]:
     ingress = {i: int(e.split("-")[0]) for i, e in
                env.query("SELECT id, entry_id FROM outcomes")}
     committed = [c - ingress[i] for i, c in env.query("SELECT id, committed_at FROM outcomes")]
@@ -39,7 +39,16 @@ def summarise(env: Env, client, rate: float, seconds: float, total: int) -> dict
         confirmed.append(int(entry_id.decode().split("-")[0]) - ingress[outcome["id"]])
     return {"offered_per_s": rate, "seconds": seconds, "intents": total,
             **{f"commit_p{k}_ms": percentile(committed, q) for k, q in PCTS},
-            **{f"confirm_p{k}_ms": percentile(confirmed, q) for k, q in PCTS}}
+            **{f"confirm_p{k}_ms": percentile(confirmed, q) for k, q in PCTS},
+            "cdf_confirm_ms": cdf_points(confirmed), "cdf_commit_ms": cdf_points(committed)}
+
+
+def cdf_points(values: list[int], points: int = 200) -> list[int]:
+    """``points`` evenly spaced quantiles: enough to draw a CDF, small enough for JSON."""
+    ordered = sorted(values)
+    if not ordered:
+        return []
+    return [ordered[min(len(ordered) - 1, i * len(ordered) // points)] for i in range(points)]
 
 
 PCTS = (("50", 0.50), ("99", 0.99), ("999", 0.999))
@@ -54,7 +63,7 @@ def main() -> None:
     with private_env() as env:
         result = measure(env, args.rate, args.seconds)
     result["wall_s"] = round(time.time() - started, 1)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("cdf_")}, indent=2))
 
 
 if __name__ == "__main__":

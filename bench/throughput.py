@@ -28,6 +28,8 @@ def proc_stats(pid: int) -> tuple[float, int]:
 
 
 def prefill(env: Env, intents: int, producers: int = 2, users: int = 10_000) -> None:
+    """``intents`` signed intents from ``producers`` processes: deposits first, then bets."""
+    users = max(producers, min(users, intents // 4))
     per = intents // producers
     per_users = users // producers
     procs = [env.start("load", "--users", str(per_users), "--bets", str(per - per_users),

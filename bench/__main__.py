@@ -1,0 +1,137 @@
+"""``make bench``: betstream against its peers, in one run, on this machine.
+
+Prints one table, writes ``bench/results/<date>.json`` and a PNG chart (throughput bars and
+latency CDFs). Absolute numbers on shared machines are noisy: read the ratios, which are
+measured in the same run. ``--smoke`` runs tiny sizes so ``make test`` keeps it working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import latency, peers
+from bench.harness import Env, private_env
+from bench.throughput import measure_writer, prefill
+
+SIZES = {  # intents per system: the slow peers get fewer, their rate is what is compared
+    "full": {"betstream": 300_000, "naive": 20_000, "rq_simple": 5_000, "rq_default": 1_000,
+             "latency_s": 30.0, "latency_rate": 3_000.0},
+    "smoke": {"betstream": 3_000, "naive": 600, "rq_simple": 200, "rq_default": 50,
+              "latency_s": 2.0, "latency_rate": 500.0},
+}
+
+
+def _peer(size: int, run: Callable[[Env, int], dict[str, Any]]) -> dict[str, Any]:
+    with private_env() as env:
+        prefill(env, size, producers=1, users=min(1000, size // 4))
+        return run(env, size)
+
+
+def run_all(mode: str, console: Console) -> dict[str, Any]:
+    sz = SIZES[mode]
+    results: dict[str, Any] = {"mode": mode, "started": dt.datetime.now().isoformat(),
+                               "machine": platform.platform(), "throughput": {}}
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("betstream", lambda: _writer(sz["betstream"])),
+        ("naive per-bet transaction", lambda: _peer(sz["naive"], peers.naive)),
+        ("RQ job per bet (SimpleWorker)", lambda: _peer(sz["rq_simple"], peers.rq_simple)),
+        ("RQ job per bet (Worker, fork)", lambda: _peer(sz["rq_default"], peers.rq_default)),
+    ]
+    for name, step in steps:
+        console.print(f"measuring {name} ...")
+        results["throughput"][name] = step()
+    best = results["throughput"]["betstream"]["per_s"]
+    results["latency"] = {}
+    for label, rate in (("steady", sz["latency_rate"]), ("80% of max", round(0.8 * best))):
+        console.print(f"measuring latency at {rate}/s ({label}) ...")
+        with private_env() as env:
+            results["latency"][label] = latency.measure(env, rate, sz["latency_s"])
+    return results
+
+
+def _writer(size: int) -> dict[str, Any]:
+    with private_env() as env:
+        return measure_writer(env, size)
+
+
+def tables(results: dict[str, Any]) -> list[Table]:
+    t = Table(title=f"throughput, durable commits ({results['mode']})")
+    for col in ("system", "intents", "seconds", "intents/s", "betstream ÷ this"):
+        t.add_column(col, justify="right" if col != "system" else "left")
+    best = results["throughput"]["betstream"]["per_s"]
+    for name, r in results["throughput"].items():
+        t.add_row(name, str(r["intents"]), str(r["seconds"]), f"{r['per_s']:,}",
+                  f"{best / r['per_s']:.1f}x")
+    w = results["throughput"]["betstream"]
+    t.caption = (f"betstream writer: {w['batches']} batches, {w['writer_cpu_s']} CPU s, "
+                 f"peak RSS {w['writer_rss_mb']} MB")
+    lat = Table(title="latency from stream ingress (ms)")
+    for col in ("offered/s", "intents", "commit p50", "p99", "p999", "confirm p50", "p99",
+                "p999"):
+        lat.add_column(col, justify="right")
+    for label, r in results["latency"].items():
+        lat.add_row(f"{r['offered_per_s']:,.0f} ({label})", str(r["intents"]),
+                    *(str(r[f"{kind}_p{p}_ms"]) for kind in ("commit", "confirm")
+                      for p in ("50", "99", "999")))
+    return [t, lat]
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (bars, cdf) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(results["throughput"])
+    bars.barh(names, [results["throughput"][n]["per_s"] for n in names], color="#2e7d32")
+    bars.set_xscale("log")
+    bars.set_xlabel("committed intents/s (log scale)")
+    for label, r in results["latency"].items():
+        pts = r["cdf_confirm_ms"]
+        cdf.plot(pts, [i / len(pts) for i in range(len(pts))],
+                 label=f"confirm @ {r['offered_per_s']:.0f}/s")
+        pts = r["cdf_commit_ms"]
+        cdf.plot(pts, [i / len(pts) for i in range(len(pts))], linestyle="--",
+                 label=f"commit @ {r['offered_per_s']:.0f}/s")
+    cdf.set_xscale("log")
+    cdf.set_xlabel("ingress → ms (log scale)")
+    cdf.set_ylabel("share of intents")
+    cdf.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (for make test)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    console = Console(soft_wrap=True)
+    started = time.time()
+    results = run_all("smoke" if args.smoke else "full", console)
+    results["wall_s"] = round(time.time() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = dt.datetime.now().strftime("%Y-%m-%d") + ("-smoke" if args.smoke else "")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    for t in tables(results):
+        console.print(t)
+    drew = chart(results, out / f"{stem}.png")
+    console.print(f"wrote {out / (stem + '.json')}" + (f" and {stem}.png" if drew else ""))
+
+
+if __name__ == "__main__":
+    main()

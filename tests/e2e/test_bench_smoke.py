@@ -1,0 +1,29 @@
+"""`make bench` in a tiny mode, so the benchmark never rots (its numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "betstream ÷ this" in done.stdout and "confirm p50" in done.stdout
+    (report,) = tmp_path.glob("*-smoke.json")
+    results = json.loads(report.read_text())
+    assert set(results["throughput"]) == {
+        "betstream", "naive per-bet transaction", "RQ job per bet (SimpleWorker)",
+        "RQ job per bet (Worker, fork)"}
+    assert all(r["per_s"] > 0 for r in results["throughput"].values())
+    assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
