@@ -37,6 +37,23 @@ def test_each_subscriber_gets_its_own_confirmations_once(
     with pytest.raises(TimeoutError):
         alice.recv(timeout=0.5)  # and alice got no third message (nor bob's)
 
+    def metric(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name))
+
+    def metrics_flushed() -> str | None:
+        text = httpx.get(f"{pipe.http}/metrics").text
+        return text if metric(text, "betstream_ingress_to_confirm_ms_count") >= 3 else None
+
+    text = wait_for(metrics_flushed, 20, "the latency histograms to be exported")
+    assert metric(text, "betstream_intents_accepted_total") >= 3
+    assert metric(text, "betstream_ingress_to_commit_ms_count") >= 3
+    assert 'betstream_breaker_state{state="closed"} 1.0' in text
+    assert "betstream_stream_lag" in text and "betstream_confirmation_backlog" in text
+    health = httpx.get(f"{pipe.http}/health").json()
+    assert health["ok"] and health["breaker"]["state"] == "closed"
+    assert health["confirmer"]["workers"] == 1
+
     bet_view = httpx.get(f"{pipe.http}/bets/{bet.id}",
                          headers={"authorization": f"Bearer {pipe.token(21)}"}).json()
     assert bet_view["stake"] == 400 and bet_view["status"] == "accepted"
