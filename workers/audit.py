@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from producer.errors import ConfigError
 from workers.chain import GENESIS_HASH, batch_hash
 from workers.store import connect
 
@@ -123,9 +124,21 @@ CHECKS: Final = (
 
 def audit(path: Path, busy_timeout_ms: int = 5000) -> list[Check]:
     """Run every check in one read transaction (a consistent snapshot under WAL)."""
-    conn = connect(path, busy_timeout_ms, readonly=True)
+    conn = None
     try:
+        conn = connect(path, busy_timeout_ms, readonly=True)
         conn.execute("BEGIN")
+        _require_ledger(conn, path)
         return [check(conn) for check in CHECKS]
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path} is not a readable betstream ledger: {exc}") from None
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
+
+
+def _require_ledger(conn: sqlite3.Connection, path: Path) -> None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    missing = {"users", "transaction_ledger", "bets", "outcomes", "batches", "meta"} - tables
+    if missing:
+        raise ConfigError(f"{path} is not a betstream ledger (missing {sorted(missing)})")

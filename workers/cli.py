@@ -7,6 +7,7 @@ Operators get a clear message and an exit code, never a traceback, for expected 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -123,7 +124,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     checks = audit(path, settings.sqlite_busy_timeout_ms)
     if args.json:
         print(json.dumps({"db": str(path), "ok": all(c.ok for c in checks),
-                          "checks": [c.__dict__ for c in checks]}))
+                          "checks": [dataclasses.asdict(c) for c in checks]}))
     else:
         print(f"audit of {path}")
         for c in checks:
