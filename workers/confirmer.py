@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -94,6 +95,32 @@ class ConfirmerWorker(SimpleWorker):
         if job.timeout and job.timeout > 0:
             interval = int(min(job.timeout - working_time, interval))
         return max(1, interval) + self.heartbeat_grace_s
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        self.enqueue_due_retries()
+
+    def enqueue_due_retries(self) -> int:
+        """Move retries that are due onto the queue ourselves.
+
+        RQ's scheduler lock lives for 61 s; if the process holding it was killed, retries
+        (and jobs requeued after a crash) would wait that long. Whoever removes a job from
+        the scheduled registry enqueues it; should RQ's scheduler enqueue it as well, the
+        job's guard keeps it from publishing twice.
+        """
+        moved = 0
+        for queue in self.queues:
+            registry = queue.scheduled_job_registry
+            for job_id in registry.get_jobs_to_schedule(int(time.time())):
+                if not registry.remove(job_id):
+                    continue  # the scheduler took it first
+                try:
+                    queue.enqueue_job(Job.fetch(job_id, connection=self.connection,
+                                                serializer=self.serializer))
+                    moved += 1
+                except NoSuchJobError:
+                    continue
+        return moved
 
 
 def run_confirmer(settings: Settings, client: redis.Redis) -> None:

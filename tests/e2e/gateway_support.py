@@ -50,3 +50,30 @@ def _healthy(pipeline: Pipeline) -> bool:
 def receive(ws: ClientConnection, count: int, timeout_s: float = 20) -> list[dict]:
     """Exactly ``count`` messages, each within the deadline."""
     return [json.loads(ws.recv(timeout=timeout_s)) for _ in range(count)]
+
+
+class Collector:
+    """Reads a WebSocket on its own thread, as a browser would, so frames (and pongs)
+    never pile up unread while the test waits on something else."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        import threading
+
+        self.ws = ws
+        self.messages: list[dict] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for raw in self.ws:
+                self.messages.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+
+    def close(self) -> list[dict]:
+        self.ws.close()
+        self._thread.join(10)
+        return self.messages

@@ -11,7 +11,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from tests.support import confirmations
-from workers.confirmer import confirmation_queue, enqueue_delivery
+from workers.confirmer import ConfirmerWorker, confirmation_queue, enqueue_delivery
 from workers.settings import Settings
 
 GOOD = {"id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3b", "kind": "deposit", "user_id": 4,
@@ -55,7 +55,9 @@ def test_a_failing_job_is_retried_with_backoff_then_kept_visible(
     job.refresh()
     assert job.get_status() == "scheduled" and job.retries_left == 0, "retried later, not lost"
     assert job.id in queue.scheduled_job_registry.get_job_ids()
-    queue.enqueue_job(job)  # the scheduler's move, done now instead of after the backoff
+    redis_client.zadd(queue.scheduled_job_registry.key, {job.id: 0})  # due now, not in 1 s
+    worker = ConfirmerWorker([queue], connection=redis_client, serializer=JSONSerializer)
+    assert worker.enqueue_due_retries() == 1, "due retries move without RQ's scheduler"
     _work(redis_client)
     assert job.id in queue.failed_job_registry.get_job_ids(), "visible once retries run out"
     assert confirmations(redis_client) == [], "nothing half-published"
