@@ -24,6 +24,18 @@ RED = "rgb(198, 40, 40)"
 AMBER = "rgb(255, 243, 205)"
 
 
+def open_slip(pw, base_url: str, user: int):
+    """Debian's Chromium on the demo page, connected as ``user``."""
+    from playwright.sync_api import expect
+
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page()
+    page.goto(base_url + "/")
+    page.select_option("#user", str(user))
+    expect(page.locator("#conn")).to_contain_text(f"user {user}", timeout=10_000)
+    return browser, page
+
+
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="make test installs Debian chromium")
 def test_bet_slip_turns_green_when_confirmed_and_red_with_a_reason(
         procs: Procs, producer: Producer, redis_client, tmp_path: Path) -> None:
@@ -33,11 +45,7 @@ def test_bet_slip_turns_green_when_confirmed_and_red_with_a_reason(
     pipe = start_pipeline(procs, demo=True)
     wait_for(lambda: drained(redis_client), 30, "the deposit to be committed")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(pipe.http + "/")
-        page.select_option("#user", "2")
-        expect(page.locator("#conn")).to_contain_text("user 2", timeout=10_000)
+        browser, page = open_slip(pw, pipe.http, user=2)
         expect(page.locator("#balance")).to_have_text("10.00")
 
         page.fill("#stake", "300")
@@ -71,11 +79,7 @@ def test_bet_slip_shows_pending_until_the_confirmation_arrives(
     confirmer = next(p for p in procs.started if p.args[-1] == "confirmer")
     wait_for(lambda: drained(redis_client), 30, "the deposit to be committed")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(pipe.http + "/")
-        page.select_option("#user", "3")
-        expect(page.locator("#conn")).to_contain_text("user 3", timeout=10_000)
+        browser, page = open_slip(pw, pipe.http, user=3)
         confirmer.terminate()
         confirmer.wait(20)
         page.click("#place")
