@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -117,6 +118,50 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from workers.backup import backup
+
+    source = args.db or settings.db
+    with Progress(transient=True) as bar:
+        task = bar.add_task("backing up", total=None)
+        pages = backup(source, args.dest, settings.sqlite_busy_timeout_ms,
+                       lambda done, total: bar.update(task, completed=done, total=total))
+    print(f"backed up {source} to {args.dest} ({pages} pages); check it with "
+          f"betstream audit --db {args.dest}")
+    return EXIT_OK
+
+
+def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from workers.statement import statement
+
+    since = 0
+    if args.since:
+        try:
+            since = int(dt.datetime.fromisoformat(args.since).replace(
+                tzinfo=dt.timezone.utc).timestamp() * 1000)
+        except ValueError:
+            raise ConfigError(f"--since {args.since!r}: use a date like 2026-11-01") from None
+    st = statement(args.db or settings.db, args.user_id, since, settings.sqlite_busy_timeout_ms)
+    if args.json:
+        print(json.dumps(st.as_dict()))
+        return EXIT_OK if st.consistent else EXIT_FAILED
+    print(f"statement of account {st.user_id}   (amounts in minor units)")
+    print(f"{'entry':>8}  {'when (UTC)':<19}  {'what':<10}  {'reference':<36}  "
+          f"{'amount':>12}  {'balance':>12}")
+    print(f"{'':>8}  {'':<19}  {'opening':<10}  {'':<36}  {'':>12}  {st.opening:>12}")
+    for ln in st.lines:
+        when = dt.datetime.fromtimestamp(ln.at_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{ln.entry_id:>8}  {when:<19}  {ln.ref_type:<10}  {ln.ref_id:<36}  "
+              f"{ln.amount:>12}  {ln.balance:>12}")
+    verdict = "matches" if st.consistent else "DOES NOT MATCH"
+    print(f"closing balance {st.closing}; account snapshot {st.snapshot}: {verdict}")
+    return EXIT_OK if st.consistent else EXIT_FAILED
+
+
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     from workers.audit import audit
 
@@ -184,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reason", help="why (required to force; recorded in the transition log)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_breaker)
+    bk = sub.add_parser("backup", help="online consistent copy of the ledger")
+    bk.add_argument("dest", help="new file to write the copy to")
+    bk.add_argument("--db", help="database file (default BETSTREAM_DB)")
+    bk.set_defaults(func=cmd_backup)
+    sm = sub.add_parser("statement", help="every ledger entry of an account, running balance")
+    sm.add_argument("user_id", type=int, metavar="USER_ID")
+    sm.add_argument("--since", help="first day to list (YYYY-MM-DD, UTC); earlier entries "
+                                    "make up the opening balance")
+    sm.add_argument("--db", help="database file (default BETSTREAM_DB)")
+    sm.add_argument("--json", action="store_true")
+    sm.set_defaults(func=cmd_statement)
     a = sub.add_parser("audit", help="prove the ledger invariants; exit 1 on any violation")
     a.add_argument("--db", help="database file (default BETSTREAM_DB)")
     a.add_argument("--json", action="store_true", help="machine-readable report")
@@ -228,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BetstreamError as exc:
         print(f"betstream {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `betstream statement 7 | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

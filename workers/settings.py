@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     retry_backoff_max_ms: int = Field(5_000, ge=1)
     sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000)
 
+    # Retention of the intents stream: acknowledged entries older than this are trimmed
+    # (never one still pending or undelivered), checked every intents_trim_interval_s.
+    intents_retention_ms: int = Field(3_600_000, ge=0)
+    intents_trim_interval_s: float = Field(10.0, gt=0)
+
     # Retention of the output streams (approximate MAXLEN).
     confirmations_len_max: int = Field(1_000_000, ge=1_000)
     deadletter_len_max: int = Field(100_000, ge=100)

@@ -99,6 +99,28 @@ class IntentStream:
         _, entries = reply[0]
         return [(_text(eid), fields or None) for eid, fields in entries]
 
+    def trim(self, retention_ms: int, now_ms: int) -> int:
+        """Drop entries older than ``retention_ms`` that are acknowledged: never one that is
+        pending or not yet delivered (XTRIM MINID below the oldest of those)."""
+        floor = now_ms - retention_ms
+        pending = self._redis.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
+        if pending["pending"]:
+            floor = min(floor, _ms_of(pending["min"]))
+        state = self._group_state()
+        if state is None:
+            return 0
+        last_delivered, lag = state
+        if lag:  # entries after last-delivered wait to be read: keep them too
+            floor = min(floor, _ms_of(last_delivered))
+        # MINID keeps ids >= floor-0; an id with the same ms as the floor is always kept.
+        return int(self._redis.xtrim(c.STREAM_INTENTS, minid=f"{floor}-0", approximate=False))
+
+    def _group_state(self) -> tuple[str, int] | None:
+        for group in self._redis.xinfo_groups(c.STREAM_INTENTS):
+            if _text(group["name"]) == c.GROUP_WRITERS:
+                return _text(group["last-delivered-id"]), int(group["lag"] or 0)
+        return None
+
     def claim_nonces(self, claims: Sequence[tuple[str, str, str]]) -> list[str | None]:
         """``SET nonce id NX GET EX ttl`` per (kid, nonce, id): None if we took it, else holder.
 
@@ -127,6 +149,10 @@ class IntentStream:
 def _dead_fields(dead: DeadLetter) -> dict[str, str]:
     return {"entry_id": dead.entry_id, "reason": dead.reason, "detail": dead.detail,
             "kid": dead.kid or ""}
+
+
+def _ms_of(entry_id: bytes | str) -> int:
+    return int(_text(entry_id).split("-", 1)[0])
 
 
 def _text(value: bytes | str) -> str:

@@ -56,6 +56,7 @@ class Writer:
                          if self._store else None)
         self.epoch = 0
         self._renewed_at = 0.0
+        self._trimmed_at = 0.0
 
     def _ensure_store(self, stop: threading.Event) -> bool:
         if self._store is None:
@@ -110,6 +111,7 @@ class Writer:
                 self.process(entries, stop)
             else:
                 self._hooks.on_idle()
+            self._maybe_trim()
 
     def process(self, entries: Sequence[Entry], stop: threading.Event) -> None:
         """Commit, then ack and confirm; each step retried until it succeeds or we stop."""
@@ -119,6 +121,17 @@ class Writer:
             return  # stopping: the entries stay pending and are redelivered
         self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
         self._hooks.on_batch(committed.report)
+
+    def _maybe_trim(self) -> None:
+        """Stream retention, by the leading writer only, at most every trim interval."""
+        now = time.monotonic()
+        if now - self._trimmed_at < self._s.intents_trim_interval_s:
+            return
+        self._trimmed_at = now
+        try:
+            self.stream.trim(self._s.intents_retention_ms, time.time_ns() // 1_000_000)
+        except redis.RedisError:
+            pass  # retention waits for the next interval; the batch path reports Redis faults
 
     def _keep_lease(self) -> None:
         if time.monotonic() - self._renewed_at < self._s.lease_renew_ms / 1000:
