@@ -80,7 +80,8 @@ def _odds(value: Any) -> bool:
 def _checked(raw: Any) -> Intent | None:
     if type(raw) is not dict:
         return None
-    spec = _FIELDS.get(raw.get("kind"))  # type: ignore[arg-type]
+    kind = raw.get("kind")
+    spec = _FIELDS.get(kind) if type(kind) is str else None  # a list is not hashable
     if spec is None or raw.keys() != spec[0]:
         return None
     uid, nonce = raw["id"], raw["nonce"]
@@ -88,11 +89,10 @@ def _checked(raw: Any) -> Intent | None:
             and type(nonce) is str and NONCE_LEN_MIN <= len(nonce) <= NONCE_LEN_MAX
             and _int(raw["issued_at"], 0, ISSUED_AT_MAX)):
         return None
-    kind = raw["kind"]
     if kind == "settle":
         bet_id = raw["bet_id"]
         if not (type(bet_id) is str and _UUID.fullmatch(bet_id)
-                and raw["outcome"] in _SETTLE_OUTCOMES and type(raw["outcome"]) is str):
+                and type(raw["outcome"]) is str and raw["outcome"] in _SETTLE_OUTCOMES):
             return None
     elif not _int(raw["amount"], 1, AMOUNT_MAX):
         return None

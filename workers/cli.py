@@ -75,6 +75,9 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.gateway_host
     port = settings.gateway_port if args.port is None else args.port
+    if args.demo and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError("--demo hands out tokens for any user and bets with the server's "
+                          "keys: it only listens on loopback (127.0.0.1)")
     app = create_app(settings, demo=args.demo)
     get_logger("betstream.gateway").info("gateway.start", url=f"http://{host}:{port}/",
                                          demo=args.demo)

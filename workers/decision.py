@@ -180,12 +180,16 @@ def settlement_postings(bet: BetState, outcome: str) -> tuple[tuple[int, int], .
     stake = bet.stake
     if outcome == "won":
         paid = payout(stake, bet.odds)
-        return ((ESCROW, -stake), (HOUSE, -(paid - stake)), (bet.user_id, paid))
-    if outcome == "lost":
-        return ((ESCROW, -stake), (HOUSE, stake))
-    if outcome == "void":
-        return ((ESCROW, -stake), (bet.user_id, stake))
-    raise ValueError(f"unknown settlement outcome {outcome!r}")
+        rows = ((ESCROW, -stake), (HOUSE, -(paid - stake)), (bet.user_id, paid))
+    elif outcome == "lost":
+        rows = ((ESCROW, -stake), (HOUSE, stake))
+    elif outcome == "void":
+        rows = ((ESCROW, -stake), (bet.user_id, stake))
+    else:
+        raise ValueError(f"unknown settlement outcome {outcome!r}")
+    # floor(stake x odds) can equal the stake (stake 1 at 1.50): the house row is then 0,
+    # and a ledger row of 0 is not a movement (the schema refuses it).
+    return tuple(row for row in rows if row[1] != 0)
 
 
 def _within_bounds(book: Book, postings: tuple[tuple[int, int], ...]) -> bool:

@@ -30,9 +30,12 @@ def split_repeats(
     repeats: list[Repeat] = []
     first_in_batch: dict[str, Candidate] = {}
     for cand in candidates:
-        if cand.entry_id in stored.by_entry:
-            repeats.append(Repeat(cand, stored.by_entry[cand.entry_id], duplicate=False))
+        same_entry = stored.by_entry.get(cand.entry_id)
+        if same_entry is not None and (same_entry.id, same_entry.body_sha) == (cand.id,
+                                                                              cand.body_sha):
+            repeats.append(Repeat(cand, same_entry, duplicate=False))  # a redelivery
             continue
+        # (an entry id reused for another intent, e.g. after Redis lost data, is not one)
         earlier = stored.by_id.get(cand.id)
         sha = earlier.body_sha if earlier else None
         if earlier is None and cand.id in first_in_batch:

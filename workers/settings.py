@@ -71,7 +71,6 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8000, ge=0, le=65_535)
     gateway_secret_file: Path = Path("./var/gateway-secret")
     token_ttl_s: int = Field(3_600, ge=1, le=30 * 86_400)
-    ws_queue_max: int = Field(1_000, ge=1)  # messages buffered per WebSocket before closing
     ws_seen_max: int = Field(10_000, ge=100)  # seqs remembered per WebSocket for dedupe
 
     # Circuit breaker (state shared in Redis; the seed's 30 s stability window).

@@ -58,13 +58,17 @@ class IntentStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def claim_all(self) -> int:
-        """Move every pending entry (of any consumer) to us; only one writer leads at a time."""
+    def claim_all(self, min_idle_ms: int = 0) -> int:
+        """Move pending entries (of any consumer) idle at least ``min_idle_ms`` to us.
+
+        On taking the lead every entry is claimed (only one writer leads at a time); later,
+        only entries another consumer left idle for a lease period.
+        """
         claimed, cursor = 0, "0-0"
         for _ in range(CLAIM_ROUNDS_MAX):
             # Not JUSTID: redis-py drops the cursor from JUSTID replies, so we could not page.
             cursor, entries, *rest = self._redis.xautoclaim(
-                c.STREAM_INTENTS, c.GROUP_WRITERS, self.consumer, min_idle_time=0,
+                c.STREAM_INTENTS, c.GROUP_WRITERS, self.consumer, min_idle_time=min_idle_ms,
                 start_id=cursor, count=self._settings.pending_claim_count)
             claimed += len(entries)
             deleted = [_text(i) for i in (rest[0] if rest else [])]
@@ -77,10 +81,13 @@ class IntentStream:
         return claimed
 
     def _forget_idle_consumers(self) -> None:
-        """Consumers of dead writers pile up (one per pid); drop those with nothing pending."""
+        """Consumers of dead writers pile up (one per pid); drop those with nothing pending
+        and idle for a whole lease (a live one mid-read could otherwise lose its entries)."""
         for info in self._redis.xinfo_consumers(c.STREAM_INTENTS, c.GROUP_WRITERS):
             name = _text(info["name"])
-            if name != self.consumer and int(info["pending"]) == 0:
+            idle_ms = int(info.get("inactive", info["idle"]) or 0)
+            if (name != self.consumer and int(info["pending"]) == 0
+                    and idle_ms >= self._settings.lease_ms):
                 self._redis.xgroup_delconsumer(c.STREAM_INTENTS, c.GROUP_WRITERS, name)
 
     def read_pending(self, after_id: str) -> list[Entry]:
@@ -110,15 +117,16 @@ class IntentStream:
         if state is None:
             return 0
         last_delivered, lag = state
-        if lag:  # entries after last-delivered wait to be read: keep them too
+        if lag is None or lag:  # unread entries (or unknown: after XDEL) are kept too
             floor = min(floor, _ms_of(last_delivered))
         # MINID keeps ids >= floor-0; an id with the same ms as the floor is always kept.
         return int(self._redis.xtrim(c.STREAM_INTENTS, minid=f"{floor}-0", approximate=False))
 
-    def _group_state(self) -> tuple[str, int] | None:
+    def _group_state(self) -> tuple[str, int | None] | None:
         for group in self._redis.xinfo_groups(c.STREAM_INTENTS):
             if _text(group["name"]) == c.GROUP_WRITERS:
-                return _text(group["last-delivered-id"]), int(group["lag"] or 0)
+                lag = group["lag"]
+                return _text(group["last-delivered-id"]), None if lag is None else int(lag)
         return None
 
     def claim_nonces(self, claims: Sequence[tuple[str, str, str]]) -> list[str | None]:

@@ -7,6 +7,7 @@ session store. Issued by ``betstream token USER_ID``.
 from __future__ import annotations
 
 import hashlib
+import os
 import hmac
 import secrets
 import time
@@ -28,10 +29,14 @@ def load_or_create_secret(path: Path) -> bytes:
     """The gateway's signing secret; created (owner-only) on first use."""
     path = Path(path)
     try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(SECRET_BYTES))
-            path.chmod(0o600)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # owner-only from the first byte; if two processes race, one secret wins
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(SECRET_BYTES))
         secret = path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"gateway secret {path}: {exc}") from None

@@ -27,7 +27,9 @@ from workers.store import Store
 from workers.streams import Entry, IntentStream
 
 T = TypeVar("T")
-RETRYABLE = (StoreError, redis.ConnectionError, redis.TimeoutError)
+# Redis answering with an error (OOM, READONLY after a failover, MISCONF, NOGROUP after a
+# flush) is retried like an outage: crashing would only restart into the same state.
+RETRYABLE = (StoreError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError)
 
 
 def consumer_name() -> str:
@@ -57,6 +59,7 @@ class Writer:
         self.epoch = 0
         self._renewed_at = 0.0
         self._trimmed_at = 0.0
+        self._reclaimed_at = time.monotonic()
 
     def _ensure_store(self, stop: threading.Event) -> bool:
         if self._store is None:
@@ -100,13 +103,16 @@ class Writer:
         while not stop.is_set():
             self._keep_lease()
             if after is not None:
-                entries = self._retry("read_pending", lambda: self.stream.read_pending(after), stop)
+                entries = self._retry("read_pending", lambda: self.stream.read_pending(after),
+                                      stop, leading=True)
                 if not entries:
                     after = None
                     continue
                 after = entries[-1][0]
             else:
-                entries = self._retry("read_new", self.stream.read_new, stop)
+                entries = self._retry("read_new", self.stream.read_new, stop, leading=True)
+                if not entries and self._reclaim_due():
+                    after = "0"  # entries stranded by a fenced-out writer: ours now
             if entries:
                 self.process(entries, stop)
             else:
@@ -121,6 +127,22 @@ class Writer:
             return  # stopping: the entries stay pending and are redelivered
         self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
         self._hooks.on_batch(committed.report)
+
+    def _reclaim_due(self) -> bool:
+        """Every lease period, take over entries another consumer has left idle that long.
+
+        A writer that lost the lead while a read was in flight may still pull entries into
+        its own pending list after we claimed everything on taking over; they would wait
+        for the next change of leader.
+        """
+        now = time.monotonic()
+        if now - self._reclaimed_at < self._s.lease_ms / 1000:
+            return False
+        self._reclaimed_at = now
+        try:
+            return self.stream.claim_all(min_idle_ms=self._s.lease_ms) > 0
+        except redis.RedisError:
+            return False
 
     def _maybe_trim(self) -> None:
         """Stream retention, by the leading writer only, at most every trim interval."""
@@ -155,6 +177,8 @@ class Writer:
                 raise
             except RETRYABLE as exc:
                 attempt += 1
+                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                    self._recreate_group()
                 delay = backoff_ms(attempt, self._s.retry_backoff_min_ms,
                                    self._s.retry_backoff_max_ms)
                 self._hooks.on_retry(what, exc, attempt, delay)
@@ -162,6 +186,12 @@ class Writer:
                     return None
                 if leading:
                     self._renew_quietly()
+
+    def _recreate_group(self) -> None:
+        try:
+            self.stream.ensure_group()
+        except redis.RedisError:
+            pass  # the next attempt tries again
 
     def _renew_quietly(self) -> None:
         try:

@@ -87,6 +87,13 @@ def test_compose_runs_redis_with_aof_everysec_and_the_writer() -> None:
         assert line in procfile
 
 
+def test_demo_gateway_refuses_to_listen_beyond_loopback(env: dict[str, str]) -> None:
+    """The demo mints tokens for anyone: it must never be reachable from other hosts."""
+    done = subprocess.run([*BETSTREAM, "gateway", "--demo", "--host", "0.0.0.0"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "only listens on loopback" in done.stderr
+
+
 @pytest.mark.parametrize("setting,value,needle", [
     ("BETSTREAM_KEYRING", "/nonexistent/keyring.json", "keyring file not found"),
     ("BETSTREAM_BATCH_SIZE_MAX", "0", "BETSTREAM_BATCH_SIZE_MAX"),

@@ -24,12 +24,15 @@ ODDS = st.one_of(st.sampled_from(["1.01", "1.00", "1000.00", "1000.01", "2.5", "
                  st.from_regex(r"[0-9]{1,5}(\.[0-9]{0,3})?", fullmatch=True),
                  st.floats(1, 10), st.text(max_size=8))
 FIELDS = {
-    "id": UUIDS, "bet_id": UUIDS, "kind": st.sampled_from(["bet", "deposit", "withdrawal",
-                                                             "settle", "other"]),
+    "id": UUIDS, "bet_id": UUIDS,
+    "kind": st.one_of(st.sampled_from(["bet", "deposit", "withdrawal", "settle", "other"]),
+                      st.lists(st.integers(), max_size=1), st.dictionaries(st.text(), st.none(),
+                                                                           max_size=1)),
     "user_id": INTS, "amount": INTS, "issued_at": INTS,
     "nonce": st.one_of(st.text(min_size=14, max_size=66), st.integers()),
     "market": TEXTS, "selection": TEXTS, "odds": ODDS,
-    "outcome": st.sampled_from(["won", "lost", "void", "draw", 1]),
+    "outcome": st.one_of(st.sampled_from(["won", "lost", "void", "draw", 1]),
+                         st.lists(st.just("won"), max_size=1)),
 }
 VALID = {"id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3b", "user_id": 7, "nonce": "n" * 20,
          "issued_at": 1_700_000_000_000}
@@ -78,3 +81,11 @@ def test_fast_and_pydantic_paths_agree_on_arbitrary_bytes(body: bytes) -> None:
 def test_every_valid_shape_takes_the_fast_path() -> None:
     for shape in SHAPES:
         assert parse_intent_fast(encode_body(shape)) == parse_intent(encode_body(shape))
+
+
+def test_unhashable_kind_or_outcome_is_a_contract_error_not_a_crash() -> None:
+    """A signed body with "kind": [] used to raise TypeError and crash-loop the writer."""
+    for body in ({**SHAPES[0], "kind": []}, {**SHAPES[3], "outcome": ["won"]},
+                 {**SHAPES[0], "kind": {"a": 1}}):
+        raw = encode_body(body)
+        assert outcome(parse_intent_fast, raw)[0] == "error"

@@ -1,0 +1,39 @@
+"""Defects found in review, pinned by tests against the real store and pipeline pieces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from producer.contract import new_bet, new_deposit, new_settle
+from workers.batch import OutcomeRow, Stored, build_batch
+from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
+from workers.dedupe import split_repeats
+from workers.store import Store
+
+
+def _cand(entry: str, intent) -> Candidate:
+    return Candidate.of(entry, 1, intent, intent.id.encode(), "k")
+
+
+def test_a_won_settlement_paying_exactly_the_stake_commits(tmp_path: Path) -> None:
+    """stake 1 at odds 1.50 pays floor(1.5) = 1: the house row would be 0 and the schema
+    refuses a 0 row, which used to wedge the writer on a retried batch forever."""
+    store = Store(tmp_path / "l.sqlite3", 1000, checkpoint_interval_ms=0)
+    epoch = store.bump_epoch()
+    bet = new_bet(5, 1, "m", "s", "1.50")
+    cands = [_cand("1-0", new_deposit(5, 10)), _cand("1-1", bet),
+             _cand("1-2", new_settle(5, bet.id, "won"))]
+    decisions = decide_batch(cands, Book({a: 0 for a in SYSTEM_ACCOUNTS}))
+    assert [d.status for d in decisions] == ["accepted"] * 3
+    assert all(amount != 0 for _, amount in decisions[2].postings)
+    store.commit(build_batch(decisions, store.heads, epoch, 1))
+    assert store.load_balances([5]) == {5: 10}, "10 - 1 staked + 1 paid"
+
+
+def test_a_reused_entry_id_for_another_intent_is_not_a_redelivery() -> None:
+    """After Redis lost data, an entry id can come back with another intent in it."""
+    old = OutcomeRow(1, "11111111-1111-4111-8111-111111111111", "5-0", "deposit", 9,
+                     "accepted", None, None, 10, b"old", 1, 1)
+    new = _cand("5-0", new_deposit(9, 10))
+    fresh, repeats = split_repeats([new], Stored({}, {"5-0": old}))
+    assert fresh == [new] and repeats == []
