@@ -29,7 +29,7 @@ from workers.health import writer_health
 from workers.promexport import registry_for
 from workers.settings import Settings
 from workers.store import connect
-from workers.subscriptions import stream_confirmations
+from workers.subscriptions import stream_confirmations, subscribe
 
 WS_POLICY_VIOLATION = 1008  # close code for a refused token
 
@@ -62,7 +62,12 @@ async def ws_confirmations(websocket: WebSocket) -> None:
     except (tokens.TokenError, ValueError):
         await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: HTTP 403
         return
-    await websocket.accept()
+    pubsub = await subscribe(st.aredis, user_id)
+    try:
+        await websocket.accept()
+    except BaseException:
+        await pubsub.aclose()  # the client left during the handshake
+        raise
     async with anyio.create_task_group() as tg:
         async def drain_client() -> None:
             try:
@@ -74,7 +79,7 @@ async def ws_confirmations(websocket: WebSocket) -> None:
 
         tg.start_soon(drain_client)
         try:
-            await stream_confirmations(st.aredis, user_id, since, websocket.send_json,
+            await stream_confirmations(st.aredis, pubsub, user_id, since, websocket.send_json,
                                        st.settings.ws_seen_max)
         except (WebSocketDisconnect, RuntimeError):
             tg.cancel_scope.cancel()

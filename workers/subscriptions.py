@@ -45,12 +45,19 @@ async def missed_since(client: aioredis.Redis, user_id: int, since: int) -> list
     return [found[s] for s in sorted(found)]
 
 
-async def stream_confirmations(client: aioredis.Redis, user_id: int, since: int | None,
+async def subscribe(client: aioredis.Redis, user_id: int) -> aioredis.client.PubSub:
+    """Subscribe before the WebSocket handshake completes: once a client is connected,
+    nothing published for it can slip past."""
+    pubsub = client.pubsub()
+    await pubsub.subscribe(c.user_channel(user_id))
+    return pubsub
+
+
+async def stream_confirmations(client: aioredis.Redis, pubsub: aioredis.client.PubSub,
+                               user_id: int, since: int | None,
                                send: Callable[[dict], Awaitable[None]], seen_max: int) -> None:
     """Send missed (if ``since`` is given) then live confirmations until cancelled."""
     seen = SeenSeqs(seen_max)
-    pubsub = client.pubsub()
-    await pubsub.subscribe(c.user_channel(user_id))
     try:
         if since is not None:
             for message in await missed_since(client, user_id, since):
