@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 APT    := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast bench redis-server chromium clean help
+.PHONY: run test test-fast bench bench-memory redis-server chromium clean help
 
 help:
 	@echo "make run    start redis (if needed), writer, confirmer, gateway and a demo load"
@@ -40,6 +40,10 @@ test: $(STAMP) redis-server chromium
 # Benchmarks (not tests): betstream against its peers; table + bench/results/<date>.json/png.
 bench: $(STAMP) redis-server
 	@$(BIN)/python -m bench
+
+# Writer RSS from 1M to 5M intents (about 15 minutes).
+bench-memory: $(STAMP) redis-server
+	@$(BIN)/python -m bench.memory
 
 test-fast: $(STAMP) redis-server
 	@$(BIN)/python -m pytest -m "not e2e"

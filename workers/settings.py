@@ -51,12 +51,14 @@ class Settings(BaseSettings):
     intents_trim_interval_s: float = Field(10.0, gt=0)
 
     # Retention of the output streams (approximate MAXLEN).
-    confirmations_len_max: int = Field(1_000_000, ge=1_000)
+    confirmations_len_max: int = Field(200_000, ge=1_000)
     deadletter_len_max: int = Field(100_000, ge=100)
 
     # Confirmer (RQ worker): one job per committed batch, retried until delivered.
-    user_confirmations_len_max: int = Field(1_000, ge=10)  # per-user replay window
-    user_confirmations_ttl_s: int = Field(86_400, ge=60)
+    # Per-user replay window for reconnecting subscribers: memory is users x this, so it is
+    # kept short (a bet slip needs its last few outcomes, not its history).
+    user_confirmations_len_max: int = Field(100, ge=10)
+    user_confirmations_ttl_s: int = Field(3_600, ge=60)
     confirm_job_timeout_s: int = Field(30, ge=1)
     confirm_retries_max: int = Field(20, ge=1)
     confirm_failure_ttl_s: int = Field(7 * 86_400, ge=60)  # failed jobs stay visible

@@ -83,7 +83,9 @@ def test_wrong_tokens_are_refused(procs: Procs, producer: Producer, env: dict[st
 def test_confirmer_sigkilled_mid_load_every_outcome_confirmed_once(
         procs: Procs, redis_client: redis.Redis, env: dict[str, str]) -> None:
     fast_recovery = {"BETSTREAM_CONFIRM_HEARTBEAT_GRACE_S": "2",
-                     "BETSTREAM_CONFIRM_MAINTENANCE_S": "1", "BETSTREAM_CONFIRM_MONITORING_S": "1"}
+                     "BETSTREAM_CONFIRM_MAINTENANCE_S": "1", "BETSTREAM_CONFIRM_MONITORING_S": "1",
+                     # the hot user gets hundreds of outcomes: keep them all replayable
+                     "BETSTREAM_USER_CONFIRMATIONS_LEN_MAX": "5000"}
     pipe = start_pipeline(procs, **fast_recovery)
     hot = 1  # the load generator sends a share of bets to users 1..10
     token = pipe.token(hot)

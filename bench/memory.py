@@ -1,0 +1,47 @@
+"""Writer RSS over a long run: must stay flat (within 20%) from 1M to 5M intents.
+
+The writer and confirmer run throughout; waves of 1M signed intents are pushed by 2
+producers, and the writer's RSS is read from /proc after each wave has drained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bench.harness import private_env, wait
+from bench.throughput import proc_stats
+from workers.streams import backlog
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waves", type=int, default=5)
+    parser.add_argument("--wave-size", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with private_env() as env:
+        retention = {"BETSTREAM_INTENTS_RETENTION_MS": "0"}
+        writer = env.start("writer", **retention)
+        env.start("confirmer")
+        client = env.client()
+        wait(lambda: backlog(client) is not None, 30, "the writer's group")
+        rows = []
+        for wave in range(1, args.waves + 1):
+            per = args.wave_size // 2
+            producers = [env.start("load", "--users", "5000", "--bets", str(per - 5000),
+                                   "--user-first", str(1 + i * 5000), "--deposit", "10000000000",
+                                   "--quiet", "--seed", str(wave * 10 + i)) for i in range(2)]
+            for p in producers:
+                p.wait(3600)
+            wait(lambda: backlog(client) == (0, 0), 3600, "the wave to drain", interval_s=0.5)
+            cpu, rss = proc_stats(writer.pid)
+            redis_mb = client.info("memory")["used_memory"] / 2**20
+            rows.append({"intents": wave * args.wave_size, "writer_rss_mb": round(rss / 2**20, 1),
+                         "writer_cpu_s": cpu, "redis_used_mb": round(redis_mb, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+        first, last = rows[0]["writer_rss_mb"], rows[-1]["writer_rss_mb"]
+        print(json.dumps({"rss_growth_pct": round(100 * (last - first) / first, 1)}))
+
+
+if __name__ == "__main__":
+    main()
