@@ -120,7 +120,8 @@ def summary(db: Path, after_seq: int) -> list[tuple[str, str | None, int]]:
         conn.close()
 
 
-def wait_committed(client: redis.Redis, total: int, console: Console) -> None:
+def wait_committed(client: redis.Redis, total: int, console: Console,
+                   children: dict[str, subprocess.Popen]) -> None:
     """Progress bar until the writer has committed and acknowledged everything."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -136,8 +137,25 @@ def wait_committed(client: redis.Redis, total: int, console: Console) -> None:
             bar.update(task, completed=max(0, total - left))
             if state == (0, 0):
                 return
+            dead = [name for name, p in children.items() if p.poll() is not None]
+            if dead:
+                raise SystemExit(f"{', '.join(dead)} exited; see var/log/{dead[0]}.log")
             time.sleep(0.1)
     raise SystemExit("the writer did not drain the demo load in time; see var/log/writer.log")
+
+
+def wait_writer_leading(client: redis.Redis, children: dict[str, subprocess.Popen]) -> None:
+    """Push nothing until the writer leads; if a process dies first, say where to look."""
+    from workers.health import writer_health
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not writer_health(client).ok:
+        dead = [name for name, p in children.items() if p.poll() is not None]
+        if dead:
+            raise SystemExit(f"{', '.join(dead)} exited; see var/log/{dead[0]}.log")
+        if time.monotonic() > deadline:
+            raise SystemExit("the writer did not start leading; see var/log/writer.log")
+        time.sleep(0.1)
 
 
 def print_summary(console: Console, db: Path, after_seq: int, seconds: float) -> None:
@@ -184,13 +202,14 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     children = start_processes(VAR / "log")
     try:
         client = redis_client(settings.redis_url)
+        wait_writer_leading(client, children)
         producer = Producer(client, Keyring.load(settings.keyring))
         after = max_seq(settings.db)
         plan = LoadPlan(users=args.users, bets=args.bets, rate=args.rate, deposit=1_000_000,
                         stake_max=2_000, withdrawal_share=0.02, duplicate_share=0.01)
         started = time.perf_counter()
         result = push_with_progress(producer, plan, quiet=False)
-        wait_committed(client, result.sent, console)
+        wait_committed(client, result.sent, console, children)
         print_summary(console, settings.db, after, time.perf_counter() - started)
         print_gateway(console, settings)
         if not args.exit_after_demo:

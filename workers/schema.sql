@@ -1,4 +1,4 @@
--- betstream ledger schema, version 1. Table names follow the seed audit.
+-- betstream ledger schema, version 2 (2: bets keyed by seq). Table names follow the seed audit.
 -- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).
 
 CREATE TABLE IF NOT EXISTS meta (
@@ -80,5 +80,5 @@ CREATE TABLE IF NOT EXISTS batches (
     committed_at INTEGER NOT NULL
 );
 
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 1), ('epoch', 0);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 2), ('epoch', 0);
 INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0);

@@ -20,7 +20,7 @@ from workers.chain import GENESIS_HASH
 from workers.decision import BetState
 from workers.invariants import require
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
 WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
@@ -100,7 +100,8 @@ class Store:
                               if checkpoint_interval_ms else None)
         version = self._meta("schema_version")
         if version != SCHEMA_VERSION:
-            raise ConfigError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+            raise ConfigError(f"{self.path}: schema version {version}, this betstream needs "
+                              f"{SCHEMA_VERSION} (no migration exists yet: start a new file)")
         self.heads = self._read_heads()
 
     def _open(self) -> sqlite3.Connection:
