@@ -158,8 +158,11 @@ class Procs:
 
     def start(self, *args: str, name: str | None = None, **env: str) -> subprocess.Popen:
         log = open(self.logdir / f"{name or args[0]}-{len(self.started)}.log", "wb")
+        # Own process group: RQ's scheduler runs as a child process of the confirmer and
+        # would outlive a SIGKILL of its parent, acting on the next test's Redis.
         proc = subprocess.Popen([*BETSTREAM, *args], env={**self.env, **env}, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.started.append(proc)
         return proc
@@ -171,9 +174,11 @@ class Procs:
 
     def stop_all(self) -> None:
         for proc in self.started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the process and anything it started
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
 
 
 @pytest.fixture
