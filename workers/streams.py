@@ -14,7 +14,7 @@ import redis
 
 from producer import constants as c
 from workers.confirmer import confirmation_queue, enqueue_delivery
-from workers.intake import DeadLetter
+from workers.intake import DeadLetter, ingress_ms
 from workers.settings import Settings
 
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields None: the entry was deleted
@@ -112,22 +112,14 @@ class IntentStream:
         floor = now_ms - retention_ms
         pending = self._redis.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
         if pending["pending"]:
-            floor = min(floor, _ms_of(pending["min"]))
-        state = self._group_state()
-        if state is None:
+            floor = min(floor, ingress_ms(_text(pending["min"])))
+        group = _writers_group(self._redis)
+        if group is None:
             return 0
-        last_delivered, lag = state
-        if lag is None or lag:  # unread entries (or unknown: after XDEL) are kept too
-            floor = min(floor, _ms_of(last_delivered))
+        if group["lag"] is None or group["lag"]:  # unread (or unknown, after XDEL): keep
+            floor = min(floor, ingress_ms(_text(group["last-delivered-id"])))
         # MINID keeps ids >= floor-0; an id with the same ms as the floor is always kept.
         return int(self._redis.xtrim(c.STREAM_INTENTS, minid=f"{floor}-0", approximate=False))
-
-    def _group_state(self) -> tuple[str, int | None] | None:
-        for group in self._redis.xinfo_groups(c.STREAM_INTENTS):
-            if _text(group["name"]) == c.GROUP_WRITERS:
-                lag = group["lag"]
-                return _text(group["last-delivered-id"]), None if lag is None else int(lag)
-        return None
 
     def claim_nonces(self, claims: Sequence[tuple[str, str, str]]) -> list[str | None]:
         """``SET nonce id NX GET EX ttl`` per (kid, nonce, id): None if we took it, else holder.
@@ -159,21 +151,22 @@ def _dead_fields(dead: DeadLetter) -> dict[str, str]:
             "kid": dead.kid or ""}
 
 
-def _ms_of(entry_id: bytes | str) -> int:
-    return int(_text(entry_id).split("-", 1)[0])
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def backlog(client: redis.Redis) -> tuple[int, int] | None:
-    """(pending, not yet delivered) of the writers' group; None before a writer made it."""
+def _writers_group(client: redis.Redis) -> dict | None:
+    """The writers' consumer group as XINFO GROUPS reports it; None before it exists."""
     try:
         groups = client.xinfo_groups(c.STREAM_INTENTS)
     except redis.ResponseError:
+        return None  # no stream yet
+    return next((g for g in groups if _text(g["name"]) == c.GROUP_WRITERS), None)
+
+
+def backlog(client: redis.Redis) -> tuple[int, int] | None:
+    """(pending, not yet delivered) of the writers' group; None before a writer made it."""
+    group = _writers_group(client)
+    if group is None:
         return None
-    for group in groups:
-        if _text(group["name"]) == c.GROUP_WRITERS:
-            return int(group["pending"]), int(group["lag"] or 0)
-    return None
+    return int(group["pending"]), int(group["lag"] or 0)
