@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed-stamp
 APT    := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast bench bench-memory redis-server chromium clean help
+.PHONY: run test test-fast torture bench bench-memory redis-server chromium clean help
 
 help:
 	@echo "make run    start redis (if needed), writer, confirmer, gateway and a demo load"
 	@echo "make test   run the whole test suite (unit, integration, end-to-end)"
 	@echo "make bench  benchmark betstream against its peers (several minutes)"
+	@echo "make torture  fault-injection scenarios at full size, with a report (var/torture-report.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,11 @@ bench: $(STAMP) redis-server
 # Writer RSS from 1M to 5M intents (about 15 minutes).
 bench-memory: $(STAMP) redis-server
 	@$(BIN)/python -m bench.memory
+
+# Torture scenarios at full size (crash storm of 100k intents, Redis restarts, disk faults,
+# hostile input, key rotation, split brain); the table lands in var/torture-report.md.
+torture: $(STAMP) redis-server
+	@BETSTREAM_TORTURE=full $(BIN)/python -m pytest tests/torture -m torture --timeout 3600
 
 test-fast: $(STAMP) redis-server
 	@$(BIN)/python -m pytest -m "not e2e"
