@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import redis
 
@@ -136,23 +137,34 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def utc_date_ms(text: str, option: str) -> int:
+    """A UTC date (or date and time) given on the command line, as ms since the epoch."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: use a date like 2026-11-01") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
 def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
     import datetime as dt
 
     from workers.statement import statement
 
-    since = 0
-    if args.since:
-        try:
-            since = int(dt.datetime.fromisoformat(args.since).replace(
-                tzinfo=dt.timezone.utc).timestamp() * 1000)
-        except ValueError:
-            raise ConfigError(f"--since {args.since!r}: use a date like 2026-11-01") from None
-    st = statement(args.db or settings.db, args.user_id, since, settings.sqlite_busy_timeout_ms)
+    since = utc_date_ms(args.since, "--since") if args.since else 0
+    archive_dir = None if args.live_only else (args.archive_dir or settings.archive_path)
+    st = statement(args.db or settings.db, args.user_id, since, settings.sqlite_busy_timeout_ms,
+                   archive_dir)
     if args.json:
         print(json.dumps(st.as_dict()))
         return EXIT_OK if st.consistent else EXIT_FAILED
     print(f"statement of account {st.user_id}   (amounts in minor units)")
+    if st.archives:
+        print(f"including archives: {', '.join(st.archives)}")
     print(f"{'entry':>8}  {'when (UTC)':<19}  {'what':<10}  {'reference':<36}  "
           f"{'amount':>12}  {'balance':>12}")
     print(f"{'':>8}  {'':<19}  {'opening':<10}  {'':<36}  {'':>12}  {st.opening:>12}")
@@ -166,10 +178,16 @@ def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.archive_audit import audit_with_archives
     from workers.audit import audit
 
     path = args.db or settings.db
-    checks = audit(path, settings.sqlite_busy_timeout_ms)
+    if args.with_archives:
+        audit(path, settings.sqlite_busy_timeout_ms)  # refuses a file that is not a ledger
+        checks = audit_with_archives(path, args.archive_dir or settings.archive_path,
+                                     settings.sqlite_busy_timeout_ms)
+    else:
+        checks = audit(path, settings.sqlite_busy_timeout_ms)
     if args.json:
         print(json.dumps({"db": str(path), "ok": all(c.ok for c in checks),
                           "checks": [dataclasses.asdict(c) for c in checks]}))
@@ -179,6 +197,12 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
         print("all invariants hold" if all(c.ok for c in checks) else "INVARIANTS VIOLATED")
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def cmd_archive(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.archivecmd import run_archive_command
+
+    return run_archive_command(settings, args, utc_date_ms(args.before, "--before"))
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
@@ -242,11 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
                                     "make up the opening balance")
     sm.add_argument("--db", help="database file (default BETSTREAM_DB)")
     sm.add_argument("--json", action="store_true")
+    sm.add_argument("--archive-dir", type=Path, help="default BETSTREAM_ARCHIVE_DIR")
+    sm.add_argument("--live-only", action="store_true",
+                    help="skip the archives (archived entries show as one carried-forward row)")
     sm.set_defaults(func=cmd_statement)
     a = sub.add_parser("audit", help="prove the ledger invariants; exit 1 on any violation")
     a.add_argument("--db", help="database file (default BETSTREAM_DB)")
     a.add_argument("--json", action="store_true", help="machine-readable report")
+    a.add_argument("--with-archives", action="store_true",
+                   help="prove the whole history: the archive files and the live ledger")
+    a.add_argument("--archive-dir", type=Path, help="default BETSTREAM_ARCHIVE_DIR")
     a.set_defaults(func=cmd_audit)
+    ar = sub.add_parser("archive", help="move settled history before DATE to monthly files")
+    ar.add_argument("--before", required=True, help="cutoff (YYYY-MM-DD or ISO time, UTC)")
+    ar.add_argument("--db", help="database file (default BETSTREAM_DB)")
+    ar.add_argument("--archive-dir", type=Path, help="default BETSTREAM_ARCHIVE_DIR")
+    ar.add_argument("--json", action="store_true", help="print a JSON summary")
+    ar.add_argument("--quiet", action="store_true", help="no progress bar")
+    ar.set_defaults(func=cmd_archive)
     h = sub.add_parser("health", help="writer lease, beacons and backlog; exit 1 if unhealthy")
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_health)

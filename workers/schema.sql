@@ -1,4 +1,5 @@
--- betstream ledger schema, version 2 (2: bets keyed by seq). Table names follow the seed audit.
+-- betstream ledger schema, version 3 (2: bets keyed by seq; 3: archival). Table names follow
+-- the seed audit.
 -- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).
 
 CREATE TABLE IF NOT EXISTS meta (
@@ -13,6 +14,24 @@ CREATE TABLE IF NOT EXISTS users (
     balance    INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     CHECK (id <= 0 OR balance >= 0)
+);
+
+-- Archival: batches 1..through_batch live in archive files (archive_files), and the live
+-- ledger keeps one carried-forward row per account (ref_type 'carry', entry_id < 0) worth
+-- the sum of that account's archived rows. The live hash chain continues from head_hash.
+CREATE TABLE IF NOT EXISTS archive_anchor (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    through_batch INTEGER NOT NULL,
+    head_hash     TEXT    NOT NULL,
+    seq_max       INTEGER NOT NULL,
+    entry_id_max  INTEGER NOT NULL,
+    cutoff_ms     INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS archive_files (
+    file          TEXT    PRIMARY KEY,
+    first_batch   INTEGER NOT NULL,
+    through_batch INTEGER NOT NULL
 );
 
 -- Append-only double-entry ledger: the rows of one txn_id sum to zero.
@@ -31,7 +50,10 @@ CREATE INDEX IF NOT EXISTS ledger_by_user ON transaction_ledger(user_id, entry_i
 
 CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON transaction_ledger
 BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END;
+-- Rows leave only by archival: a batch may be deleted once the archive anchor covers it,
+-- i.e. once its rows are durable in an archive file (see workers/archive.py).
 CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON transaction_ledger
+WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0)
 BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END;
 
 -- Keyed by the seq of the outcome that placed the bet: inserts append, no random B-tree.
@@ -48,6 +70,8 @@ CREATE TABLE IF NOT EXISTS bets (
     settled_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS bets_by_market ON bets(market, status);
+-- Archival finds the bets settled before its cutoff (appends: settled_seq only grows).
+CREATE INDEX IF NOT EXISTS bets_by_settled ON bets(settled_seq) WHERE settled_seq IS NOT NULL;
 
 -- One row per outcome; seq is the monotonic confirmation sequence number.
 -- entry_id (the stream entry) is unique: a redelivered entry never gets a second outcome.
@@ -80,5 +104,5 @@ CREATE TABLE IF NOT EXISTS batches (
     committed_at INTEGER NOT NULL
 );
 
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 2), ('epoch', 0);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 3), ('epoch', 0);
 INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0);

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     confirmations_len_max: int = Field(200_000, ge=1_000)
     deadletter_len_max: int = Field(100_000, ge=100)
 
+    # Archival (betstream archive): per-month files in archive_dir (default: an "archive"
+    # directory beside the ledger), moved in chunks of at most archive_chunk_rows_max ledger
+    # rows / archive_chunk_batches_max batches, each a short live transaction.
+    archive_dir: Path | None = None
+    archive_chunk_rows_max: int = Field(20_000, ge=1, le=1_000_000)
+    archive_chunk_batches_max: int = Field(500, ge=1, le=100_000)
+    archive_pause_ms: int = Field(20, ge=0, le=60_000)  # the writer's turn between chunks
+
     # Confirmer (RQ worker): one job per committed batch, retried until delivered.
     # Per-user replay window for reconnecting subscribers: memory is users x this, so it is
     # kept short (a bet slip needs its last few outcomes, not its history).
@@ -113,6 +121,10 @@ class Settings(BaseSettings):
             cooldown_s=self.breaker_cooldown_s, cooldown_max_s=self.breaker_cooldown_max_s,
             stability_s=self.breaker_stability_s,
             half_open_share=self.breaker_half_open_share)
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir if self.archive_dir is not None else self.db.parent / "archive"
 
     @property
     def lease_renew_ms(self) -> int:

@@ -6,7 +6,7 @@ running balance must equal the account's snapshot balance (the statement says so
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class Statement:
     lines: list[Line]
     closing: int  # running balance after the last entry
     snapshot: int | None  # users.balance
+    archives: list[str] = field(default_factory=list)  # archive files read, oldest first
 
     @property
     def consistent(self) -> bool:
@@ -39,27 +40,60 @@ class Statement:
 
     def as_dict(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "opening": self.opening, "closing": self.closing,
-                "snapshot": self.snapshot, "consistent": self.consistent,
+                "snapshot": self.snapshot, "consistent": self.consistent, "archives": self.archives,
                 "lines": [asdict(line) for line in self.lines]}
 
 
-def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 5000) -> Statement:
+def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 5000,
+              archive_dir: Path | None = None) -> Statement:
+    """The account's entries from the archives (when ``archive_dir`` is given) and the live
+    file. Without the archives, the carried-forward row stands for all archived entries."""
+    from workers.archive_audit import archive_files
+
     conn = connect(db, busy_timeout_ms, readonly=True)
     try:
         conn.execute("BEGIN")  # one snapshot for the lines and the balance
         row = conn.execute("SELECT balance FROM users WHERE id = ?", (user_id,)).fetchone()
         if row is None:
             raise ConfigError(f"no account {user_id} in {db}")
-        rows = conn.execute(
-            "SELECT entry_id, created_at, ref_type, ref_id, txn_id, amount "
-            "FROM transaction_ledger WHERE user_id = ? ORDER BY entry_id", (user_id,))
-        running, opening, lines = 0, 0, []
-        for entry_id, at, ref_type, ref_id, txn_id, amount in rows:
-            if at < since_ms:
-                opening = running = running + amount
-                continue
-            running += amount
-            lines.append(Line(entry_id, at, ref_type, ref_id, txn_id, amount, running))
-        return Statement(user_id, opening, lines, running, row[0])
+        files = archive_files(conn) if archive_dir is not None else []
+        through = conn.execute("SELECT COALESCE(MAX(through_batch), 0) FROM archive_anchor"
+                               ).fetchone()[0] if files else 0
+        sources = [_archived(Path(archive_dir) / f, user_id, through, busy_timeout_ms)
+                   for f, _, _ in files] if archive_dir is not None else []
+        # With the archives read, the carried-forward row (entry id < 0) would count twice.
+        live_from = 1 if files else CARRY_ENTRY_ID_MIN
+        sources.append(conn.execute(
+            f"SELECT {COLS} FROM transaction_ledger WHERE user_id = ? AND entry_id >= ? "
+            "ORDER BY entry_id", (user_id, live_from)))
+        return _fold(user_id, since_ms, sources, row[0], [f for f, _, _ in files])
     finally:
         conn.close()
+
+
+COLS = "entry_id, created_at, ref_type, ref_id, txn_id, amount"
+CARRY_ENTRY_ID_MIN = -(2**62)
+
+
+def _archived(path: Path, user_id: int, through: int, busy_timeout_ms: int) -> list[tuple]:
+    if not path.exists():
+        raise ConfigError(f"archive file {path} is missing (listed in the ledger's archive_files)")
+    conn = connect(path, busy_timeout_ms, readonly=True)
+    try:
+        return conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE user_id = ? "
+                            "AND batch_no <= ? ORDER BY entry_id", (user_id, through)).fetchall()
+    finally:
+        conn.close()
+
+
+def _fold(user_id: int, since_ms: int, sources: list, snapshot: int,
+          archives: list[str]) -> Statement:
+    running, opening, lines = 0, 0, []
+    for rows in sources:
+        for entry_id, at, ref_type, ref_id, txn_id, amount in rows:
+            running += amount
+            if at < since_ms:
+                opening = running
+                continue
+            lines.append(Line(entry_id, at, ref_type, ref_id, txn_id, amount, running))
+    return Statement(user_id, opening, lines, running, snapshot, archives)

@@ -19,8 +19,9 @@ from workers.batch import BatchWrite, Heads, OutcomeRow, Stored
 from workers.chain import GENESIS_HASH
 from workers.decision import BetState
 from workers.invariants import require
+from workers.migrations import upgrade
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
 WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
@@ -98,7 +99,7 @@ class Store:
         self._broken = False
         self._checkpointer = (Checkpointer(self.path, checkpoint_interval_ms, busy_timeout_ms)
                               if checkpoint_interval_ms else None)
-        version = self._meta("schema_version")
+        version = upgrade(self._conn, self._meta("schema_version"))
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: schema version {version}, this betstream needs "
                               f"{SCHEMA_VERSION} (no migration exists yet: start a new file)")
@@ -136,12 +137,16 @@ class Store:
         return int(row[0]) if row else 0
 
     def _read_heads(self) -> Heads:
+        """Where the next batch continues: the newest live rows, or the archive anchor when
+        archival moved everything (seqs, entry ids and the hash chain never restart)."""
         q = self._conn.execute
+        anchor = q("SELECT through_batch, head_hash, seq_max, entry_id_max "
+                   "FROM archive_anchor").fetchone() or (0, GENESIS_HASH, 0, 0)
         seq = q("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
         entry = q("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger").fetchone()[0]
         last = q("SELECT batch_no, hash FROM batches ORDER BY batch_no DESC LIMIT 1").fetchone()
-        batch_no, digest = last if last else (0, GENESIS_HASH)
-        return Heads(seq, batch_no, entry, digest)
+        batch_no, digest = last if last else anchor[:2]
+        return Heads(max(seq, anchor[2]), batch_no, max(entry, anchor[3]), digest)
 
     def bump_epoch(self) -> int:
         """Take the fencing epoch: every older writer's next commit will fail."""

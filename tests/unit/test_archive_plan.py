@@ -1,0 +1,80 @@
+"""Archival's pure rules: the cutoff never reaches into what could still be re-sent or
+redelivered, carried-forward rows keep every account whole, and ids never collide."""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from producer.errors import InvariantViolation
+from workers.archive_plan import carried, carry_entry_id, effective_cutoff, period_of
+from workers.store import Store
+
+ms = st.integers(0, 2**45)
+
+
+@given(ms, ms, st.integers(100, 10**7), st.integers(0, 10**5), st.none() | ms)
+def test_cutoff_is_the_tightest_bound_and_says_which(before: int, now: int, age: int, skew: int,
+                                                     pending: int | None) -> None:
+    cut = effective_cutoff(before, now, age, skew, pending)
+    assert cut.ms <= before and cut.ms <= now - age - skew
+    assert pending is None or cut.ms <= pending
+    assert cut.ms == {"requested": before, "freshness": now - age - skew,
+                      "pending": pending}[cut.why]
+
+
+accounts = st.integers(-2, 10_000)
+
+
+@given(st.dictionaries(accounts, st.integers(-10**9, 10**9)),
+       st.lists(st.tuples(accounts, st.integers(-10**6, 10**6).filter(bool))))
+def test_carried_amounts_add_what_leaves_the_live_file(old: dict[int, int],
+                                                       rows: list[tuple[int, int]]) -> None:
+    new = carried(old, rows)
+    assert set(new) == {a for a, _ in rows}
+    for account, amount in new.items():
+        assert amount == old.get(account, 0) + sum(x for a, x in rows if a == account)
+
+
+@given(accounts, accounts)
+def test_carried_forward_ids_are_negative_and_one_per_account(a: int, b: int) -> None:
+    assert carry_entry_id(a) < 0
+    assert (carry_entry_id(a) == carry_entry_id(b)) == (a == b)
+
+
+def test_an_unknown_system_account_has_no_carried_forward_id() -> None:
+    with pytest.raises(InvariantViolation):
+        carry_entry_id(-3)
+
+
+def test_archive_files_are_per_utc_month() -> None:
+    assert period_of(1_761_955_199_999) == "2025-10"  # 2025-10-31 23:59:59.999 UTC
+    assert period_of(1_761_955_200_000) == "2025-11"
+
+
+def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A file from before archival keeps its rows and gets the new tables and trigger."""
+    path = tmp_path / "old.sqlite3"
+    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    old = (schema.replace("('schema_version', 3)", "('schema_version', 2)")
+           .replace("WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0)\n",
+                    ""))
+    conn = sqlite3.connect(path)
+    conn.executescript(old)
+    conn.execute("INSERT INTO transaction_ledger VALUES (1, 't', 1, 5, 10, 'deposit', 't', 0)")
+    conn.commit()
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM transaction_ledger")
+    conn.close()
+    Store(path, 1000, checkpoint_interval_ms=0).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (3,)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM transaction_ledger")  # nothing is archived: still refused
+    assert conn.execute("SELECT COUNT(*) FROM transaction_ledger").fetchone() == (1,)
+    conn.close()

@@ -1,0 +1,59 @@
+"""Pure rules of archival: how far back it may reach, which file a batch goes to, and the
+carried-forward rows that keep the live ledger whole. No I/O, so it is tested exhaustively.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from workers.invariants import require
+
+CARRY_REF: str = "carry"
+SYSTEM_ACCOUNT_MIN: int = -2  # escrow; carried-forward entry ids are derived from account ids
+
+
+@dataclass(frozen=True, slots=True)
+class Cutoff:
+    ms: int
+    why: str  # what bounded it: "requested", "freshness" or "pending"
+
+
+def effective_cutoff(before_ms: int, now_ms: int, age_max_ms: int, skew_max_ms: int,
+                     oldest_pending_ms: int | None) -> Cutoff:
+    """The latest commit time archival may take.
+
+    - freshness: an archived intent re-sent now must be refused as ``stale``, because its
+      stored outcome is no longer in the live file to answer ``duplicate``. An intent
+      committed at T carried issued_at <= T + skew, so it is stale for every ingress after
+      T + skew + age_max.
+    - pending: a stream entry committed but not yet acknowledged (writer crashed between
+      COMMIT and XACK) is redelivered and must find its outcome live.
+    """
+    options = [Cutoff(before_ms, "requested"),
+               Cutoff(now_ms - age_max_ms - skew_max_ms, "freshness")]
+    if oldest_pending_ms is not None:
+        options.append(Cutoff(oldest_pending_ms, "pending"))
+    return min(options, key=lambda c: c.ms)
+
+
+def period_of(ms: int) -> str:
+    """Archive files are per calendar month (UTC) of the batch's commit."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m")
+
+
+def carry_entry_id(account: int) -> int:
+    """Each account's one carried-forward row has a fixed negative entry id: it never meets
+    a real entry (those count up from 1) and sorts before them in a statement."""
+    require(account >= SYSTEM_ACCOUNT_MIN, f"no carried-forward id for account {account}")
+    return -(account - SYSTEM_ACCOUNT_MIN + 1)
+
+
+def carried(old: Mapping[int, int], rows: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """New carried-forward amounts of the accounts the archived ``(account, amount)`` rows
+    touch: old carry plus what leaves the live file. Zero means the row disappears."""
+    out: dict[int, int] = {}
+    for account, amount in rows:
+        out[account] = out.get(account, old.get(account, 0)) + amount
+    return out

@@ -1,0 +1,87 @@
+"""``betstream archive``: the archival as a command, with its cutoff explained and progress."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import redis
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from producer.constants import GROUP_WRITERS, STREAM_INTENTS
+from workers.archive import ArchiveResult, archive
+from workers.archive_plan import Cutoff, effective_cutoff
+from workers.connections import redis_client
+from workers.intake import ingress_ms
+from workers.settings import Settings
+from workers.store import connect
+
+
+def oldest_pending_ms(client: redis.Redis) -> int | None:
+    """Ingress time of the oldest entry a writer read but has not acknowledged."""
+    try:
+        summary = client.xpending(STREAM_INTENTS, GROUP_WRITERS)
+    except redis.ResponseError:  # no stream or group yet: nothing is pending
+        return None
+    low = summary.get("min") if summary.get("pending") else None
+    return ingress_ms(low.decode() if isinstance(low, bytes) else low) if low else None
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _batches_before(db: Path, cutoff_ms: int, busy_timeout_ms: int) -> int:
+    conn = connect(db, busy_timeout_ms, readonly=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM batches WHERE committed_at < ?",
+                            (cutoff_ms,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def run_archive_command(settings: Settings, args: argparse.Namespace, before_ms: int) -> int:
+    db = Path(args.db or settings.db)
+    pending = oldest_pending_ms(redis_client(settings.redis_url))
+    cutoff = effective_cutoff(before_ms, int(time.time() * 1000), settings.intent_age_max_ms,
+                              settings.clock_skew_max_ms, pending)
+    if not args.json:
+        print(_explain(cutoff, before_ms))
+    result = _run(settings, db, Path(args.archive_dir or settings.archive_path), cutoff.ms,
+                  args.quiet or args.json)
+    summary = {"cutoff": _iso(cutoff.ms), "cutoff_by": cutoff.why, "chunks": result.chunks,
+               "batches": result.batches, "ledger_rows": result.ledger_rows,
+               "files": sorted(result.files)}
+    print(json.dumps(summary) if args.json else
+          f"archived {result.batches} batches ({result.ledger_rows} ledger rows) into "
+          f"{', '.join(sorted(result.files)) or 'no file'}; check with "
+          "betstream audit --with-archives")
+    return 0
+
+
+def _explain(cutoff: Cutoff, before_ms: int) -> str:
+    if cutoff.why == "requested":
+        return f"archiving batches committed before {_iso(cutoff.ms)}"
+    why = {"freshness": "intents younger than the freshness window could still be re-sent",
+           "pending": "a stream entry is still pending (its outcome must stay live)"}[cutoff.why]
+    return (f"archiving batches committed before {_iso(cutoff.ms)}, not {_iso(before_ms)}: "
+            f"{why}")
+
+
+def _run(settings: Settings, db: Path, archive_dir: Path, cutoff_ms: int,
+         quiet: bool) -> ArchiveResult:
+    kwargs = {"busy_timeout_ms": settings.sqlite_busy_timeout_ms,
+              "rows_max": settings.archive_chunk_rows_max,
+              "batches_max": settings.archive_chunk_batches_max,
+              "pause_ms": settings.archive_pause_ms}
+    if quiet:
+        return archive(db, archive_dir, cutoff_ms, **kwargs)
+    total = _batches_before(db, cutoff_ms, settings.sqlite_busy_timeout_ms)
+    columns = (TextColumn("archiving batches"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("archive", total=total)
+        return archive(db, archive_dir, cutoff_ms, **kwargs,
+                       progress=lambda r, _c: bar.update(task, completed=r.batches))

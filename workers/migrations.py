@@ -1,0 +1,37 @@
+"""Schema upgrades, applied by the writer when it opens an older ledger file.
+
+Each step is one transaction: a file is at one version or the next, never in between.
+Only additive steps live here; anything that would rewrite history is not a migration.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+# version -> SQL that lifts a file from that version to the next one. The new tables and
+# indexes themselves come from schema.sql (CREATE ... IF NOT EXISTS) before this runs.
+STEPS: Final[dict[int, tuple[str, ...]]] = {
+    2: (  # 3: archival may remove batches the archive anchor covers, nothing else
+        "DROP TRIGGER IF EXISTS ledger_no_delete",
+        "CREATE TRIGGER ledger_no_delete BEFORE DELETE ON transaction_ledger "
+        "WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0) "
+        "BEGIN SELECT RAISE(ABORT, 'transaction_ledger is append-only'); END",
+        "UPDATE meta SET value = 3 WHERE key = 'schema_version'",
+    ),
+}
+
+
+def upgrade(conn: sqlite3.Connection, version: int) -> int:
+    """Apply every step from ``version`` on; return the version reached."""
+    while version in STEPS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in STEPS[version]:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version += 1
+    return version
