@@ -228,12 +228,14 @@ def archive(db: Path, archive_dir: Path, cutoff_ms: int, *, busy_timeout_ms: int
             if file not in archives:
                 archives[file] = open_archive(archive_dir / file, busy_timeout_ms)
             copy_chunk(archives[file], chunk)
+            started = time.monotonic()
             if not remove_chunk(live, chunk, file, cutoff_ms):
                 log.warning("archive.raced", through_batch=chunk.through)
                 continue
             _count(result, chunk, file)
             log.info("archive.chunk", file=file, through_batch=chunk.through,
-                     ledger_rows=len(chunk.ledger), outcomes=len(chunk.outcomes))
+                     ledger_rows=len(chunk.ledger), outcomes=len(chunk.outcomes),
+                     live_lock_ms=round((time.monotonic() - started) * 1000, 1))
             if progress:
                 progress(result, chunk)
             time.sleep(pause_ms / 1000)  # let the writer in between chunks

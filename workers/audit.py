@@ -123,8 +123,10 @@ CHECKS: Final = (
           "(SELECT ref_id FROM transaction_ledger WHERE ref_type = 'settle')",
           "bets settled other than once"),
     _none("every accepted outcome is in the ledger",
-          "SELECT o.id FROM outcomes o WHERE o.status = 'accepted' AND NOT EXISTS "
-          f"(SELECT 1 FROM transaction_ledger l WHERE l.txn_id = o.id) AND o.seq > {ANCHOR_SEQ}",
+          # NOT IN builds one temporary index; a correlated NOT EXISTS on the unindexed
+          # txn_id scanned the ledger once per outcome (minutes at 200k intents).
+          "SELECT o.id FROM outcomes o WHERE o.status = 'accepted' "
+          f"AND o.seq > {ANCHOR_SEQ} AND o.id NOT IN (SELECT txn_id FROM transaction_ledger)",
           "accepted outcomes without ledger rows"),
     _none("escrow holds exactly the open stakes",
           "SELECT id FROM users WHERE id = -2 AND balance != "

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # directory beside the ledger), moved in chunks of at most archive_chunk_rows_max ledger
     # rows / archive_chunk_batches_max batches, each a short live transaction.
     archive_dir: Path | None = None
-    archive_chunk_rows_max: int = Field(20_000, ge=1, le=1_000_000)
+    archive_chunk_rows_max: int = Field(5_000, ge=1, le=1_000_000)
     archive_chunk_batches_max: int = Field(500, ge=1, le=100_000)
     archive_pause_ms: int = Field(20, ge=0, le=60_000)  # the writer's turn between chunks
 

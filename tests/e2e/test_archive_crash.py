@@ -48,7 +48,7 @@ def test_archive_killed_mid_way_resumes_without_losing_or_doubling(
     db = procs.env["BETSTREAM_DB"]
     before = statements(db, None)
     entries_before = held(db, adir, "transaction_ledger", "entry_id")
-    wait_for(lambda: old_enough(db), 10, "the history to leave the freshness window")
+    wait_for(lambda: old_enough(db), 20, "the history to leave the freshness window")
 
     load = procs.start("load", "--users", "20", "--user-first", "1000", "--bets", "15000",
                        "--rate", "1500", "--quiet", name="load")

@@ -20,9 +20,9 @@ from workers.statement import statement
 
 pytestmark = pytest.mark.e2e
 
-AGE_MAX_MS = 1500  # a short freshness window, so history is old enough to archive quickly
+AGE_MAX_MS = 5000  # a short freshness window, so history is old enough to archive quickly
 WRITER_ENV = {"BETSTREAM_INTENT_AGE_MAX_MS": str(AGE_MAX_MS), "BETSTREAM_CLOCK_SKEW_MAX_MS": "0",
-              "BETSTREAM_BREAKER_BACKLOG_AGE_MS_MAX": "1000", "BETSTREAM_BATCH_SIZE_MAX": "40"}
+              "BETSTREAM_BREAKER_BACKLOG_AGE_MS_MAX": "4000", "BETSTREAM_BATCH_SIZE_MAX": "40"}
 USERS = range(1, 21)
 
 
@@ -67,7 +67,7 @@ def test_archive_moves_settled_history_and_every_proof_still_holds(
     db, adir = archived_env["BETSTREAM_DB"], tmp_path / "archive"
     before = statements(db, None)
     fields_of_first = redis_client.xrange("betstream:intents", count=1)[0][1]
-    wait_for(lambda: old_enough(db), 10, "the history to leave the freshness window")
+    wait_for(lambda: old_enough(db), 20, "the history to leave the freshness window")
 
     run = procs.run("archive", "--before", "2999-01-01", "--json",
                     BETSTREAM_ARCHIVE_CHUNK_ROWS_MAX="50")
