@@ -33,15 +33,16 @@ def stop_on_signals() -> threading.Event:
 
 
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
-    from producer.signing import Keyring
     from workers.connections import redis_client
     from workers.breaker import BreakerHook, BreakerStore
     from workers.hooks import HealthBeacon, Hooks, MetricsHook, ProgressLog
+    from workers.keyreload import KeyringReloader, describe
     from workers.metrics import Recorder
     from workers.store import Store
     from workers.writer import Writer, consumer_name
 
-    keyring = Keyring.load(settings.keyring)
+    keyring = KeyringReloader(settings.keyring, get_logger("betstream.keyring"))
+    signal.signal(signal.SIGHUP, keyring.request)  # re-read the keyring, no restart
     client = redis_client(settings.redis_url)
     consumer = args.consumer or consumer_name()
     hooks = Hooks(ProgressLog(settings.progress_interval_s),
@@ -50,9 +51,10 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
                   BreakerHook(BreakerStore(client, settings.breaker_limits),
                               settings.breaker_sync_ms / 1000))
     get_logger("betstream.writer").info(
-        "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max)
+        "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max,
+        **describe(keyring.current()))
     writer = Writer(settings, client, lambda: Store(settings.db, settings.sqlite_busy_timeout_ms),
-                    keyring, hooks, consumer)
+                    keyring.current, hooks, consumer)
     writer.run(stop_on_signals())
     writer.close()
     get_logger("betstream.writer").info("writer.stopped", consumer=consumer)
