@@ -119,6 +119,9 @@ class Keyring:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise KeyringError(f"keyring file not found: {path}") from None
+        except UnicodeDecodeError as exc:  # its message quotes the byte: part of a secret
+            raise KeyringError(f"keyring file {path} is unreadable: not UTF-8 (invalid byte "
+                               f"at offset {exc.start})") from None
         except (OSError, ValueError) as exc:
             raise KeyringError(f"keyring file {path} is unreadable: {exc}") from None
         return cls.from_mapping(raw)

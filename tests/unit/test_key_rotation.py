@@ -177,6 +177,33 @@ def test_reload_only_on_request_and_bad_files_keep_the_old_keyring(tmp_path: Pat
         assert entry["secret"] not in text
 
 
+def test_keyring_errors_do_not_quote_the_secrets(tmp_path: Path) -> None:
+    """Regression: a keyring saved in Latin-1 was refused with Python's own message, which
+    quotes the offending byte ("can't decode byte 0xe9"): a byte of the secret, in a log."""
+    path = tmp_path / "keyring.json"
+    secret = "s3cr\u00e9t-value-abcdefgh"
+    variants = [
+        f'{{"frontend": {{"secret": "{secret}", "kinds": ["bet"]}}}}'.encode("latin-1"),
+        f'{{"frontend": {{"secret": "{secret}", "kinds": ["bet"]}}, }}'.encode(),
+        f'{{"frontend": {{"secret": "{secret}" "kinds": ["bet"]}}}}'.encode(),
+        f'{{"frontend": {{"secret": ["{secret}"], "kinds": ["bet"]}}}}'.encode(),
+        f'{{"frontend": {{"secret": "{secret}", "kinds": ["bet"], "retire_at": "x"}}}}'.encode(),
+    ]
+    for raw in variants:
+        path.write_bytes(raw)
+        with pytest.raises(KeyringError) as info:
+            Keyring.load(path)
+        msg = str(info.value)
+        assert "s3cr" not in msg and "0xe9" not in msg and "\\xe9" not in msg, msg
+    assert "not UTF-8 (invalid byte at offset 29)" in str(
+        pytest.raises(KeyringError, Keyring.load, _write(path, variants[0])).value)
+
+
+def _write(path: Path, raw: bytes) -> Path:
+    path.write_bytes(raw)
+    return path
+
+
 # --- constant-time comparison ------------------------------------------------------------
 
 
