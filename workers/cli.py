@@ -51,8 +51,8 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
                   BreakerHook(BreakerStore(client, settings.breaker_limits),
                               settings.breaker_sync_ms / 1000))
     get_logger("betstream.writer").info(
-        "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max,
-        **describe(keyring.current()))
+        "writer.start", consumer=consumer, db=str(settings.db),
+        batch_size_max=settings.batch_size_max, **describe(keyring.current()))
     writer = Writer(settings, client, lambda: Store(settings.db, settings.sqlite_busy_timeout_ms),
                     keyring.current, hooks, consumer)
     writer.run(stop_on_signals())

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,8 +194,11 @@ def reload(writer, event: str) -> dict:  # type: ignore[no-untyped-def]
     """SIGHUP the writer and wait for its log line about the reload."""
     before = len(log_events(writer.log_path, event))
     writer.send_signal(signal.SIGHUP)
-    return wait_for(lambda: (lambda ev: ev[-1] if len(ev) > before else None)(
-        log_events(writer.log_path, event)), 30, f"the writer to log {event}")  # type: ignore
+    def logged() -> dict | None:
+        events = log_events(writer.log_path, event)
+        return events[-1] if len(events) > before else None
+
+    return wait_for(logged, 30, f"the writer to log {event}")  # type: ignore[return-value]
 
 
 def results(db: str, client: redis.Redis) -> dict[str, list[str]]:
@@ -290,3 +291,130 @@ def test_key_rotation_with_sighup_while_traffic_flows(procs: Procs, redis_client
     assert before > 10 and len(sent_old) - before > 10, "traffic on both sides of retire_at"
     assert writer.poll() is None and "Traceback" not in Path(writer.log_path).read_text()
     assert audit.returncode == 0, audit.stdout
+
+
+# --- secrets never leak ----------------------------------------------------------------------
+
+
+def secret_forms(secret: str) -> set[bytes]:
+    """The text and every form a careless log line could derive from it."""
+    raw = secret.encode()
+    out = {raw, raw.hex().encode(), raw.hex().upper().encode(), base64.b64encode(raw),
+           base64.urlsafe_b64encode(raw), base64.b64encode(raw).rstrip(b"="),
+           base64.b32encode(raw).rstrip(b"=")}
+    try:  # the gateway secret is hex text: also its decoded bytes, encoded again
+        key = bytes.fromhex(secret)
+        out |= {base64.b64encode(key), base64.urlsafe_b64encode(key).rstrip(b"=")}
+    except ValueError:
+        pass
+    return out
+
+
+BAD_KEYRINGS = {  # (file bytes, the secret inside it); each must stop the process, quietly
+    "short secret": (b'{"frontend": {"secret": "shortie-sec", "kinds": ["bet"]}}', "shortie-sec"),
+    "latin-1 file": (('{"frontend": {"secret": "caf\u00e9-latin1-secret-xyz", '
+                      '"kinds": ["bet"]}}').encode("latin-1"), "caf\u00e9-latin1-secret-xyz"),
+    "trailing comma": (b'{"frontend": {"secret": "trailing-comma-secret-1", "kinds": ["bet"]},}',
+                       "trailing-comma-secret-1"),
+    "secret not a string": ((b'{"frontend": {"secret": ["list-wrapped-secret-01"], '
+                             b'"kinds": ["bet"]}}'), "list-wrapped-secret-01"),
+    "bad retire_at": ((b'{"frontend": {"secret": "retire-at-typo-secret-1", "kinds": ["bet"], '
+                       b'"retire_at": "soon"}}'), "retire-at-typo-secret-1"),
+    "truncated": (b'{"frontend": {"secret": "truncated-file-secret-01", "kinds": ["b',
+                  "truncated-file-secret-01"),
+}
+
+
+def redis_dump(client: redis.Redis) -> bytes:
+    """Every key and value in Redis, as bytes (streams, hashes, lists, sets, strings)."""
+    parts: list[bytes] = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        parts.append(key)
+        if kind == "string":
+            parts.append(client.get(key) or b"")
+        elif kind == "hash":
+            parts += [b for kv in client.hgetall(key).items() for b in kv]
+        elif kind == "list":
+            parts += client.lrange(key, 0, -1)
+        elif kind == "set":
+            parts += list(client.smembers(key))
+        elif kind == "zset":
+            parts += client.zrange(key, 0, -1)
+        elif kind == "stream":
+            for eid, fields in client.xrange(key):
+                parts += [eid, *[b for kv in fields.items() for b in kv]]
+    return b"\n".join(parts)
+
+
+def test_secrets_never_appear_in_logs_outputs_ledger_or_redis(
+        procs: Procs, redis_client: redis.Redis, env: dict[str, str], tmp_path: Path,
+        torture_report) -> None:
+    row = torture_report("edges: secrets never in logs / outputs / ledger / Redis")
+    debug = {"BETSTREAM_LOG_LEVEL": "debug"}
+    pipe = start_pipeline(procs, **debug)
+    outputs: list[bytes] = []
+
+    def run(*args: str, **extra: str) -> int:
+        done = procs.run(*args, **debug, **extra)
+        outputs.append((done.stdout + done.stderr).encode())
+        return done.returncode
+
+    assert run("token", "51") == 0
+    assert run("load", "--users", "5", "--bets", "150", "--quiet", "--json") == 0
+    assert run("load", "--users", "3", "--bets", "30", "--withdrawals", "0.2") == 0
+    intents = 5 + 150 + 3 + 30
+    ring = Keyring.from_mapping(KEYRING)
+    for kid in KEYRING:  # forgeries under every kid, and a key used under another's name
+        for signer in (Key(kid, b"guessed-secret-0000000", frozenset({"bet"})), ring.get(
+                "settlement" if kid != "settlement" else "frontend")):
+            forged = entry_fields(signer, intent_body(new_deposit(52, 1)))
+            forged["kid"] = kid
+            redis_client.xadd(c.STREAM_INTENTS, forged)
+            intents += 1
+    for token in ("garbage", tokens.issue(b"x" * 32, 51, 60), pipe.token(51)[:-2]):
+        with pytest.raises(InvalidStatus):
+            _ws(pipe.port, token).close()
+        assert httpx.get(f"{pipe.http}/bets/x", params={"token": token}).status_code == 401
+    for name, (raw, _) in BAD_KEYRINGS.items():
+        bad = tmp_path / f"bad-{name.replace(' ', '-')}.json"
+        bad.write_bytes(raw)
+        for command in (("writer",), ("load", "--users", "1", "--bets", "1", "--quiet")):
+            assert run(*command, BETSTREAM_KEYRING=str(bad)) == 2, (name, command)
+    writer = next(p for p in procs.started if p.args[3] == "writer")
+    good = Path(env["BETSTREAM_KEYRING"]).read_bytes()
+    for raw, _ in BAD_KEYRINGS.values():  # the same files on reload of the running writer
+        Path(env["BETSTREAM_KEYRING"]).write_bytes(raw)
+        reload(writer, "keyring.reload_refused")
+    Path(env["BETSTREAM_KEYRING"]).write_bytes(good)
+    reload(writer, "keyring.reloaded")
+    wait_for(lambda: drained(redis_client), 60, "the writer to drain the stream")
+    assert run("audit") == 0
+    assert run("health") == 0
+    for proc in procs.started:
+        proc.send_signal(signal.SIGTERM)  # the stop path logs too
+        proc.wait(30)
+
+    secrets = {f"keyring {kid}": e["secret"] for kid, e in KEYRING.items()}
+    secrets |= {f"bad keyring {n}": s for n, (_, s) in BAD_KEYRINGS.items()}
+    secrets["gateway"] = Path(env["BETSTREAM_GATEWAY_SECRET_FILE"]).read_text().strip()
+    sources = {f"output {i}": out for i, out in enumerate(outputs)}
+    sources |= {p.name: p.read_bytes() for p in procs.logdir.glob("*.log")}
+    sources |= {p.name: p.read_bytes() for p in Path(env["BETSTREAM_DB"]).parent.glob(
+        Path(env["BETSTREAM_DB"]).name + "*")}
+    sources["redis"] = redis_dump(redis_client)
+    leaks = [(name, where) for name, secret in secrets.items() for form in secret_forms(secret)
+             for where, text in sources.items() if form in text]
+    logs = b"".join(v for k, v in sources.items() if k.endswith(".log") or "output" in k)
+    row.intents = intents
+    row.faults = (f"{len(BAD_KEYRINGS)} bad keyring files x (writer start, load start, "
+                  f"SIGHUP reload), {3 * len(KEYRING)} forged entries, 6 bad tokens; "
+                  f"{len(secrets)} secrets x {sum(len(secret_forms(s)) for s in secrets.values())} "
+                  "forms (text, hex, base64, base32) scanned")
+    row.lost = row.doubled = None
+    row.audit = "pass"
+    row.extra.update(inputs=intents, sources=len(sources),
+                     scanned_bytes=sum(len(v) for v in sources.values()), leaks=leaks)
+    assert leaks == []
+    assert b"keyring.reload_refused" in logs and b"bad_signature" in sources["redis"]
+    assert len(sources) > len(outputs) + 3 and row.extra["scanned_bytes"] > 100_000

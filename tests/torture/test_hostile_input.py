@@ -17,6 +17,7 @@ import json
 import random
 import re
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,7 @@ def _differential(body: bytes, kid: str, result: Candidate | DeadLetter) -> None
 
 def rss_kb(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
 def test_hostile_entries_to_a_live_writer(procs: Procs, redis_client: redis.Redis,
@@ -207,7 +208,7 @@ def test_hostile_entries_to_a_live_writer(procs: Procs, redis_client: redis.Redi
     assert wrong == [] and lost == 0 and doubled == 0
     assert audit.returncode == 0, audit.stdout
     assert writer.poll() is None and "Traceback" not in log
-    growth = [b - a for a, b in zip(rss[1:], rss[2:])]
+    growth = [b - a for a, b in pairwise(rss[1:])]
     assert all(g < RSS_GROWTH_PER_ROUND_KB_MAX for g in growth), rss
     assert rss[-1] - rss[1] < RSS_GROWTH_AFTER_WARMUP_KB_MAX, rss
 
