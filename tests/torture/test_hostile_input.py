@@ -189,9 +189,11 @@ def test_hostile_entries_to_a_live_writer(procs: Procs, redis_client: redis.Redi
     rnd = random.Random(8)
     for _ in range(rounds):
         batch = cases(rnd, per_round, now_ms()) + [_big(rnd) for _ in range(scaled(4, 16))]
+        batch += [repeated_field(rnd, now_ms()) for _ in range(scaled(10, 50))]
         pipe = redis_client.pipeline(transaction=False)
-        for case in batch:
-            pipe.xadd(c.STREAM_INTENTS, case.fields)
+        for case in batch:  # field lists, not dicts: a name may be given twice
+            pairs = case.fields.items() if isinstance(case.fields, dict) else case.fields
+            pipe.execute_command("XADD", c.STREAM_INTENTS, "*", *[x for p in pairs for x in p])
         sent.update((eid.decode(), case) for eid, case in zip(pipe.execute(), batch))
         wait_for(lambda: drained(redis_client), 120, "the writer to work through the round")
         assert writer.poll() is None, "the writer died"
@@ -201,7 +203,8 @@ def test_hostile_entries_to_a_live_writer(procs: Procs, redis_client: redis.Redi
     log = Path(writer.log_path).read_text()
     row.intents = len(sent)
     row.faults = (f"{len(sent):,} hostile entries ({len(BUILDERS)} attack builders, "
-                  f"{rounds} rounds, {rounds * scaled(4, 16)} bodies of 1 MiB) to one writer")
+                  f"{rounds} rounds, {rounds * scaled(4, 16)} bodies of 1 MiB, repeated stream "
+                  "fields) to one writer")
     row.lost, row.doubled = lost, doubled
     row.audit = "pass" if audit.returncode == 0 else "FAIL"
     row.extra.update(inputs=len(sent), writer_pid=writer.pid, rss_kb=rss, wrong_results=wrong)
@@ -211,6 +214,17 @@ def test_hostile_entries_to_a_live_writer(procs: Procs, redis_client: redis.Redi
     growth = [b - a for a, b in pairwise(rss[1:])]
     assert all(g < RSS_GROWTH_PER_ROUND_KB_MAX for g in growth), rss
     assert rss[-1] - rss[1] < RSS_GROWTH_AFTER_WARMUP_KB_MAX, rss
+
+
+def repeated_field(rnd: random.Random, now: int) -> Case:
+    """An entry naming a field twice (Redis keeps both; redis-py keeps the last)."""
+    case = valid(rnd, now)
+    again = valid(rnd, now).fields
+    name = rnd.choice([b"v", b"kid", b"body", b"sig"])
+    pairs = [*case.fields.items(), *[(n, again[n]) for n in (name, b"sig") if n != b"v"]]
+    if name == b"v":
+        pairs.append((b"v", b"1"))
+    return Case("repeated stream field", pairs, "dead:malformed")  # type: ignore[arg-type]
 
 
 def _big(rnd: random.Random) -> Case:
