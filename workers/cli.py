@@ -32,6 +32,13 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def ignore_sighup() -> None:
+    """Only the writer reloads on SIGHUP (its keyring). The confirmer has nothing to re-read
+    and the demo gateway reads the keyring per request, so a ``kill -HUP`` sent to every
+    betstream process must not stop them (the default action terminates)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     from workers.connections import redis_client
     from workers.breaker import BreakerHook, BreakerStore
@@ -65,6 +72,7 @@ def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
     from workers.confirmer import run_confirmer
     from workers.connections import redis_client
 
+    ignore_sighup()
     get_logger("betstream.confirmer").info("confirmer.start")
     run_confirmer(settings, redis_client(settings.redis_url))
     return EXIT_OK
@@ -80,6 +88,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     if args.demo and host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("--demo hands out tokens for any user and bets with the server's "
                           "keys: it only listens on loopback (127.0.0.1)")
+    ignore_sighup()
     app = create_app(settings, demo=args.demo)
     get_logger("betstream.gateway").info("gateway.start", url=f"http://{host}:{port}/",
                                          demo=args.demo)

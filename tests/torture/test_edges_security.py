@@ -74,6 +74,8 @@ def test_gateway_refuses_every_bad_token(procs: Procs, producer: Producer, env: 
                                          torture_report) -> None:
     row = torture_report("edges: gateway refuses bad tokens (WS + HTTP)")
     pipe = start_pipeline(procs)
+    for proc in procs.started:  # a reload signal sent to every process stops none of them
+        proc.send_signal(signal.SIGHUP)
     secret = tokens.load_or_create_secret(Path(env["BETSTREAM_GATEWAY_SECRET_FILE"]))
     owner, other = 41, 42
     good = pipe.token(owner)
@@ -108,6 +110,7 @@ def test_gateway_refuses_every_bad_token(procs: Procs, producer: Producer, env: 
     owner_ws.close()
     if not spy.close():
         refused += 1
+    assert all(p.poll() is None for p in procs.started), "SIGHUP stopped a process"
     row.intents = attempts
     row.faults = f"{attempts} bad-token requests ({len(bad)} kinds of token) on /ws and /bets"
     row.lost = row.doubled = 0
