@@ -185,7 +185,7 @@ def bad_identity(rnd: random.Random, now: int) -> Case:
         ("user_id", 0), ("user_id", -1), ("user_id", 2**53), ("user_id", 2**63),
         ("user_id", 2**64), ("user_id", 10**30), ("user_id", True), ("user_id", "7"),
         ("user_id", 7.0), ("user_id", None), ("id", 12), ("id", None), ("id", ["x"]),
-        ("id", raw["id"].upper()), ("id", "{" + raw["id"] + "}"), ("id", raw["id"][:-1]),
+        ("id", "A" + raw["id"][1:].upper()), ("id", "{" + raw["id"] + "}"), ("id", raw["id"][:-1]),
         ("kind", "DEPOSIT"), ("kind", " deposit"), ("kind", "transfer"), ("kind", ["deposit"]),
         ("kind", {"k": 1}), ("kind", 1), ("kind", None)])
     raw[field] = value
