@@ -13,9 +13,9 @@ from typing import Final
 import redis
 
 from producer import constants as c
-from producer.contract import Intent, intent_body
-from producer.errors import ForbiddenKind
-from producer.signing import Key, Keyring, check_kind, sign
+from producer.contract import Intent, intent_body, now_ms
+from producer.errors import ForbiddenKind, KeyRetired
+from producer.signing import RETIRE_MARGIN_MS, Key, Keyring, check_active, check_kind, sign
 
 PIPELINE_SIZE_MAX: Final = 1000
 
@@ -51,15 +51,22 @@ class Producer:
         self._breaker = BreakerView(client) if shed else None
 
     def key_for(self, kind: str) -> Key:
-        """The configured key for ``kind``, else the first keyring key allowed to sign it."""
+        """The configured key for ``kind``, else the best active keyring key allowed to sign
+        it (one never scheduled to retire first). A retired key is refused: KeyRetired."""
+        now = now_ms()
         kid = self._kids.get(kind)
         if kid is None:
-            allowed = self._keyring.kids_for(kind)
+            allowed = self._keyring.kids_for(kind, at_ms=now)
             if not allowed:
+                if self._keyring.kids_for(kind):
+                    raise KeyRetired(f"every key that may sign {kind!r} intents is retired "
+                                     f"(or retires within {RETIRE_MARGIN_MS} ms): "
+                                     f"{self._keyring.kids_for(kind)}")
                 raise ForbiddenKind(f"no key in the keyring may sign {kind!r} intents")
             kid = allowed[0]
         key = self._keyring.get(kid)
         check_kind(key, kind)
+        check_active(key, now + RETIRE_MARGIN_MS)
         return key
 
     def fields_for(self, intent: Intent) -> dict[str, str | bytes]:

@@ -41,6 +41,14 @@ class AuthError(BetstreamError):
         self.reason = reason
 
 
+class KeyRetired(AuthError):
+    """The key reached its keyring ``retire_at``: producers must not sign with it any more,
+    and the writer dead-letters entries signed with it that reached the stream later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="retired_key")
+
+
 class StoreError(BetstreamError):
     """The ledger store failed (locked, read-only, full, I/O); the batch is retried."""
 

@@ -18,11 +18,15 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from producer.contract import KINDS
-from producer.errors import AuthError, ForbiddenKind, KeyringError
+from producer.errors import AuthError, ForbiddenKind, KeyRetired, KeyringError
 
 SIG_HEX_LEN: Final = 64
 KID_LEN_MAX: Final = 64
 SECRET_LEN_MIN: Final = 16
+RETIRE_AT_MAX: Final = 2**53 - 1  # ms since epoch, JSON-safe like issued_at
+# Producers stop signing with a key this long before it retires, so an intent signed just
+# before retire_at is not ingested after it (and dead-lettered) while in flight.
+RETIRE_MARGIN_MS: Final = 5_000
 
 
 class _KeyEntry(BaseModel):
@@ -30,6 +34,7 @@ class _KeyEntry(BaseModel):
 
     secret: str = Field(min_length=SECRET_LEN_MIN)
     kinds: list[str] = Field(min_length=1)
+    retire_at: int | None = Field(None, ge=0, le=RETIRE_AT_MAX)  # ms since epoch
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,15 @@ class Key:
     kid: str
     secret: bytes
     kinds: frozenset[str]
+    retire_at: int | None = None  # ms since epoch; entries ingested from then on are refused
 
     def __repr__(self) -> str:  # never print secrets, not even by accident
-        return f"Key(kid={self.kid!r}, kinds={sorted(self.kinds)!r})"
+        retire = "" if self.retire_at is None else f", retire_at={self.retire_at}"
+        return f"Key(kid={self.kid!r}, kinds={sorted(self.kinds)!r}{retire})"
+
+    def retired(self, at_ms: int) -> bool:
+        """Retired at ``at_ms``: the retirement time has been reached (inclusive)."""
+        return self.retire_at is not None and at_ms >= self.retire_at
 
 
 class Keyring:
@@ -62,9 +73,23 @@ class Keyring:
         except KeyError:
             raise AuthError(f"unknown key id {kid[:KID_LEN_MAX]!r}", "unknown_kid") from None
 
-    def kids_for(self, kind: str) -> list[str]:
-        """Key ids allowed to sign ``kind``, sorted (used by demos and the load generator)."""
-        return sorted(kid for kid, key in self._keys.items() if kind in key.kinds)
+    def kids(self) -> list[str]:
+        """Every key id, sorted (safe to log: never the secrets)."""
+        return sorted(self._keys)
+
+    def kids_for(self, kind: str, at_ms: int | None = None) -> list[str]:
+        """Key ids allowed to sign ``kind``, sorted (used by demos and the load generator).
+
+        With ``at_ms``, keys retired by then (plus the producer margin) are left out and
+        keys never scheduled to retire come first, then the latest to retire: a rotation
+        moves producers to the new key as soon as the old one gets a ``retire_at``.
+        """
+        keys = [k for k in self._keys.values() if kind in k.kinds]
+        if at_ms is not None:
+            keys = [k for k in keys if not k.retired(at_ms + RETIRE_MARGIN_MS)]
+            keys.sort(key=lambda k: (k.retire_at is not None, -(k.retire_at or 0), k.kid))
+            return [k.kid for k in keys]
+        return sorted(k.kid for k in keys)
 
     @classmethod
     def from_mapping(cls, raw: object) -> Keyring:
@@ -84,7 +109,8 @@ class Keyring:
             unknown = set(parsed.kinds) - set(KINDS)
             if unknown:
                 raise KeyringError(f"keyring entry {kid!r}: unknown kinds {sorted(unknown)}")
-            keys[kid] = Key(kid, parsed.secret.encode(), frozenset(parsed.kinds))
+            keys[kid] = Key(kid, parsed.secret.encode(), frozenset(parsed.kinds),
+                            parsed.retire_at)
         return cls(keys)
 
     @classmethod
@@ -93,6 +119,9 @@ class Keyring:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise KeyringError(f"keyring file not found: {path}") from None
+        except UnicodeDecodeError as exc:  # its message quotes the byte: part of a secret
+            raise KeyringError(f"keyring file {path} is unreadable: not UTF-8 (invalid byte "
+                               f"at offset {exc.start})") from None
         except (OSError, ValueError) as exc:
             raise KeyringError(f"keyring file {path} is unreadable: {exc}") from None
         return cls.from_mapping(raw)
@@ -109,12 +138,27 @@ def check_kind(key: Key, kind: str) -> None:
         raise ForbiddenKind(f"key {key.kid!r} may not sign {kind!r} intents")
 
 
-def verify(keyring: Keyring, kid: str, body: bytes, sig: str) -> Key:
-    """Return the key that signed ``body`` or raise :class:`AuthError` with the reason."""
+def check_active(key: Key, at_ms: int) -> None:
+    """Refuse a retired key (the producer checks before signing, the writer at ingress)."""
+    if key.retired(at_ms):
+        raise KeyRetired(f"key {key.kid!r} retired at {key.retire_at} (ms since epoch); "
+                         f"time checked: {at_ms}")
+
+
+def verify(keyring: Keyring, kid: str, body: bytes, sig: str, at_ms: int | None = None) -> Key:
+    """Return the key that signed ``body`` or raise :class:`AuthError` with the reason.
+
+    ``at_ms`` is the entry's ingress time (its stream id), not ``issued_at``: the body is
+    signed by the very key in question, so a leaked retired key could backdate it. The
+    signature is checked first, so ``retired_key`` means a genuine producer still signs
+    with the old key, while a forgery stays ``bad_signature``.
+    """
     key = keyring.get(kid)
     if len(sig) != SIG_HEX_LEN:
         raise AuthError("signature must be 64 lowercase hex characters", "bad_signature")
     expected = sign(key, body)
     if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace")):
         raise AuthError("signature does not match the body", "bad_signature")
+    if at_ms is not None:
+        check_active(key, at_ms)
     return key

@@ -33,16 +33,24 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def ignore_sighup() -> None:
+    """Only the writer reloads on SIGHUP (its keyring). The confirmer has nothing to re-read
+    and the demo gateway reads the keyring per request, so a ``kill -HUP`` sent to every
+    betstream process must not stop them (the default action terminates)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
-    from producer.signing import Keyring
     from workers.connections import redis_client
     from workers.breaker import BreakerHook, BreakerStore
     from workers.hooks import HealthBeacon, Hooks, MetricsHook, ProgressLog
+    from workers.keyreload import KeyringReloader, describe
     from workers.metrics import Recorder
     from workers.store import Store
     from workers.writer import Writer, consumer_name
 
-    keyring = Keyring.load(settings.keyring)
+    keyring = KeyringReloader(settings.keyring, get_logger("betstream.keyring"))
+    signal.signal(signal.SIGHUP, keyring.request)  # re-read the keyring, no restart
     client = redis_client(settings.redis_url)
     consumer = args.consumer or consumer_name()
     hooks = Hooks(ProgressLog(settings.progress_interval_s),
@@ -51,9 +59,10 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
                   BreakerHook(BreakerStore(client, settings.breaker_limits),
                               settings.breaker_sync_ms / 1000))
     get_logger("betstream.writer").info(
-        "writer.start", consumer=consumer, db=str(settings.db), batch_size_max=settings.batch_size_max)
+        "writer.start", consumer=consumer, db=str(settings.db),
+        batch_size_max=settings.batch_size_max, **describe(keyring.current()))
     writer = Writer(settings, client, lambda: Store(settings.db, settings.sqlite_busy_timeout_ms),
-                    keyring, hooks, consumer)
+                    keyring.current, hooks, consumer)
     writer.run(stop_on_signals())
     writer.close()
     get_logger("betstream.writer").info("writer.stopped", consumer=consumer)
@@ -64,6 +73,7 @@ def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
     from workers.confirmer import run_confirmer
     from workers.connections import redis_client
 
+    ignore_sighup()
     get_logger("betstream.confirmer").info("confirmer.start")
     run_confirmer(settings, redis_client(settings.redis_url))
     return EXIT_OK
@@ -79,6 +89,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     if args.demo and host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("--demo hands out tokens for any user and bets with the server's "
                           "keys: it only listens on loopback (127.0.0.1)")
+    ignore_sighup()
     app = create_app(settings, demo=args.demo)
     get_logger("betstream.gateway").info("gateway.start", url=f"http://{host}:{port}/",
                                          demo=args.demo)

@@ -32,6 +32,7 @@ RAW_FIELD_BYTES_MAX: Final = 512  # how much of a rejected field the dead-letter
 class DeadLetter:
     entry_id: str
     reason: str  # malformed | unsupported_version | unknown_kid | bad_signature | too_large
+    #              | retired_key
     detail: str
     kid: str | None = None
 
@@ -45,7 +46,7 @@ def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candid
     """Classify one raw entry; never raises for bad input."""
     try:
         kid, body, sig = _frame(fields)
-        key = verify(keyring, kid, body, sig)
+        key = verify(keyring, kid, body, sig, at_ms=ingress_ms(entry_id))
     except AuthError as exc:
         return DeadLetter(entry_id, exc.reason, str(exc), _kid_of(fields))
     sha = hashlib.sha256(body).digest()

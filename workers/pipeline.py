@@ -77,11 +77,12 @@ class BatchPipeline:
 
     def _admit(self, entries: Sequence[Entry]) -> tuple[list[Candidate], list[DeadLetter]]:
         candidates, dead = [], []
+        keyring = self.keyring  # one keyring per batch, even if a reload swaps it meanwhile
         for entry_id, fields in entries:
             if fields is None:
                 dead.append(DeadLetter(entry_id, "deleted", "entry was deleted before processing"))
                 continue
-            result = admit(entry_id, fields, self.keyring)
+            result = admit(entry_id, fields, keyring)
             (dead if isinstance(result, DeadLetter) else candidates).append(result)
         return candidates, dead
 

@@ -19,6 +19,7 @@ from workers.settings import Settings
 
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields None: the entry was deleted
 CLAIM_ROUNDS_MAX: Final = 10_000  # XAUTOCLAIM pages per recovery; a bound, not a target
+REPEATED_FIELD_PREFIX: Final = b"repeated:"  # marks a field name an entry gives twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class IntentStream:
         self.consumer = consumer
         self._confirmations = confirmation_queue(client)
         self._claim = client.register_script(_CLAIM_NONCES)
+        # Same connections, but XREADGROUP replies unparsed: redis-py would fold a field
+        # given twice into one dict key (last wins) and the intake could not tell.
+        self._raw = redis.Redis(connection_pool=client.connection_pool)
+        self._raw.set_response_callback("XREADGROUP", lambda reply, **_: reply)
 
     def ensure_group(self) -> None:
         try:
@@ -98,13 +103,14 @@ class IntentStream:
         return self._read(">", block_ms=self._settings.batch_wait_ms)
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
-        reply = self._redis.xreadgroup(
+        reply = self._raw.xreadgroup(
             c.GROUP_WRITERS, self.consumer, {c.STREAM_INTENTS: start},
             count=self._settings.batch_size_max, block=block_ms)
         if not reply:
             return []
-        _, entries = reply[0]
-        return [(_text(eid), fields or None) for eid, fields in entries]
+        streams = reply.items() if isinstance(reply, dict) else reply  # RESP3 map / RESP2
+        _, entries = next(iter(streams))
+        return [(_text(eid), _fields(flat)) for eid, flat in entries]
 
     def trim(self, retention_ms: int, now_ms: int) -> int:
         """Drop entries older than ``retention_ms`` that are acknowledged: never one that is
@@ -144,6 +150,17 @@ class IntentStream:
         if work.ack_ids:
             pipe.xack(c.STREAM_INTENTS, c.GROUP_WRITERS, *work.ack_ids)
         pipe.execute()
+
+
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
+    """An entry's field list as Redis stores it. A name given twice is kept under a marked
+    name, so the intake refuses the entry (``malformed``) instead of using the last value."""
+    if not flat:
+        return None  # deleted before it was read
+    out: dict[bytes, bytes] = {}
+    for name, value in zip(flat[::2], flat[1::2]):
+        out[REPEATED_FIELD_PREFIX + name if name in out else name] = value
+    return out
 
 
 def _dead_fields(dead: DeadLetter) -> dict[str, str]:

@@ -39,22 +39,23 @@ def consumer_name() -> str:
 
 class Writer:
     def __init__(self, settings: Settings, client: redis.Redis,
-                 store: Store | Callable[[], Store], keyring: Keyring, hooks: Hook,
-                 consumer: str | None = None) -> None:
+                 store: Store | Callable[[], Store], keyring: Keyring | Callable[[], Keyring],
+                 hooks: Hook, consumer: str | None = None) -> None:
         """``store`` may be a factory: a store that cannot be opened yet (read-only, full,
-        missing disk) is then retried like a failing commit instead of ending the process."""
+        missing disk) is then retried like a failing commit instead of ending the process.
+        ``keyring`` may be a callable asked between batches (reload on SIGHUP)."""
         from workers.lease import Lease  # local: keeps the import graph of tests small
 
         self._s = settings
         self._open_store = (lambda: store) if isinstance(store, Store) else store
-        self._keyring = keyring
+        self._keyring = keyring if callable(keyring) else (lambda: keyring)
         self._hooks = hooks
         self.consumer = consumer or consumer_name()
         self.stream = IntentStream(client, settings, self.consumer)
         self.lease = Lease(client, f"{self.consumer}:{random.getrandbits(32):08x}",
                            settings.lease_ms)
         self._store: Store | None = store if isinstance(store, Store) else None
-        self.pipeline = (BatchPipeline(settings, self._store, self.stream, keyring)
+        self.pipeline = (BatchPipeline(settings, self._store, self.stream, self._keyring())
                          if self._store else None)
         self.epoch = 0
         self._renewed_at = 0.0
@@ -66,7 +67,7 @@ class Writer:
             self._store = self._retry("open_store", self._open_store, stop)
             if self._store is None:
                 return False
-            self.pipeline = BatchPipeline(self._s, self._store, self.stream, self._keyring)
+            self.pipeline = BatchPipeline(self._s, self._store, self.stream, self._keyring())
         return True
 
     def run(self, stop: threading.Event) -> None:
@@ -76,6 +77,7 @@ class Writer:
             return
         try:
             while not stop.is_set():
+                self.pipeline.keyring = self._keyring()
                 if not self._retry("lead", self._try_lead, stop):
                     self._hooks.on_standby(self.lease.holder())
                     stop.wait(self._s.standby_poll_ms / 1000)
@@ -102,6 +104,7 @@ class Writer:
         after = "0"  # first our own pending entries (redeliveries), in stream order
         while not stop.is_set():
             self._keep_lease()
+            self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
             if after is not None:
                 entries = self._retry("read_pending", lambda: self.stream.read_pending(after),
                                       stop, leading=True)
