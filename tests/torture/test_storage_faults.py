@@ -140,14 +140,15 @@ def wait_committing(db: str, what: str, timeout_s: float = 30) -> None:
 
 
 def finish(procs: Procs, client: redis.Redis, db: str, row: Row, load: subprocess.Popen,
-           faults: str) -> Accounting:
+           faults: str, restarts: bool = False) -> Accounting:
     """Common ending: the load completes, everything drains, the counts go in the report."""
     summary = load_summary(load)
     acc = account(procs, client, db)
     record(row, acc)
     row.faults = faults
     row.extra["shed"] = summary["shed"]
-    assert procs.started[0].poll() is None, "the same writer process did all of it"
+    if not restarts:
+        assert procs.started[0].poll() is None, "the same writer process did all of it"
     return acc
 
 
@@ -285,3 +286,56 @@ def test_fsync_eio_mid_commit_rolls_back_retries_and_acks_nothing_early(
     acc = finish(procs, redis_client, db, row, load,
                  f"{injected} fsync EIO injected, {failed} failed commits")
     assert_exact(acc)
+
+
+def test_fsync_eio_then_crash_finds_the_maybe_committed_batch_once(
+        procs: Procs, redis_client: redis.Redis, tmp_path: Path, torture_report) -> None:
+    """fsync reports EIO after the WAL frames reached the disk; the writer rolls back and
+    waits to retry, and is SIGKILLed before it does. On restart SQLite's WAL recovery
+    finds the "failed" batch committed after all. Its entries were never acked: they are
+    redelivered, found in the ledger, and confirmed with their stored outcome, once."""
+    row = torture_report("fsync EIO then writer SIGKILL")
+    cycles = scaled(2, 10)
+    lib = build_shim(tmp_path)
+    faults = SyncFaults(tmp_path / "faults")
+    faults.dir.mkdir()
+    db = procs.env["BETSTREAM_DB"]
+    env = {**WRITER_ENV, **faults.env(lib), "BETSTREAM_LEASE_MS": "1000",
+           "BETSTREAM_RETRY_BACKOFF_MIN_MS": "3000", "BETSTREAM_RETRY_BACKOFF_MAX_MS": "3000"}
+    writer = procs.start("writer", **env)
+    load = start_load(procs, bets=scaled(8_000, 40_000), rate=600)
+    wait_committing(db, "the first commits")
+    resurrected: list[int] = []
+    for cycle in range(cycles):
+        wait_for(lambda: inject_until_a_commit_fails(faults, writer), 60,
+                 f"an EIO to fail a commit (cycle {cycle})")
+        failed_batch = last_failed_batch(writer)
+        writer.kill()  # within the 3 s backoff: the retry never ran
+        writer.wait(10)
+        writer = procs.start("writer", **env)
+        wait_committing(db, "the restarted writer to commit")
+        if query(db, "SELECT 1 FROM batches WHERE batch_no = ?", (failed_batch,)):
+            resurrected.append(failed_batch)
+    acc = finish(procs, redis_client, db, row, load,
+                 f"{cycles} fsync EIO + writer SIGKILL", restarts=True)
+    row.extra["failed_batches_found_committed"] = len(resurrected)
+    assert resurrected, "WAL recovery brought back at least one batch reported as failed"
+    assert_exact(acc)
+
+
+def inject_until_a_commit_fails(faults: SyncFaults, writer: subprocess.Popen) -> bool:
+    """One EIO; true once it hit a commit (it may hit the checkpointer's WAL sync)."""
+    before = retries(writer, "disk I/O error")
+    faults.fail_next()
+    wait_for(lambda: not faults.failure_pending(), 20, "a WAL sync to report EIO")
+    try:
+        wait_for(lambda: retries(writer, "disk I/O error") > before, 1, "a failed commit")
+    except AssertionError:
+        return False
+    return True
+
+
+def last_failed_batch(writer: subprocess.Popen) -> int:
+    lines = [ln for ln in Path(writer.log_path).read_text().splitlines()
+             if '"writer.retry"' in ln and "disk I/O error" in ln]
+    return int(json.loads(lines[-1])["error"].split()[1])
