@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = 30
 WRITER_ENV = {**BREAKER_ENV, "BETSTREAM_BATCH_SIZE_MAX": "200", "BETSTREAM_LEASE_MS": "5000"}
+RESTARTED_ENV = {**WRITER_ENV, "BETSTREAM_LEASE_MS": "1000"}  # a killed writer's lease lapses fast
 
 
 def start_load(procs: Procs, bets: int, rate: int, seed: int = 1) -> subprocess.Popen:
@@ -56,12 +57,13 @@ def transitions(client: redis.Redis) -> list[dict[str, str]]:
     return BreakerStore(client, BreakerLimits()).transitions(1000)[::-1]
 
 
-def check_during_fault(procs: Procs, client: redis.Redis, db: str, seconds: float) -> int:
+def check_during_fault(writer: subprocess.Popen, client: redis.Redis, db: str,
+                       seconds: float) -> int:
     """While the fault lasts: the writer stays up, entries of failed batches stay pending,
     and nothing acknowledged lacks a durable outcome. Returns the checks made."""
     checks, until = 0, time.monotonic() + seconds
     while time.monotonic() < until:
-        assert procs.started[0].poll() is None, "the writer keeps running through the fault"
+        assert writer.poll() is None, "the writer keeps running through the fault"
         assert acked_without_outcome(client, db) == [], "acked only after a durable commit"
         checks += 1
         time.sleep(0.2)
@@ -106,7 +108,7 @@ def test_disk_full_keeps_everything_and_recovers_by_itself(
                      f"the ledger's disk to fill (cycle {cycle})")
             wait_for(lambda: state(redis_client) == "open", 30, "the breaker to open")
             assert pending_count(redis_client) > 0, "the failed batch stays pending, not acked"
-            checks += check_during_fault(procs, redis_client, db, 2)
+            checks += check_during_fault(writer, redis_client, db, 2)
             size_mb += 1 if cycle < cycles else 62  # a little room, or plenty at the end
             done = committed(db)
             fs.resize(f"{size_mb}m")
@@ -169,7 +171,7 @@ def test_write_lock_spells_lose_and_double_nothing(
         before = retries(writer, "locked")
         with write_lock(db):
             wait_for(lambda: state(redis_client) == "open", 20, f"the breaker to open ({spell})")
-            check_during_fault(procs, redis_client, db, 1.5)
+            check_during_fault(writer, redis_client, db, 1.5)
             assert pending_count(redis_client) > 0, "the blocked batch stays pending"
         assert retries(writer, "locked") > before
         wait_committing(db, "commits to resume once the lock is released")
@@ -204,7 +206,7 @@ def test_files_made_immutable_under_a_live_writer_lose_and_double_nothing(
             if not chattr("+i", files):
                 pytest.skip("this filesystem cannot make a file immutable (chattr +i)")
             wait_for(lambda: state(redis_client) == "open", 20, f"the breaker to open ({spell})")
-            check_during_fault(procs, redis_client, db, 1.5)
+            check_during_fault(writer, redis_client, db, 1.5)
             assert pending_count(redis_client) > 0, "the failed batch stays pending"
             assert chattr("-i", files)
             wait_committing(db, "commits to resume once the files are writable")
@@ -245,7 +247,7 @@ def test_slow_fsync_opens_on_latency_sheds_and_closes_after_the_window(
             reason = transitions(redis_client)[-1]["reason"]
             assert reason.startswith("commit took"), reason
             slowest = max(slowest, int(reason.split()[2]))
-            check_during_fault(procs, redis_client, db, 3)
+            check_during_fault(writer, redis_client, db, 3)
             disk.throttle(0)
             wait_committing(db, "fast commits again", 60)
         acc = finish(procs, redis_client, db, row, load,
@@ -300,7 +302,7 @@ def test_fsync_eio_then_crash_finds_the_maybe_committed_batch_once(
     faults = SyncFaults(tmp_path / "faults")
     faults.dir.mkdir()
     db = procs.env["BETSTREAM_DB"]
-    env = {**WRITER_ENV, **faults.env(lib), "BETSTREAM_LEASE_MS": "1000",
+    env = {**RESTARTED_ENV, **faults.env(lib),
            "BETSTREAM_RETRY_BACKOFF_MIN_MS": "3000", "BETSTREAM_RETRY_BACKOFF_MAX_MS": "3000"}
     writer = procs.start("writer", **env)
     load = start_load(procs, bets=scaled(8_000, 40_000), rate=600)
@@ -339,3 +341,26 @@ def last_failed_batch(writer: subprocess.Popen) -> int:
     lines = [ln for ln in Path(writer.log_path).read_text().splitlines()
              if '"writer.retry"' in ln and "disk I/O error" in ln]
     return int(json.loads(lines[-1])["error"].split()[1])
+
+
+def test_writer_restarted_onto_a_full_disk_waits_and_recovers(
+        procs: Procs, redis_client: redis.Redis, tmp_path: Path, torture_report) -> None:
+    """An operator (or a supervisor) restarts the writer while the disk is still full: the
+    new process cannot write its ledger and must wait for space, not crash-loop."""
+    row = torture_report("disk full, writer restarted while full")
+    with tmpfs(tmp_path / "small", "2m") as fs:
+        db = procs.env["BETSTREAM_DB"] = str(fs.path / "ledger.sqlite3")
+        writer = procs.start("writer", **RESTARTED_ENV)
+        load = start_load(procs, bets=scaled(10_000, 40_000), rate=1500)
+        wait_for(lambda: retries(writer, "disk is full") > 0, 90, "the ledger's disk to fill")
+        writer.kill()
+        writer.wait(10)
+        writer = procs.start("writer", **RESTARTED_ENV)
+        wait_for(lambda: retries(writer, "disk is full") > 2, 30, "the restart to meet the full disk")
+        check_during_fault(writer, redis_client, db, 2)
+        assert writer.poll() is None, "the restarted writer waits for space"
+        fs.resize("64m")
+        acc = finish(procs, redis_client, db, row, load, "disk full + writer SIGKILL and restart",
+                     restarts=True)
+        assert writer.poll() is None
+    assert_exact(acc)
