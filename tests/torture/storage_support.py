@@ -5,9 +5,11 @@ doubled, audit, and "acknowledged but not durable"."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +42,6 @@ class Tmpfs:
         res = run("mount", "-o", f"remount,size={size}", str(self.path))
         assert res.returncode == 0, f"remount {self.path} size={size}: {res.stderr}"
 
-    def free_bytes(self) -> int:
-        import os
-        st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize
 
 
 @contextmanager
@@ -108,6 +106,37 @@ def throttled_loop_disk(base: Path, size_mb: int) -> Iterator[LoopDisk]:
         run("losetup", "-d", device)
 
 
+@dataclass
+class SlowSync:
+    """Where the ledger goes and how to make its fsync slow, by the most real means here."""
+
+    db: str
+    writer_env: dict[str, str]
+    how: str
+    _slow: Callable[[bool], None]
+
+    def slow(self, on: bool) -> None:
+        self._slow(on)
+
+
+@contextmanager
+def slow_sync(base: Path, write_iops: int, delay_ms: int) -> Iterator[SlowSync]:
+    """The kernel throttling a loop disk when it can (blkio, cgroup v1); otherwise (or with
+    BETSTREAM_TORTURE_SLOW_SYNC=shim) the LD_PRELOAD shim sleeping ``delay_ms`` in each
+    WAL sync of the writer process."""
+    if BLKIO_WRITE_IOPS.exists() and os.environ.get("BETSTREAM_TORTURE_SLOW_SYNC") != "shim":
+        with throttled_loop_disk(base, 128) as disk:
+            yield SlowSync(str(disk.path / "ledger.sqlite3"), {},
+                           f"blkio-throttled loop disk, {write_iops} write IOPS",
+                           lambda on: disk.throttle(write_iops if on else 0))
+        return
+    faults = SyncFaults(base / "faults")
+    faults.dir.mkdir()
+    yield SlowSync(str(base / "ledger.sqlite3"), faults.env(build_shim(base)),
+                   f"LD_PRELOAD shim, {delay_ms} ms per WAL sync",
+                   lambda on: faults.delay(delay_ms if on else 0))
+
+
 def build_shim(out_dir: Path) -> Path:
     """Compile fsync_fault.c; skips when no C compiler is installed."""
     lib = out_dir / "fsync_fault.so"
@@ -153,7 +182,6 @@ def acked_without_outcome(client: redis.Redis, db: str) -> list[str]:
 
 
 def _intent_id(fields: dict[bytes, bytes]) -> str:
-    import json
     return json.loads(fields[b"body"])["id"]
 
 
