@@ -24,26 +24,36 @@ from tests.integration.test_breaker_faults import BREAKER_ENV, STABILITY_S, stat
 from tests.support import query
 from tests.torture.conftest import Row, scaled
 from tests.torture.storage_support import (
-    Accounting, SyncFaults, account, acked_without_outcome, build_shim, pending_count, slow_sync,
-    tmpfs)
+    Accounting,
+    SyncFaults,
+    account,
+    acked_without_outcome,
+    build_shim,
+    pending_count,
+    slow_sync,
+    tmpfs,
+)
 from workers.breaker import BreakerStore
 from workers.breaker_core import BreakerLimits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = 30
+ROOMY_MB = 512  # tmpfs size once space is "freed": room for the WAL's high-water mark
+LOAD_WAIT_S = 300  # the load is shed for as long as a fault lasts, then catches up
+DEPOSIT = 2_000_000  # enough for most bets to be accepted, hot users still run dry
 WRITER_ENV = {**BREAKER_ENV, "BETSTREAM_BATCH_SIZE_MAX": "200", "BETSTREAM_LEASE_MS": "5000"}
 RESTARTED_ENV = {**WRITER_ENV, "BETSTREAM_LEASE_MS": "1000"}  # a killed writer's lease lapses fast
 
 
 def start_load(procs: Procs, bets: int, rate: int, seed: int = 1) -> subprocess.Popen:
     return procs.start("load", "--users", str(USERS), "--bets", str(bets), "--rate", str(rate),
-                       "--withdrawals", "0.05", "--duplicates", "0.02", "--deposit", "20000",
+                       "--withdrawals", "0.05", "--duplicates", "0.02", "--deposit", str(DEPOSIT),
                        "--seed", str(seed), "--quiet", "--json", name=f"load{seed}")
 
 
 def load_summary(proc: subprocess.Popen) -> dict:
-    assert proc.wait(120) == 0, Path(proc.log_path).read_text()[-2000:]
+    assert proc.wait(LOAD_WAIT_S) == 0, Path(proc.log_path).read_text()[-2000:]
     return json.loads(Path(proc.log_path).read_text().strip().splitlines()[-1])
 
 
@@ -82,51 +92,16 @@ def assert_exact(acc: Accounting) -> None:
     assert acc.audit == "pass", acc.audit_output
 
 
+def wait_closed(client: redis.Redis) -> None:
+    wait_for(lambda: state(client) == "closed", 60, "the breaker to close again")
+
+
 def assert_closed_after_window(client: redis.Redis) -> None:
     """The last HALF_OPEN -> CLOSED took at least the stability window."""
-    wait_for(lambda: state(client) == "closed", 60, "the breaker to close again")
+    wait_closed(client)
     log = transitions(client)
     assert [t["state"] for t in log[-2:]] == ["half_open", "closed"]
     assert int(log[-1]["since_ms"]) - int(log[-2]["since_ms"]) >= STABILITY_S * 1000
-
-
-# --- disk full ---------------------------------------------------------------------------
-
-def test_disk_full_keeps_everything_and_recovers_by_itself(
-        procs: Procs, redis_client: redis.Redis, tmp_path: Path, torture_report) -> None:
-    """The ledger on a 2 MiB tmpfs fills up under load (SQLITE_FULL); then the tmpfs is
-    grown in place (remount), as an operator freeing space would, possibly several times."""
-    row = torture_report("disk full (tmpfs, SQLITE_FULL)")
-    cycles = scaled(1, 3)
-    with tmpfs(tmp_path / "small", "2m") as fs:
-        db = procs.env["BETSTREAM_DB"] = str(fs.path / "ledger.sqlite3")
-        writer = procs.start("writer", **WRITER_ENV)
-        load = start_load(procs, bets=scaled(20_000, 60_000), rate=scaled(1500, 2000))
-        size_mb, checks, failures_seen = 2, 0, 0
-        for cycle in range(1, cycles + 1):
-            wait_for(lambda: retries(writer, "disk is full") > failures_seen, 90,
-                     f"the ledger's disk to fill (cycle {cycle})")
-            wait_for(lambda: state(redis_client) == "open", 30, "the breaker to open")
-            assert pending_count(redis_client) > 0, "the failed batch stays pending, not acked"
-            checks += check_during_fault(writer, redis_client, db, 2)
-            audit = procs.run("audit")
-            assert audit.returncode == 0, "no partial batch in the full file: " + audit.stdout
-            size_mb += 1 if cycle < cycles else 62  # a little room, or plenty at the end
-            done = committed(db)
-            fs.resize(f"{size_mb}m")
-            wait_for(lambda: committed(db) > done, 30,
-                     "commits to resume by themselves once space is free")
-            failures_seen = retries(writer, "disk is full")
-        summary = load_summary(load)
-        acc = account(procs, redis_client, db)
-        failed = retries(writer, "disk is full")
-        record(row, acc)
-        row.faults = f"{cycles} disk-full spells, {failed} failed commits/opens"
-        row.extra.update(shed=summary["shed"], checks_during_fault=checks)
-        assert writer.poll() is None, "the same writer process did all of it (no restarts)"
-        assert summary["shed"] > 0, "producers were shed while the disk was full"
-        assert_exact(acc)
-        assert_closed_after_window(redis_client)
 
 
 def committed(db: str) -> int:
@@ -156,6 +131,74 @@ def finish(procs: Procs, client: redis.Redis, db: str, row: Row, load: subproces
     return acc
 
 
+# --- disk full ---------------------------------------------------------------------------
+
+def test_disk_full_keeps_everything_and_recovers_by_itself(
+        procs: Procs, redis_client: redis.Redis, tmp_path: Path, torture_report) -> None:
+    """The ledger on a 2 MiB tmpfs fills up under load (SQLITE_FULL); then the tmpfs is
+    grown in place (remount), as an operator freeing space would, possibly several times."""
+    row = torture_report("disk full (tmpfs, SQLITE_FULL)")
+    cycles = scaled(1, 3)
+    with tmpfs(tmp_path / "small", "2m") as fs:
+        db = procs.env["BETSTREAM_DB"] = str(fs.path / "ledger.sqlite3")
+        writer = procs.start("writer", **WRITER_ENV)
+        load = start_load(procs, bets=scaled(20_000, 60_000), rate=scaled(1500, 2000))
+        size_mb, checks, failures_seen = 2, 0, 0
+        for cycle in range(1, cycles + 1):
+            wait_for(lambda seen=failures_seen: retries(writer, "disk is full") > seen, 90,
+                     f"the ledger's disk to fill (cycle {cycle})")
+            wait_for(lambda: state(redis_client) == "open", 30, "the breaker to open")
+            assert pending_count(redis_client) > 0, "the failed batch stays pending, not acked"
+            checks += check_during_fault(writer, redis_client, db, 2)
+            audit = procs.run("audit")
+            assert audit.returncode == 0, "no partial batch in the full file: " + audit.stdout
+            size_mb += 1 if cycle < cycles else ROOMY_MB  # a little room, or plenty at the end
+            done = committed(db)
+            fs.resize(f"{size_mb}m")
+            wait_for(lambda done=done: committed(db) > done, 30,
+                     "commits to resume by themselves once space is free")
+            failures_seen = retries(writer, "disk is full")
+        summary = load_summary(load)
+        acc = account(procs, redis_client, db)
+        failed = retries(writer, "disk is full")
+        record(row, acc)
+        row.faults = f"{cycles} disk-full spells, {failed} failed commits/opens"
+        row.extra.update(shed=summary["shed"], checks_during_fault=checks)
+        assert writer.poll() is None, "the same writer process did all of it (no restarts)"
+        assert summary["shed"] > 0, "producers were shed while the disk was full"
+        assert_exact(acc)
+        assert_closed_after_window(redis_client)
+
+
+def test_writer_restarted_onto_a_full_disk_waits_and_recovers(
+        procs: Procs, redis_client: redis.Redis, tmp_path: Path, torture_report) -> None:
+    """An operator (or a supervisor) restarts the writer while the disk is still full: the
+    new process cannot write its ledger and must wait for space, not crash-loop."""
+    row = torture_report("disk full, writer restarted while full")
+    with tmpfs(tmp_path / "small", "2m") as fs:
+        db = procs.env["BETSTREAM_DB"] = str(fs.path / "ledger.sqlite3")
+        writer = procs.start("writer", **RESTARTED_ENV)
+        load = start_load(procs, bets=scaled(10_000, 40_000), rate=1500)
+        wait_for(lambda: retries(writer, "disk is full") > 0, 90, "the ledger's disk to fill")
+        writer.kill()
+        writer.wait(10)
+        closed = procs.run("breaker", "close", "--reason", "writer restarted")
+        assert closed.returncode == 0, closed.stderr
+        writer = procs.start("writer", **RESTARTED_ENV)
+        wait_for(lambda: retries(writer, "disk is full") > 2, 30,
+                 "the restart to meet the full disk")
+        wait_for(lambda: state(redis_client) == "open", 20, "the new writer to open the breaker")
+        assert "disk is full" in transitions(redis_client)[-1]["reason"]
+        check_during_fault(writer, redis_client, db, 2)
+        assert writer.poll() is None, "the restarted writer waits for space"
+        fs.resize(f"{ROOMY_MB}m")
+        acc = finish(procs, redis_client, db, row, load, "disk full + writer SIGKILL and restart",
+                     restarts=True)
+        assert writer.poll() is None
+    assert_exact(acc)
+    assert_closed_after_window(redis_client)
+
+
 # --- locked database ---------------------------------------------------------------------
 
 def test_write_lock_spells_lose_and_double_nothing(
@@ -177,6 +220,7 @@ def test_write_lock_spells_lose_and_double_nothing(
             assert pending_count(redis_client) > 0, "the blocked batch stays pending"
         assert retries(writer, "locked") > before
         wait_committing(db, "commits to resume once the lock is released")
+        wait_closed(redis_client)  # the next spell starts from full traffic
     acc = finish(procs, redis_client, db, row, load,
                  f"{spells} write-lock spells, {retries(writer, 'locked')} failed commits")
     assert acc.model.resent > 0
@@ -188,7 +232,8 @@ def test_write_lock_spells_lose_and_double_nothing(
 # --- read-only files under a live writer ---------------------------------------------------
 
 def chattr(flag: str, files: list[str]) -> bool:
-    return subprocess.run(["chattr", flag, *files], capture_output=True).returncode == 0
+    return subprocess.run(["chattr", flag, *files], capture_output=True,
+                          check=False).returncode == 0
 
 
 def test_files_made_immutable_under_a_live_writer_lose_and_double_nothing(
@@ -212,6 +257,7 @@ def test_files_made_immutable_under_a_live_writer_lose_and_double_nothing(
             assert pending_count(redis_client) > 0, "the failed batch stays pending"
             assert chattr("-i", files)
             wait_committing(db, "commits to resume once the files are writable")
+            wait_closed(redis_client)
     finally:
         chattr("-i", files)
     failed = retries(writer, "step")
@@ -248,13 +294,15 @@ def test_slow_fsync_opens_on_latency_sheds_and_closes_after_the_window(
         slowest = 0
         for spell in range(spells):
             disk.slow(True)
-            wait_for(lambda: state(redis_client) == "open", 30, f"a slow commit to open it ({spell})")
+            wait_for(lambda: state(redis_client) == "open", 30,
+                     f"a slow commit to open it ({spell})")
             reason = transitions(redis_client)[-1]["reason"]
             assert reason.startswith("commit took"), reason
             slowest = max(slowest, int(reason.split()[2]))
             check_during_fault(writer, redis_client, db, 3)
             disk.slow(False)
             wait_committing(db, "fast commits again", 60)
+            wait_closed(redis_client)
         acc = finish(procs, redis_client, db, row, load, f"{spells} slow-sync spells ({disk.how})")
         row.extra["slowest_commit_ms"] = slowest
     assert slowest > COMMIT_MS_MAX
@@ -313,7 +361,7 @@ def test_fsync_eio_then_crash_finds_the_maybe_committed_batch_once(
     wait_committing(db, "the first commits")
     resurrected: list[int] = []
     for cycle in range(cycles):
-        wait_for(lambda: inject_until_a_commit_fails(faults, writer), 60,
+        wait_for(lambda w=writer: inject_until_a_commit_fails(faults, w), 60,
                  f"an EIO to fail a commit (cycle {cycle})")
         failed_batch = last_failed_batch(writer)
         writer.kill()  # within the 3 s backoff: the retry never ran
@@ -345,26 +393,3 @@ def last_failed_batch(writer: subprocess.Popen) -> int:
     lines = [ln for ln in Path(writer.log_path).read_text().splitlines()
              if '"writer.retry"' in ln and "disk I/O error" in ln]
     return int(json.loads(lines[-1])["error"].split()[1])
-
-
-def test_writer_restarted_onto_a_full_disk_waits_and_recovers(
-        procs: Procs, redis_client: redis.Redis, tmp_path: Path, torture_report) -> None:
-    """An operator (or a supervisor) restarts the writer while the disk is still full: the
-    new process cannot write its ledger and must wait for space, not crash-loop."""
-    row = torture_report("disk full, writer restarted while full")
-    with tmpfs(tmp_path / "small", "2m") as fs:
-        db = procs.env["BETSTREAM_DB"] = str(fs.path / "ledger.sqlite3")
-        writer = procs.start("writer", **RESTARTED_ENV)
-        load = start_load(procs, bets=scaled(10_000, 40_000), rate=1500)
-        wait_for(lambda: retries(writer, "disk is full") > 0, 90, "the ledger's disk to fill")
-        writer.kill()
-        writer.wait(10)
-        writer = procs.start("writer", **RESTARTED_ENV)
-        wait_for(lambda: retries(writer, "disk is full") > 2, 30, "the restart to meet the full disk")
-        check_during_fault(writer, redis_client, db, 2)
-        assert writer.poll() is None, "the restarted writer waits for space"
-        fs.resize("64m")
-        acc = finish(procs, redis_client, db, row, load, "disk full + writer SIGKILL and restart",
-                     restarts=True)
-        assert writer.poll() is None
-    assert_exact(acc)
