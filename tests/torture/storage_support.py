@@ -25,7 +25,7 @@ from tests.support import drained, query
 
 SHIM_SOURCE: Final = Path(__file__).with_name("fsync_fault.c")
 BLKIO_WRITE_IOPS: Final = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device")
-PENDING_PAGE: Final = 10_000
+PENDING_MAX: Final = 1_000_000  # entries listed from the writers' pending list
 # Room for the WAL's high-water mark (up to the store's journal_size_limit, 256 MiB; it
 # reached 175 MiB under 2,000 intents/s here): a smaller disk fills up before it slows.
 LOOP_DISK_MB: Final = 512
@@ -44,7 +44,6 @@ class Tmpfs:
     def resize(self, size: str) -> None:
         res = run("mount", "-o", f"remount,size={size}", str(self.path))
         assert res.returncode == 0, f"remount {self.path} size={size}: {res.stderr}"
-
 
 
 @contextmanager
@@ -177,7 +176,7 @@ def acked_without_outcome(client: redis.Redis, db: str) -> list[str]:
     groups = {g["name"].decode(): g for g in client.xinfo_groups(c.STREAM_INTENTS)}
     last = groups[c.GROUP_WRITERS]["last-delivered-id"].decode()
     pending = {p["message_id"].decode() for p in client.xpending_range(
-        c.STREAM_INTENTS, c.GROUP_WRITERS, "-", "+", PENDING_PAGE * 100)}
+        c.STREAM_INTENTS, c.GROUP_WRITERS, "-", "+", PENDING_MAX)}
     delivered = client.xrange(c.STREAM_INTENTS, "-", last)
     acked = {eid.decode(): _intent_id(f) for eid, f in delivered if eid.decode() not in pending}
     stored = {i for (i,) in query(db, "SELECT id FROM outcomes")}
@@ -190,10 +189,6 @@ def _intent_id(fields: dict[bytes, bytes]) -> str:
 
 def pending_count(client: redis.Redis) -> int:
     return int(client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"])
-
-
-def writer_alive(procs: Procs) -> bool:
-    return procs.started[0].poll() is None
 
 
 @dataclass(frozen=True)
