@@ -90,7 +90,7 @@ def test_a_commit_reported_failed_but_durable_does_not_wedge_the_store(tmp_path:
     with pytest.raises(StoreError):
         store.commit(batch)
     assert first.id in store.lookup([first.id], []).by_id, "it landed after all"
-    second, batch = _deposit_batch(store, epoch, 5, "1-1")
+    _, batch = _deposit_batch(store, epoch, 5, "1-1")
     store.commit(batch)
     assert store.load_balances([5]) == {5: 200}
     store.close()
