@@ -14,6 +14,7 @@ from typing import Final
 import redis
 
 from producer import constants as c
+from producer.errors import StoreError
 from workers.breaker_core import Breaker, BreakerLimits, force, on_failure, on_success, on_tick
 from workers.hooks import BatchReport, Hook
 from workers.logs import get_logger
@@ -112,7 +113,9 @@ class BreakerHook(Hook):
         self._apply(lambda b, lim, t: on_success(b, lim, t, report.commit_ms, age))
 
     def on_retry(self, what: str, error: Exception, attempt: int, delay_ms: int) -> None:
-        if what in ("commit", "open_store"):
+        # Any store fault counts, wherever it struck: a writer that cannot even take the
+        # fencing epoch (disk full, locked, read-only) commits nothing either.
+        if what in ("commit", "open_store") or isinstance(error, StoreError):
             self._apply(lambda b, lim, t: on_failure(b, lim, t, str(error)[:200]))
 
     def on_idle(self) -> None:

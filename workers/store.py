@@ -99,11 +99,21 @@ class Store:
         self._broken = False
         self._checkpointer = (Checkpointer(self.path, checkpoint_interval_ms, busy_timeout_ms)
                               if checkpoint_interval_ms else None)
-        version = upgrade(self._conn, self._meta("schema_version"))
+        try:
+            self._check_version()
+            self.heads = self._read_heads()
+        except BaseException:
+            self.close()  # the caller retries with a new Store: leave no thread behind
+            raise
+
+    def _check_version(self) -> None:
+        try:
+            version = upgrade(self._conn, self._meta("schema_version"))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the ledger {self.path}: {exc}") from exc
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: schema version {version}, this betstream needs "
-                              f"{SCHEMA_VERSION} (no migration exists yet: start a new file)")
-        self.heads = self._read_heads()
+                              f"{SCHEMA_VERSION} and has no upgrade from it: start a new file")
 
     def _open(self) -> sqlite3.Connection:
         conn = None
@@ -120,10 +130,16 @@ class Store:
 
     def _healthy_conn(self) -> sqlite3.Connection:
         """After a failed commit, start over on a fresh connection (a read-only or full
-        file, a lost file handle): SQLite's own recovery runs when it opens the file."""
+        file, a lost file handle): SQLite's own recovery runs when it opens the file.
+
+        The heads are read again from the file: a COMMIT reported as failed may be durable
+        all the same (fsync said EIO after the WAL frames reached the disk, and WAL recovery
+        found them), and the next batch must continue from what is really there.
+        """
         if self._broken:
             self._conn.close()
             self._conn = self._open()
+            self.heads = self._read_heads()
             self._broken = False
         return self._conn
 
@@ -140,11 +156,16 @@ class Store:
         """Where the next batch continues: the newest live rows, or the archive anchor when
         archival moved everything (seqs, entry ids and the hash chain never restart)."""
         q = self._conn.execute
-        anchor = q("SELECT through_batch, head_hash, seq_max, entry_id_max "
-                   "FROM archive_anchor").fetchone() or (0, GENESIS_HASH, 0, 0)
-        seq = q("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
-        entry = q("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger").fetchone()[0]
-        last = q("SELECT batch_no, hash FROM batches ORDER BY batch_no DESC LIMIT 1").fetchone()
+        try:
+            anchor = q("SELECT through_batch, head_hash, seq_max, entry_id_max "
+                       "FROM archive_anchor").fetchone() or (0, GENESIS_HASH, 0, 0)
+            seq = q("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
+            entry = q("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger").fetchone()[0]
+            last = q("SELECT batch_no, hash FROM batches ORDER BY batch_no DESC "
+                     "LIMIT 1").fetchone()
+        except sqlite3.Error as exc:  # a StoreError is retried; a raw one ended the writer
+            self._broken = True
+            raise StoreError(f"cannot read where the ledger ends: {exc}") from exc
         batch_no, digest = last if last else anchor[:2]
         return Heads(max(seq, anchor[2]), batch_no, max(entry, anchor[3]), digest)
 
