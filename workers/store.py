@@ -126,6 +126,10 @@ class Store:
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()  # a half-open connection would pin a read-only file handle
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+                # Not a passing fault: retrying would only keep the breaker open forever.
+                raise ConfigError(f"{self.path} is not an SQLite database (wrong BETSTREAM_DB, "
+                                  "or the file is damaged: restore it from a backup)") from None
             raise StoreError(f"cannot open ledger {self.path}: {exc}") from exc
 
     def _healthy_conn(self) -> sqlite3.Connection:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from producer.contract import new_bet, new_deposit, new_settle
+from tests.conftest import Procs
 from workers.batch import OutcomeRow, Stored, build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers.dedupe import split_repeats
@@ -37,3 +38,13 @@ def test_a_reused_entry_id_for_another_intent_is_not_a_redelivery() -> None:
     new = _cand("5-0", new_deposit(9, 10))
     fresh, repeats = split_repeats([new], Stored({}, {"5-0": old}))
     assert fresh == [new] and repeats == []
+
+
+def test_writer_on_a_file_that_is_not_a_database_exits_with_a_clear_message(
+        procs: Procs, tmp_path: Path) -> None:
+    """It used to retry forever with the breaker open: no retry can mend a wrong file."""
+    bogus = tmp_path / "not-a-ledger.sqlite3"
+    bogus.write_bytes(b"this is a text file, not a ledger\n" * 200)
+    done = procs.run("writer", BETSTREAM_DB=str(bogus), timeout_s=60)
+    assert done.returncode == 2
+    assert "is not an SQLite database" in done.stderr and "Traceback" not in done.stderr
