@@ -245,7 +245,8 @@ class Store:
         except (sqlite3.Error, InvariantViolation) as exc:
             self._rollback()
             self._broken = True
-            raise StoreError(f"batch {batch.batch_no} not committed: {exc}") from exc
+            raise StoreError(f"batch {batch.batch_no} not known to be committed (retried; "
+                             f"nothing is acknowledged until it is): {exc}") from exc
         self.heads = batch.after
 
     def _write(self, batch: BatchWrite) -> None:
