@@ -32,6 +32,7 @@ from tests.torture.exactly_once import verify
 pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = scaled(30, 200)
+DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable
 PER_PRODUCER = scaled(1_500, 49_900)  # 2 x (users + this) intents: ~3k short, 100k full
 RATE_PER_PRODUCER = scaled(500, 1_500)  # intents/s, so the kills land while load flows
 WRITER_KILLS_MIN = scaled(3, 20)
@@ -107,7 +108,7 @@ def test_crash_storm_loses_and_doubles_nothing(
     storm.start()
     load_args = ("load", "--users", str(USERS), "--bets", str(PER_PRODUCER), "--rate",
                  str(RATE_PER_PRODUCER), "--withdrawals", "0.05", "--settles", "0.2",
-                 "--duplicates", "0.02", "--deposit", "50000", "--quiet")
+                 "--duplicates", "0.02", "--deposit", str(DEPOSIT), "--quiet")
     # the same users from both producers: their intents interleave in the stream
     producers = [procs.start(*load_args, "--seed", str(s), name=f"load{s}") for s in (1, 2)]
     while (storm.writer_kills < WRITER_KILLS_MIN or storm.confirmer_kills < CONFIRMER_KILLS_MIN
@@ -119,6 +120,6 @@ def test_crash_storm_loses_and_doubles_nothing(
     wait_for(lambda: drained(redis_client), scaled(120, 600), "the writer to drain the stream")
     verify(env["BETSTREAM_DB"], redis_client, procs, row)
     model = row.extra["model"]
-    for reason in ("unknown_bet", "already_settled", "insufficient_funds"):
-        assert model[reason] > 0, f"the storm exercised {reason}"
-    assert model["settled"] > 0 and model["resent"] > 0 and model["id_conflict"] > 0
+    for verdict in ("accepted", "unknown_bet", "already_settled", "settled", "resent",
+                    "id_conflict"):
+        assert model.get(verdict, 0) > 0, f"the storm exercised {verdict}"

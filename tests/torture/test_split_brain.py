@@ -34,6 +34,7 @@ from tests.torture.exactly_once import verify
 pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = scaled(20, 100)
+DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable
 PER_PRODUCER = scaled(1_500, 9_900)
 RATE_PER_PRODUCER = scaled(300, 400)  # intents/s: the load outlasts the pauses
 PAUSES = scaled(2, 6)  # alternately mid-commit and at a random moment
@@ -241,7 +242,7 @@ def test_frozen_writer_wakes_up_fenced_out_and_nothing_is_doubled(
     procs.start("confirmer", **WRITER_ENV)
     load_args = ("load", "--users", str(USERS), "--bets", str(PER_PRODUCER), "--rate",
                  str(RATE_PER_PRODUCER), "--withdrawals", "0.05", "--settles", "0.2",
-                 "--duplicates", "0.02", "--deposit", "50000", "--quiet")
+                 "--duplicates", "0.02", "--deposit", str(DEPOSIT), "--quiet")
     producers = [procs.start(*load_args, "--seed", str(s), name=f"load{s}") for s in (1, 2)]
     pauses, under_load = [], []
     for n in range(PAUSES):
