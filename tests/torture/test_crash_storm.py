@@ -77,15 +77,17 @@ class Storm:
         self.confirmer = self.procs.start("confirmer", **WRITER_ENV, **CONFIRMER_ENV)
 
     def strike(self) -> None:
-        """Wait until the writer leads, let it work a random while, SIGKILL it, restart."""
+        """Wait until the writer leads, let it work a random while, SIGKILL it, restart;
+        now and then SIGKILL the confirmer too, at a moment of its own."""
         wait_for(lambda: leads(self.client, self.writer), 60, "the restarted writer to lead")
-        time.sleep(self.rng.uniform(0.05, 0.8))  # a random moment to crash at, not a wait
-        hard_kill(self.writer)
-        self.writer_kills += 1
         if self.rng.random() < 0.4 or self.confirmer_kills < self.writer_kills // 4:
+            time.sleep(self.rng.uniform(0.05, 0.5))  # a random moment, not a wait
             hard_kill(self.confirmer)
             self.confirmer_kills += 1
             self.confirmer = self.procs.start("confirmer", **WRITER_ENV, **CONFIRMER_ENV)
+        time.sleep(self.rng.uniform(0.05, 0.8))  # a random moment to crash at, not a wait
+        hard_kill(self.writer)
+        self.writer_kills += 1
         self.send_conflicts()
         self.writer = self.procs.start("writer", **WRITER_ENV)
 
