@@ -84,9 +84,15 @@ def epochs_led(log_path: str) -> set[int]:
     return {int(e["epoch"]) for e in events(log_path, "writer.leading")}
 
 
-def holder(client: redis.Redis) -> str:
+def current_leader(client: redis.Redis, db: str,
+                   writers: dict[str, subprocess.Popen]) -> tuple[str, int] | None:
+    """The writer holding the lease whose last ``writer.leading`` took the ledger's epoch."""
     value = client.get(c.KEY_WRITER_LEASE)
-    return value.decode().split(":", 1)[0] if value else ""
+    name = value.decode().split(":", 1)[0] if value else ""
+    if name not in writers:
+        return None
+    epoch = query(db, "SELECT value FROM meta WHERE key = 'epoch'")[0][0]
+    return (name, epoch) if epoch_of(writers[name].log_path) == epoch else None
 
 
 def signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
@@ -98,10 +104,10 @@ def pause_leader(procs: Procs, client: redis.Redis, producer: Producer, db: str,
                  mid_commit: bool) -> Pause:
     """Freeze the leader past its lease; the other writer (started now if there is none)
     must lead with a newer epoch and commit; then wake the frozen one up."""
-    leader = wait_for(lambda: holder(client), 30, "a writer to hold the lease")
+    leader, epoch = wait_for(lambda: current_leader(client, db, writers), 30,
+                             "a writer to hold the lease and the epoch")
     frozen = writers[leader]
-    pause = Pause(leader, wait_for(lambda: epoch_of(frozen.log_path), 30, "its epoch"), "",
-                  mid_commit)
+    pause = Pause(leader, epoch, "", mid_commit)
     seen = len(events(frozen.log_path, "writer.fenced_out"))
     if mid_commit:
         freeze_mid_commit(client, db, leader, frozen)
