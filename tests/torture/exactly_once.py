@@ -104,7 +104,7 @@ def verify(db: Path | str, client: redis.Redis, procs: Procs, row: Row,
     rows = committed(db)
     try:
         wait_for(lambda: set(confirmed(client)) >= set(rows), confirm_timeout_s,
-                 "every committed outcome to be confirmed")
+                 "every committed outcome to be confirmed", interval_s=0.5)
     finally:
         published = confirmed(client)
         row.extra["unconfirmed"] = len(set(rows) - set(published))
