@@ -1,7 +1,8 @@
 """Load generator: realistic signed intents at a steady or unlimited rate, with progress.
 
-Deposits fund every user first, then bets (with some hot users, a share of withdrawals and
-of deliberate re-sends) stream at ``rate`` per second. Bodies are built as plain dicts and
+Deposits fund every user first, then bets (with some hot users, a share of withdrawals, of
+settlements of this load's own recent bets, and of deliberate re-sends) stream at ``rate``
+per second. Bodies are built as plain dicts and
 encoded once: the hot path signs and XADDs, it does not re-validate what it just built.
 """
 
@@ -25,6 +26,9 @@ RECENT_MAX: Final = 100  # duplicates are drawn from this many recent intents
 SHED_WAIT_MAX_S: Final = 5.0  # longest back-off after the breaker refused a chunk
 ODDS_CHOICES: Final = ("1.25", "1.50", "1.90", "2.00", "2.50", "3.10", "5.00", "12.00")
 MARKETS: Final = 20
+SETTLE_OUTCOMES: Final = ("won", "lost", "void")
+SETTLE_UNKNOWN_SHARE: Final = 0.05  # of settlements: a bet id that was never placed
+SETTLE_AGAIN_SHARE: Final = 0.05  # of settlements: a bet this load settled already
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class LoadPlan:
     hot_users: int = 10  # a share of bets goes to a few hot users (realistic skew)
     hot_share: float = 0.2
     withdrawal_share: float = 0.0
+    settle_share: float = 0.0  # settle one of this load's recent bets (won / lost / void)
     duplicate_share: float = 0.0  # re-send an earlier intent unchanged (same id and nonce)
     seed: int | None = None
 
@@ -61,23 +66,55 @@ def _body(kind: str, user_id: int, **extra: Any) -> dict[str, Any]:
             "issued_at": now_ms(), **extra}
 
 
+@dataclass
+class _SettleBook:
+    """This load's recent bets: settlements refer to them (the writer decides if they exist)."""
+
+    placed: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=RECENT_MAX))
+    settled: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=RECENT_MAX))
+
+
+def _settle(rng: random.Random, book: _SettleBook, user: int) -> dict[str, Any]:
+    """Settle a recent bet; now and then one never placed or settled already, so the
+    writer's ``unknown_bet`` and ``already_settled`` paths see real traffic too."""
+    draw = rng.random()
+    if draw < SETTLE_AGAIN_SHARE and book.settled:
+        bet_id, user = rng.choice(book.settled)
+    elif draw < SETTLE_AGAIN_SHARE + SETTLE_UNKNOWN_SHARE or not book.placed:
+        bet_id = str(uuid.uuid4())
+    else:
+        index = rng.randrange(len(book.placed))
+        bet_id, user = book.placed[index]
+        del book.placed[index]
+        book.settled.append((bet_id, user))
+    return _body("settle", user, bet_id=bet_id, outcome=rng.choice(SETTLE_OUTCOMES))
+
+
 def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
-    """Deposits for every user, then the bet stream (bodies as dicts, in send order)."""
+    """Deposits for every user, then the bet stream (bodies as dicts, in send order).
+
+    A settlement always follows the bet it refers to, so it is in the stream after it."""
     last_user = plan.user_first + plan.users - 1
     for user in range(plan.user_first, last_user + 1):
         yield _body("deposit", user, amount=plan.deposit)
     hot = min(plan.hot_users, plan.users)
+    book = _SettleBook()
     for _ in range(plan.bets):
         if hot and rng.random() < plan.hot_share:
             user = plan.user_first + rng.randrange(hot)
         else:
             user = rng.randint(plan.user_first, last_user)
+        if plan.settle_share and rng.random() < plan.settle_share:
+            yield _settle(rng, book, user)
+            continue
         if rng.random() < plan.withdrawal_share:
             yield _body("withdrawal", user, amount=rng.randint(1, plan.stake_max))
             continue
-        yield _body("bet", user, amount=rng.randint(1, plan.stake_max),
+        bet = _body("bet", user, amount=rng.randint(1, plan.stake_max),
                     market=f"match-{rng.randrange(MARKETS)}", selection=rng.choice("12X"),
                     odds=rng.choice(ODDS_CHOICES))
+        book.placed.append((bet["id"], user))
+        yield bet
 
 
 def run_load(producer: Producer, plan: LoadPlan,

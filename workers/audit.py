@@ -127,6 +127,8 @@ CHECKS: Final = (
           "SELECT id FROM bets WHERE status != 'open' AND id NOT IN "
           "(SELECT ref_id FROM transaction_ledger WHERE ref_type = 'settle')",
           "bets settled other than once"),
+    # NOT IN builds one temporary index of txn_id; a correlated NOT EXISTS would scan the
+    # ledger once per outcome (txn_id has no index: it would cost the writer a page write).
     _none("every accepted outcome is in the ledger",
           "SELECT o.id FROM outcomes o WHERE o.status = 'accepted' "
           f"AND o.seq > {ANCHOR_SEQ} AND o.id NOT IN (SELECT txn_id FROM transaction_ledger)",

@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--user-first", type=int, default=1, help="first user id")
     ld.add_argument("--deposit", type=int, default=100_000, help="minor units per user")
     ld.add_argument("--withdrawals", type=float, default=0.0, help="share of withdrawals")
+    ld.add_argument("--settles", type=float, default=0.0,
+                    help="share of settlements of the load's own recent bets")
     ld.add_argument("--duplicates", type=float, default=0.0, help="share of re-sent intents")
     ld.add_argument("--seed", type=int, default=None)
     ld.add_argument("--json", action="store_true", help="print a JSON summary at the end")

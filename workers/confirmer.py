@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Final
 
 import redis
@@ -21,6 +22,7 @@ from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from producer import constants as c
 from workers.metrics import Recorder
@@ -99,6 +101,43 @@ class ConfirmerWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         self.enqueue_due_retries()
+        self.rescue_dequeued_jobs()
+
+    def rescue_dequeued_jobs(self) -> int:
+        """Give back jobs a worker took off the queue but died before starting.
+
+        RQ moves a job to an intermediate list as it dequeues it and registers it as
+        started a moment later; a worker SIGKILLed in between leaves the job there, and RQ
+        only looks at it again after a fixed minute. Here it goes back (as a failed attempt,
+        so it is retried) once it has sat there for the heartbeat grace. The maintenance
+        lock keeps two confirmers from doing it twice; the job's guard would in any case.
+        """
+        rescued = 0
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():
+                continue
+            try:
+                rescued += self._rescue_from(queue)
+            finally:
+                queue.release_maintenance_lock()
+        return rescued
+
+    def _rescue_from(self, queue: Queue) -> int:
+        stuck, rescued = queue.intermediate_queue, 0
+        for job_id in stuck.get_job_ids():
+            if job_id in queue.started_job_registry or stuck.set_first_seen(job_id):
+                continue  # running, or seen for the first time now
+            first_seen = stuck.get_first_seen(job_id)
+            if first_seen is None or now() - first_seen < timedelta(
+                    seconds=self.heartbeat_grace_s):
+                continue
+            job = queue.fetch_job(job_id)
+            if job is not None:
+                self.handle_job_failure(job, queue, exc_string="dequeued by a worker that "
+                                        "died before starting it")
+                rescued += 1
+            stuck.remove(job_id)
+        return rescued
 
     def enqueue_due_retries(self) -> int:
         """Move retries that are due onto the queue ourselves.

@@ -18,6 +18,7 @@ from workers.settings import Settings
 def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     return LoadPlan(users=args.users, bets=args.bets, rate=args.rate, user_first=args.user_first,
                     deposit=args.deposit, withdrawal_share=args.withdrawals,
+                    settle_share=args.settles,
                     duplicate_share=args.duplicates, seed=args.seed)
 
 

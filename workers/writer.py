@@ -114,7 +114,7 @@ class Writer:
                 after = entries[-1][0]
             else:
                 entries = self._retry("read_new", self.stream.read_new, stop, leading=True)
-                if not entries and self._reclaim_due():
+                if self._reclaim_due():  # idle or not: a busy stream must not starve them
                     after = "0"  # entries stranded by a fenced-out writer: ours now
             if entries:
                 self.process(entries, stop)
@@ -136,7 +136,8 @@ class Writer:
 
         A writer that lost the lead while a read was in flight may still pull entries into
         its own pending list after we claimed everything on taking over; they would wait
-        for the next change of leader.
+        for the next change of leader. Checked whether or not the stream is idle: under
+        sustained load they would otherwise wait until the load stops (and turn stale).
         """
         now = time.monotonic()
         if now - self._reclaimed_at < self._s.lease_ms / 1000:

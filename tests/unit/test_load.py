@@ -1,0 +1,52 @@
+"""The load generator's settlements: they refer to this load's own earlier bets, with the
+right user, and now and then to a bet never placed or one settled already."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+
+from producer.contract import encode_body, parse_intent
+from producer.load import LoadPlan, intents
+
+
+def _bodies(plan: LoadPlan) -> list[dict]:
+    return list(intents(plan, random.Random(plan.seed)))
+
+
+def test_settlements_follow_the_bets_they_settle() -> None:
+    plan = LoadPlan(users=20, bets=5_000, settle_share=0.3, withdrawal_share=0.05, seed=3)
+    bodies = _bodies(plan)
+    assert len(bodies) == plan.users + plan.bets
+    placed: dict[str, int] = {}
+    settled: Counter[str] = Counter()
+    never_placed = 0
+    for body in bodies:
+        parse_intent(encode_body(body))  # every body is a valid wire-contract intent
+        if body["kind"] == "bet":
+            placed[body["id"]] = body["user_id"]
+        elif body["kind"] == "settle":
+            assert body["outcome"] in ("won", "lost", "void") and "amount" not in body
+            if body["bet_id"] in placed:
+                assert placed[body["bet_id"]] == body["user_id"], "settled as the bettor"
+                settled[body["bet_id"]] += 1
+            else:
+                never_placed += 1
+    kinds = Counter(b["kind"] for b in bodies)
+    assert 0.25 < kinds["settle"] / plan.bets < 0.35
+    assert {b["outcome"] for b in bodies if b["kind"] == "settle"} == {"won", "lost", "void"}
+    assert never_placed > 0, "some settlements name a bet that was never placed"
+    assert max(settled.values()) > 1, "some bets are settled twice"
+    assert sum(1 for n in settled.values() if n == 1) > kinds["settle"] // 2
+
+
+def test_without_settles_the_load_is_what_it_was() -> None:
+    """No settle share: no settlement, and the seeded choices are exactly those the load
+    generator made before settlements existed (fingerprint taken from that version)."""
+    plan = LoadPlan(users=5, bets=300, withdrawal_share=0.1, seed=11)
+    bodies = _bodies(plan)
+    assert "settle" not in {b["kind"] for b in bodies}
+    choices = repr([(b["kind"], b["user_id"], b.get("amount"), b.get("odds"), b.get("market"),
+                     b.get("selection")) for b in bodies])
+    assert hashlib.sha256(choices.encode()).hexdigest()[:16] == "383101bece6f1667"
