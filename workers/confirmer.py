@@ -141,17 +141,19 @@ def run_confirmer(settings: Settings, client: redis.Redis) -> None:
     replaced after a bounded backoff, as long as it takes Redis to come back.
     """
     log = get_logger("betstream.confirmer")
-    attempt = 0
-    while True:
-        worker = _new_worker(settings, client)
+    attempt, stop = 0, threading.Event()
+    while not stop.is_set():
+        worker = None
         started = time.monotonic()
         try:
+            worker = _new_worker(settings, client)
             worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # start-up or teardown
             log.warning("confirmer.redis_unreachable", error=str(exc))
         finally:
-            _drop_pubsub(worker)
-        if worker.stop_asked:
+            if worker is not None:
+                _drop_pubsub(worker)
+        if worker is not None and worker.stop_asked:
             return
         if time.monotonic() - started > settings.retry_backoff_max_ms / 1000:
             attempt = 0  # it worked for a while: start the backoff afresh
@@ -159,8 +161,8 @@ def run_confirmer(settings: Settings, client: redis.Redis) -> None:
         delay_ms = backoff_ms(attempt, settings.retry_backoff_min_ms,
                               settings.retry_backoff_max_ms)
         log.warning("confirmer.restart", attempt=attempt, delay_ms=delay_ms)
-        if _stop_requested_during(delay_ms / 1000):
-            return
+        _stop_on_signals(stop)
+        stop.wait(delay_ms / 1000)
 
 
 def _new_worker(settings: Settings, client: redis.Redis) -> ConfirmerWorker:
@@ -188,8 +190,7 @@ def _drop_pubsub(worker: ConfirmerWorker) -> None:
         pass
 
 
-def _stop_requested_during(seconds: float) -> bool:
-    stop = threading.Event()
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Between two workers nobody handles SIGTERM/SIGINT: they stop the loop."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    return stop.wait(seconds)
