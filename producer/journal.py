@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import IO
 
 from producer import constants as c
+from producer.client import Producer
 from producer.contract import Intent
 from producer.errors import JournalError
+from producer.signing import Key
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +90,11 @@ class JournaledProducer:
     producer's ``submit``, ``submit_many`` and ``submit_fields``.
     """
 
-    def __init__(self, producer, journal: Journal) -> None:  # producer: Producer (no cycle)
+    def __init__(self, producer: Producer, journal: Journal) -> None:
         self.producer = producer
         self.journal = journal
 
-    def key_for(self, kind: str):
+    def key_for(self, kind: str) -> Key:
         return self.producer.key_for(kind)
 
     def fields_for(self, intent: Intent) -> dict[str, str | bytes]:

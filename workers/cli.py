@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--quiet", action="store_true", help="no progress bar")
     ld.add_argument("--journal", help="append one line per acknowledged XADD to this file "
                                       "(for betstream reconcile)")
-    ld.add_argument("--redis-wait", type=float, default=60.0, metavar="S",
+    ld.add_argument("--redis-wait", type=float, default=None, metavar="S",
                     help="ride out a Redis outage this long, re-sending the chunk (default 60)")
     ld.set_defaults(func=cmd_load)
     rc = sub.add_parser("reconcile", help="producer journals against the ledger: exit 1 if "

@@ -39,7 +39,9 @@ def run_load_command(settings: Settings, args: argparse.Namespace) -> int:
     journal = Journal(args.journal) if args.journal else None
     try:
         result = push_with_progress(JournaledProducer(producer, journal) if journal else producer,
-                                    plan_from_args(args), args.quiet, args.redis_wait)
+                                    plan_from_args(args), args.quiet,
+                                    REDIS_WAIT_S_DEFAULT if args.redis_wait is None
+                                    else args.redis_wait)
     finally:
         if journal:
             journal.close()
