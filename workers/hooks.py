@@ -144,9 +144,10 @@ class HealthBeacon(Hook):
         (while Redis itself is away the beat cannot land; the breaker records the outage)."""
         self.last_fault = f"{what}: {error}"[:200]
         self.last_fault_ms = time.time_ns() // 1_000_000
-        if self.state == "leading":
+        changed = self.state == "leading"
+        if changed:
             self.state = "retrying"
-        self._beat(force=True)
+        self._beat(force=changed)  # later retries beat at the usual pace
 
     def on_batch(self, report: BatchReport) -> None:
         self.committed += report.size

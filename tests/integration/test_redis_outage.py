@@ -135,3 +135,42 @@ def test_load_gives_up_with_a_clear_error_when_redis_stays_away(
     assert run.returncode == 3, run.stderr
     assert "Redis unreachable" in run.stderr and "gave up after" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_backlog_counts_unread_entries_while_redis_forgot_the_lag(
+        redis_server, redis_client: redis.Redis) -> None:
+    """After an AOF reload XINFO's lag is unknown (nil) until the group reads again: it used
+    to read as 0, so health, drain checks and reconcile saw an empty backlog."""
+    from workers.streams import backlog
+
+    try:
+        redis_server.restart("--appendonly", "yes", "--appendfsync", "always")
+        redis_client.flushall()
+        redis_client.xgroup_create("betstream:intents", "betstream:writers", id="0",
+                                   mkstream=True)
+        for n in range(10):
+            redis_client.xadd("betstream:intents", {"n": n})
+        redis_client.xreadgroup("betstream:writers", "w", {"betstream:intents": ">"}, count=4)
+        assert backlog(redis_client) == (4, 6)
+        redis_server.restart()  # SIGKILL, then the same AOF
+        group = redis_client.xinfo_groups("betstream:intents")[0]
+        assert group["lag"] is None, "Redis 7 forgets the lag on reload (the premise)"
+        assert backlog(redis_client) == (4, 6)
+    finally:
+        redis_server.extra = ()
+        redis_server.restart()
+
+
+def test_backlog_ignores_a_lag_counter_stuck_after_reloads(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in the full torture run: after 5 AOF reloads XINFO said lag 20133 while nothing
+    lay after the last delivered id; reconcile then refused forever ("not drained yet")."""
+    from workers import streams
+
+    last = redis_client.xadd("betstream:intents", {"n": 1}).decode()
+    stuck = {"name": b"betstream:writers", "pending": 0, "lag": 20133,
+             "last-delivered-id": last.encode()}
+    monkeypatch.setattr(streams, "_writers_group", lambda client: stuck)
+    assert streams.backlog(redis_client) == (0, 0)
+    redis_client.xadd("betstream:intents", {"n": 2})
+    assert streams.backlog(redis_client) == (0, 20133), "a real backlog keeps Redis' count"
