@@ -177,6 +177,9 @@ def test_redis_sigkilled_with_appendfsync_always_loses_nothing(
     row.intents, row.faults = report["intents"], f"redis SIGKILL ×{kills} (appendfsync always)"
     row.lost, row.doubled, row.audit = report["lost"], report["doubled"], "pass"
     row.extra["acknowledged_xadds"] = report["acknowledgements"]
+    row.extra["producer_chunks_resent"] = sum(
+        json.loads(Path(p.log_path).read_text().strip().splitlines()[-1])["redis_retries"]
+        for p in loads)
     assert code == 0 and report["lost"] == 0 and report["doubled"] == 0, report
     assert report["intents"] >= total, "every planned intent was acknowledged"
 
