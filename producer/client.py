@@ -50,6 +50,11 @@ class Producer:
         self._pipeline_size_max = pipeline_size_max
         self._breaker = BreakerView(client) if shed else None
 
+    @property
+    def pipeline_size_max(self) -> int:
+        """XADDs per pipelined round trip (a journal records each answered chunk)."""
+        return self._pipeline_size_max
+
     def key_for(self, kind: str) -> Key:
         """The configured key for ``kind``, else the best active keyring key allowed to sign
         it (one never scheduled to retire first). A retired key is refused: KeyRetired."""

@@ -71,3 +71,7 @@ class BreakerOpen(BetstreamError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class JournalError(ConfigError):
+    """A producer journal cannot be written or read (missing, unreadable, corrupt line)."""

@@ -9,16 +9,19 @@ encoded once: the hot path signs and XADDs, it does not re-validate what it just
 from __future__ import annotations
 
 import random
-from collections import deque
 import time
+from collections import deque
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import redis
+
 from producer.client import Producer, entry_fields
 from producer.contract import encode_body, new_nonce, now_ms
 from producer.errors import BreakerOpen
+from workers.backoff import backoff_ms
 
 CHUNK_SIZE_MAX: Final = 500  # intents per pipelined round trip
 SENDS_PER_S: Final = 100  # paced loads send this often
@@ -29,6 +32,9 @@ MARKETS: Final = 20
 SETTLE_OUTCOMES: Final = ("won", "lost", "void")
 SETTLE_UNKNOWN_SHARE: Final = 0.05  # of settlements: a bet id that was never placed
 SETTLE_AGAIN_SHARE: Final = 0.05  # of settlements: a bet this load settled already
+REDIS_WAIT_S_DEFAULT: Final = 60.0  # ride out a Redis outage this long, then give up
+REDIS_RETRY_MIN_MS: Final = 100  # backoff between re-sends while Redis is away
+REDIS_RETRY_MAX_MS: Final = 2_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class LoadResult:
     duplicates: int = 0
     shed: int = 0  # intents refused by the circuit breaker (each later sent again)
     shed_wait_s: float = 0.0
+    redis_retries: int = 0  # chunks re-sent because Redis was unreachable
+    redis_wait_s: float = 0.0
     seconds: float = 0.0
     by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -118,8 +126,15 @@ def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
 
 
 def run_load(producer: Producer, plan: LoadPlan,
-             progress: Callable[[int, int], None] | None = None) -> LoadResult:
-    """Send the plan; ``progress(sent, total)`` is called after every chunk."""
+             progress: Callable[[int, int], None] | None = None,
+             redis_wait_s: float = REDIS_WAIT_S_DEFAULT) -> LoadResult:
+    """Send the plan; ``progress(sent, total)`` is called after every chunk.
+
+    While Redis is unreachable (restarting, loading its AOF) a chunk is re-sent with backoff
+    for up to ``redis_wait_s`` per outage, then the error is raised. A re-sent chunk may
+    repeat entries Redis had taken before the connection broke: same id and nonce, so the
+    writer answers them ``duplicate`` and applies each intent once.
+    """
     rng = random.Random(plan.seed)
     total = plan.users + plan.bets
     result = LoadResult()
@@ -137,10 +152,10 @@ def run_load(producer: Producer, plan: LoadPlan,
             result.duplicates += 1
         recent.append(fields)
         if len(chunk) >= chunk_size:
-            _send(producer, chunk, result, started, plan.rate, progress, total)
+            _send(producer, chunk, result, started, plan.rate, progress, total, redis_wait_s)
             chunk = []
     if chunk:
-        _send(producer, chunk, result, started, plan.rate, progress, total)
+        _send(producer, chunk, result, started, plan.rate, progress, total, redis_wait_s)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -153,12 +168,13 @@ def chunk_size_for(rate: float) -> int:
 
 
 def _send(producer: Producer, chunk: list, result: LoadResult, started: float, rate: float,
-          progress: Callable[[int, int], None] | None, total: int) -> None:
+          progress: Callable[[int, int], None] | None, total: int, redis_wait_s: float) -> None:
     if rate > 0:  # pace: the chunk may go once the schedule says so
         due = started + (result.sent + len(chunk)) / rate
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+    outage_started, attempt = None, 0
     while True:
         try:
             producer.submit_fields(chunk)
@@ -167,6 +183,18 @@ def _send(producer: Producer, chunk: list, result: LoadResult, started: float, r
             result.shed += len(chunk)
             pause = min(exc.retry_after, SHED_WAIT_MAX_S)
             result.shed_wait_s += pause
+            time.sleep(pause)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # incl. LOADING
+            outage_started = outage_started or time.monotonic()
+            away_s = time.monotonic() - outage_started
+            if away_s >= redis_wait_s:
+                raise redis.ConnectionError(
+                    f"gave up after {away_s:.0f}s (--redis-wait {redis_wait_s:g}); "
+                    f"{result.sent} intents were acknowledged before: {exc}") from exc
+            attempt += 1
+            pause = backoff_ms(attempt, REDIS_RETRY_MIN_MS, REDIS_RETRY_MAX_MS) / 1000
+            result.redis_retries += 1
+            result.redis_wait_s += pause
             time.sleep(pause)
     result.sent += len(chunk)
     if progress:

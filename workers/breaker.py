@@ -20,6 +20,7 @@ from workers.hooks import BatchReport, Hook
 from workers.logs import get_logger
 
 LOG_LEN_MAX: Final = 10_000
+REDIS_UNREACHABLE: Final = (redis.ConnectionError, redis.TimeoutError)  # incl. LOADING
 
 # KEYS[1] hash, KEYS[2] log stream; ARGV[1] expected version, ARGV[2] log maxlen,
 # then field/value pairs. Writes only if nobody changed the version meanwhile.
@@ -106,6 +107,7 @@ class BreakerHook(Hook):
         self._sync_s = sync_interval_s
         self._synced = 0.0
         self._snap = Snapshot(Breaker(), 0, store.limits)
+        self._unsaved = False  # our state holds a transition Redis has not taken yet
         self._log = get_logger("betstream.breaker")
 
     def on_batch(self, report: BatchReport) -> None:
@@ -113,40 +115,63 @@ class BreakerHook(Hook):
         self._apply(lambda b, lim, t: on_success(b, lim, t, report.commit_ms, age))
 
     def on_retry(self, what: str, error: Exception, attempt: int, delay_ms: int) -> None:
+        if isinstance(error, REDIS_UNREACHABLE):  # any step: the pipeline cannot move
+            reason = f"redis unreachable ({what}): {error}"
         # Any store fault counts, wherever it struck: a writer that cannot even take the
         # fencing epoch (disk full, locked, read-only) commits nothing either.
-        if what in ("commit", "open_store") or isinstance(error, StoreError):
-            self._apply(lambda b, lim, t: on_failure(b, lim, t, str(error)[:200]))
+        elif what in ("commit", "open_store") or isinstance(error, StoreError):
+            reason = str(error)
+        else:
+            return
+        self._apply(lambda b, lim, t: on_failure(b, lim, t, reason[:200]))
 
     def on_idle(self) -> None:
         self._apply(lambda b, lim, t: on_tick(b, lim, t, 0))
 
     def _apply(self, step) -> None:
+        """Decide on what we know; a transition Redis could not take is saved (first, with
+        its original time) once Redis answers, so the log shows the outage's OPEN."""
         try:
             self._sync()
-            new = step(self._snap.breaker, self._snap.limits, now_ms())
-            if new.state != self._snap.breaker.state:
-                self._save(new)
-            else:  # counters only: no transition to share or log
-                self._snap = Snapshot(new, self._snap.version, self._snap.limits)
+            if self._unsaved:
+                self._save(self._snap.breaker)
         except redis.RedisError:
-            pass  # the batch path reports Redis faults; the breaker catches up next time
+            pass  # Redis away: the state machine still runs on our copy
+        new = step(self._snap.breaker, self._snap.limits, now_ms())
+        if new.state != self._snap.breaker.state:
+            self._save(new)
+        else:  # counters only: no transition to share or log
+            self._snap = Snapshot(new, self._snap.version, self._snap.limits)
 
     def _sync(self) -> None:
         """Adopt the shared state when someone else (an operator) changed it."""
         if time.monotonic() - self._synced >= self._sync_s:
             snap = self._store.load()
             if snap.version != self._snap.version:
+                if self._unsaved and not snap.breaker.forced:  # ours is newer (Redis was
+                    snap = Snapshot(self._snap.breaker, snap.version, self._snap.limits)  # away)
+                else:
+                    self._unsaved = False
                 self._snap = snap
             self._synced = time.monotonic()
 
     def _save(self, new: Breaker) -> None:
         old = self._snap.breaker
-        version = self._store.save(self._snap.version, new)
+        try:
+            version = self._store.save(self._snap.version, new)
+        except redis.RedisError:
+            self._snap = Snapshot(new, self._snap.version, self._snap.limits)
+            self._unsaved = True
+            self._log_transition(old, new, saved=False)
+            return
+        self._unsaved = False
         if version is None:  # an operator moved it: adopt theirs next time
             self._synced = 0.0
             return
         self._snap = Snapshot(new, version, self._snap.limits)
+        self._log_transition(old, new, saved=True)
+
+    def _log_transition(self, old: Breaker, new: Breaker, saved: bool) -> None:
         if new.state != old.state:
             self._log.warning("breaker.transition", old=old.state, new=new.state,
-                              reason=new.reason, opened=new.opened)
+                              reason=new.reason, opened=new.opened, saved=saved)

@@ -226,17 +226,28 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"writer lease: {health.lease_holder or 'nobody'}")
         for name, beacon in sorted(health.writers.items()):
+            fault = f" last fault: {beacon['last_fault']}" if beacon.get("last_fault") else ""
             print(f"  {name}: {beacon.get('state')} epoch={beacon.get('epoch')} "
-                  f"committed={beacon.get('committed')}")
+                  f"committed={beacon.get('committed')}{fault}")
         print(f"backlog: pending={health.pending} undelivered={health.lag}")
-        print("healthy" if health.ok else "UNHEALTHY: no writer is leading")
-    return EXIT_OK if health.ok else EXIT_FAILED
+        print(f"breaker: {health.breaker} {health.breaker_reason}".rstrip())
+        print("UNHEALTHY: no writer is leading" if not health.ok else
+              f"UNHEALTHY: breaker {health.breaker}" if health.degraded else "healthy")
+    return EXIT_OK if health.ok and not health.degraded else EXIT_FAILED
 
 
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
     from workers.loadcmd import run_load_command
 
     return run_load_command(settings, args)
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.connections import redis_client
+    from workers.reconcilecmd import run_reconcile
+
+    client = None if args.offline else redis_client(settings.redis_url)
+    return run_reconcile(args.db or settings.db, settings.sqlite_busy_timeout_ms, client, args)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -295,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--json", action="store_true", help="print a JSON summary")
     ar.add_argument("--quiet", action="store_true", help="no progress bar")
     ar.set_defaults(func=cmd_archive)
-    h = sub.add_parser("health", help="writer lease, beacons and backlog; exit 1 if unhealthy")
+    h = sub.add_parser("health", help="writer lease, beacons, backlog and breaker; exit 1 if "
+                                      "no writer leads or the breaker is not closed")
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_health)
     ld = sub.add_parser("load", help="push signed demo intents at a given rate")
@@ -311,7 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--seed", type=int, default=None)
     ld.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     ld.add_argument("--quiet", action="store_true", help="no progress bar")
+    ld.add_argument("--journal", help="append one line per acknowledged XADD to this file "
+                                      "(for betstream reconcile)")
+    ld.add_argument("--redis-wait", type=float, default=None, metavar="S",
+                    help="ride out a Redis outage this long, re-sending the chunk (default 60)")
     ld.set_defaults(func=cmd_load)
+    rc = sub.add_parser("reconcile", help="producer journals against the ledger: exit 1 if "
+                                          "an acknowledged intent has no outcome")
+    rc.add_argument("--journal", action="append", required=True, metavar="PATH",
+                    help="a journal written by load --journal (repeat for several producers)")
+    rc.add_argument("--db", help="database file (default BETSTREAM_DB)")
+    rc.add_argument("--wait", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds for the writer to drain the stream")
+    rc.add_argument("--offline", action="store_true",
+                    help="do not ask Redis (no drain check, no dead letters)")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(func=cmd_reconcile)
     r = sub.add_parser("run", help="start a private pipeline with demo data (make run)")
     r.add_argument("--users", type=int, default=50)
     r.add_argument("--bets", type=int, default=20_000)

@@ -12,6 +12,8 @@ guard expired while the confirmer was down); ``seq`` lets subscribers drop repea
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -25,6 +27,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from producer import constants as c
+from workers.backoff import backoff_ms
+from workers.logs import get_logger
 from workers.metrics import Recorder
 from workers.settings import Settings
 
@@ -91,6 +95,11 @@ class ConfirmerWorker(SimpleWorker):
     """
 
     heartbeat_grace_s: int = 10
+    stop_asked: bool = False  # SIGTERM/SIGINT, as opposed to RQ giving up on a fault
+
+    def request_stop(self, signum, frame) -> None:
+        self.stop_asked = True
+        super().request_stop(signum, frame)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = self.job_monitoring_interval
@@ -163,11 +172,64 @@ class ConfirmerWorker(SimpleWorker):
 
 
 def run_confirmer(settings: Settings, client: redis.Redis) -> None:
-    """Work the confirmation queue until SIGTERM/SIGINT (RQ's warm shutdown)."""
+    """Work the confirmation queue until SIGTERM/SIGINT (RQ's warm shutdown).
+
+    RQ's worker returns (logging "unhandled exception, quitting") when Redis vanishes
+    outside its dequeue loop, e.g. during a heartbeat or maintenance: the process used to
+    exit 0 and confirmations stopped. A worker that ended without a stop request is
+    replaced after a bounded backoff, as long as it takes Redis to come back.
+    """
+    log = get_logger("betstream.confirmer")
+    attempt, stop = 0, threading.Event()
+    while not stop.is_set():
+        worker = None
+        started = time.monotonic()
+        try:
+            worker = _new_worker(settings, client)
+            worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # start-up or teardown
+            log.warning("confirmer.redis_unreachable", error=str(exc))
+        finally:
+            if worker is not None:
+                _drop_pubsub(worker)
+        if worker is not None and worker.stop_asked:
+            return
+        if time.monotonic() - started > settings.retry_backoff_max_ms / 1000:
+            attempt = 0  # it worked for a while: start the backoff afresh
+        attempt += 1
+        delay_ms = backoff_ms(attempt, settings.retry_backoff_min_ms,
+                              settings.retry_backoff_max_ms)
+        log.warning("confirmer.restart", attempt=attempt, delay_ms=delay_ms)
+        _stop_on_signals(stop)
+        stop.wait(delay_ms / 1000)
+
+
+def _new_worker(settings: Settings, client: redis.Redis) -> ConfirmerWorker:
     worker = ConfirmerWorker(
         [confirmation_queue(client)], connection=client, serializer=JSONSerializer,
         worker_ttl=settings.confirm_worker_ttl_s,
         maintenance_interval=settings.confirm_maintenance_s,
         job_monitoring_interval=settings.confirm_monitoring_s)
     worker.heartbeat_grace_s = settings.confirm_heartbeat_grace_s
-    worker.work(with_scheduler=True, logging_level=settings.log_level.upper())
+    # RQ's own reconnect backoff in its dequeue loop grows to 60 s; keep it to ours.
+    worker.max_connection_wait_time = settings.retry_backoff_max_ms / 1000
+    return worker
+
+
+def _drop_pubsub(worker: ConfirmerWorker) -> None:
+    """RQ's teardown skips this when Redis is away; a dead worker's thread must not linger."""
+    thread = getattr(worker, "pubsub_thread", None)
+    if thread is not None:
+        thread.stop()
+        thread.join(timeout=1)
+    try:
+        if getattr(worker, "pubsub", None) is not None:
+            worker.pubsub.close()
+    except redis.RedisError:
+        pass
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Between two workers nobody handles SIGTERM/SIGINT: they stop the loop."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())

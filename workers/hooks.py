@@ -127,6 +127,8 @@ class HealthBeacon(Hook):
     epoch: int = 0
     committed: int = 0
     last_batch_ms: int = 0
+    last_fault: str = ""  # the latest retried fault (kept after recovery, for operators)
+    last_fault_ms: int = 0
     _last_beat: float = 0.0
 
     def on_lead(self, epoch: int, claimed: int) -> None:
@@ -137,13 +139,29 @@ class HealthBeacon(Hook):
         self.state = "standby"
         self._beat()
 
+    def on_retry(self, what: str, error: Exception, attempt: int, delay_ms: int) -> None:
+        """A leading writer that retries a step is not healthy: ``betstream health`` says so
+        (while Redis itself is away the beat cannot land; the breaker records the outage)."""
+        self.last_fault = f"{what}: {error}"[:200]
+        self.last_fault_ms = time.time_ns() // 1_000_000
+        changed = self.state == "leading"
+        if changed:
+            self.state = "retrying"
+        self._beat(force=changed)  # later retries beat at the usual pace
+
     def on_batch(self, report: BatchReport) -> None:
         self.committed += report.size
         self.last_batch_ms = time.time_ns() // 1_000_000
-        self._beat()
+        self._beat(force=self._resumed())
 
     def on_idle(self) -> None:
-        self._beat()
+        self._beat(force=self._resumed())
+
+    def _resumed(self) -> bool:
+        if self.state != "retrying":
+            return False
+        self.state = "leading"
+        return True
 
     def _beat(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -153,6 +171,7 @@ class HealthBeacon(Hook):
         key = f"{c.KEY_WRITER_HEALTH}:{self.consumer}"
         fields = {"state": self.state, "epoch": self.epoch, "pid": os.getpid(),
                   "committed": self.committed, "last_batch_ms": self.last_batch_ms,
+                  "last_fault": self.last_fault, "last_fault_ms": self.last_fault_ms,
                   "beat_ms": time.time_ns() // 1_000_000}
         try:
             pipe = self.client.pipeline(transaction=False)

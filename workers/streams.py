@@ -20,6 +20,7 @@ from workers.settings import Settings
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields None: the entry was deleted
 CLAIM_ROUNDS_MAX: Final = 10_000  # XAUTOCLAIM pages per recovery; a bound, not a target
 REPEATED_FIELD_PREFIX: Final = b"repeated:"  # marks a field name an entry gives twice
+UNREAD_COUNT_MAX: Final = 1_000  # entries counted (at least) when XINFO's lag is unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +183,20 @@ def _writers_group(client: redis.Redis) -> dict | None:
 
 
 def backlog(client: redis.Redis) -> tuple[int, int] | None:
-    """(pending, not yet delivered) of the writers' group; None before a writer made it."""
+    """(pending, not yet delivered) of the writers' group; None before a writer made it.
+
+    XINFO's lag is a counter Redis can lose across an AOF reload: it reads as unknown for
+    a while (it used to count as 0 here), and after several reloads under load it was seen
+    stuck at 20,133 with nothing left to read. So it is checked against the stream: unknown
+    -> the entries after the last delivered id are counted (up to a bound); positive but
+    nothing after the last delivered id -> 0.
+    """
     group = _writers_group(client)
     if group is None:
         return None
-    return int(group["pending"]), int(group["lag"] or 0)
+    lag, after = group["lag"], f"({_text(group['last-delivered-id'])}"
+    if lag is None:
+        lag = len(client.xrange(c.STREAM_INTENTS, min=after, count=UNREAD_COUNT_MAX))
+    elif lag and not client.xrange(c.STREAM_INTENTS, min=after, count=1):
+        lag = 0
+    return int(group["pending"]), int(lag)

@@ -79,7 +79,7 @@ class Writer:
             while not stop.is_set():
                 self.pipeline.keyring = self._keyring()
                 if not self._retry("lead", self._try_lead, stop):
-                    self._hooks.on_standby(self.lease.holder())
+                    self._hooks.on_standby(self._holder())
                     stop.wait(self._s.standby_poll_ms / 1000)
                     continue
                 try:
@@ -103,7 +103,9 @@ class Writer:
     def _serve(self, stop: threading.Event) -> None:
         after = "0"  # first our own pending entries (redeliveries), in stream order
         while not stop.is_set():
-            self._keep_lease()
+            # Redis may vanish between two steps (a restart): retried here like any step,
+            # where an unhandled ConnectionError used to end the writer process.
+            self._retry("renew_lease", self._keep_lease, stop, leading=True)
             self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
             if after is not None:
                 entries = self._retry("read_pending", lambda: self.stream.read_pending(after),
@@ -202,6 +204,12 @@ class Writer:
             self._keep_lease()
         except redis.RedisError:
             pass  # Redis is away; the fencing epoch still protects the ledger
+
+    def _holder(self) -> str | None:
+        try:
+            return self.lease.holder()
+        except redis.RedisError:
+            return None  # Redis away: the next attempt to lead retries with backoff
 
     def close(self) -> None:
         if self._store is not None:
