@@ -27,6 +27,7 @@ WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer fa
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
 CACHE_MB_DEFAULT: Final = 256  # page cache per connection: the hot B-tree pages stay in RAM
 SQL_VARIABLES_MAX: Final = 900  # stay below SQLite's bound on host parameters per statement
+ROWS_PER_INSERT_MAX: Final = 512  # rows per multi-row INSERT (also bounded by SQLite's limit)
 
 
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
@@ -97,6 +98,7 @@ class Store:
         self._busy_timeout_ms = busy_timeout_ms
         self._conn = self._open()
         self._broken = False
+        self._vars_max = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._checkpointer = (Checkpointer(self.path, checkpoint_interval_ms, busy_timeout_ms)
                               if checkpoint_interval_ms else None)
         try:
@@ -258,23 +260,42 @@ class Store:
           [(acc, at) for acc, _, at in batch.balance_deltas])
         x("UPDATE users SET balance = balance + ? WHERE id = ?",
           [(delta, acc) for acc, delta, _ in batch.balance_deltas])
-        x("INSERT INTO transaction_ledger(entry_id, txn_id, user_id, amount, ref_type, ref_id, "
-          "created_at, batch_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-          [row + (batch.batch_no,) for row in batch.ledger])
-        x("INSERT INTO bets(seq, id, user_id, market, selection, odds, stake, status) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch.new_bets)
+        bn = batch.batch_no
+        self._insert("transaction_ledger(entry_id, txn_id, user_id, amount, ref_type, ref_id, "
+                     "created_at, batch_no)", [(*row, bn) for row in batch.ledger])
+        self._insert("bets(seq, id, user_id, market, selection, odds, stake, status)",
+                     batch.new_bets)
         cur = x("UPDATE bets SET status = ?, settled_seq = ? WHERE seq = ? AND status = 'open'",
                 batch.settled_bets)
         require(cur.rowcount == len(batch.settled_bets) or not batch.settled_bets,
                 "a settled bet was not open on disk")
-        x("INSERT INTO outcomes(seq, id, entry_id, kind, user_id, status, reason, detail, "
-          "balance, body_sha, batch_no, committed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-          [_outcome_params(o) for o in batch.outcomes])
+        self._insert("outcomes(seq, id, entry_id, kind, user_id, status, reason, detail, "
+                     "balance, body_sha, batch_no, committed_at)",
+                     [_outcome_params(o) for o in batch.outcomes])
         self._conn.execute(
             "INSERT INTO batches(batch_no, epoch, rows, prev_hash, hash, committed_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (batch.batch_no, batch.epoch, len(batch.ledger), batch.prev_hash, batch.hash,
              batch.committed_at))
+
+    def _insert(self, table: str, rows: Sequence[tuple]) -> None:
+        """Multi-row ``INSERT ... VALUES (..),(..)``: each statement is one sqlite3_step, run
+        without the GIL and without a Python round per row (executemany binds and steps
+        row by row). Chunks are powers of two so a handful of statements stay cached."""
+        if not rows:
+            return
+        width = len(rows[0])
+        one = "(" + ",".join("?" * width) + ")"
+        size = max(1, min(ROWS_PER_INSERT_MAX, self._vars_max // width))
+        size = 1 << (size.bit_length() - 1)
+        done = 0
+        while done < len(rows):
+            while size > len(rows) - done:
+                size //= 2
+            chunk = rows[done:done + size]
+            self._conn.execute(f"INSERT INTO {table} VALUES {','.join([one] * size)}",
+                               [value for row in chunk for value in row])
+            done += size
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
