@@ -20,6 +20,7 @@ from producer.contract import (
     WithdrawalIntent,
     odds_x100,
 )
+from producer.errors import InvariantViolation
 from workers.invariants import require
 
 CASH: Final = 0  # the outside world: deposits come from it, withdrawals go to it
@@ -36,7 +37,7 @@ REASONS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # never mutated; not frozen: frozen __init__ is ~10x slower
 class Candidate:
     """An authenticated intent in stream order, with any reason found before deciding."""
 
@@ -72,7 +73,7 @@ class BetState:
     seq: int | None = None  # seq of the outcome that placed it (None until committed)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # never mutated; not frozen: frozen __init__ is ~10x slower
 class Decision:
     candidate: Candidate
     status: str
@@ -193,11 +194,17 @@ def settlement_postings(bet: BetState, outcome: str) -> tuple[tuple[int, int], .
 
 
 def _within_bounds(book: Book, postings: tuple[tuple[int, int], ...]) -> bool:
-    return all(abs(book.balances.get(acc, 0) + amt) <= BALANCE_ABS_MAX for acc, amt in postings)
+    balances = book.balances  # a plain loop: this runs for every intent
+    for acc, amt in postings:
+        if abs(balances.get(acc, 0) + amt) > BALANCE_ABS_MAX:
+            return False
+    return True
 
 
 def _apply(book: Book, postings: tuple[tuple[int, int], ...]) -> None:
-    require(sum(amount for _, amount in postings) == 0, "postings must sum to zero")
+    require(sum([amount for _, amount in postings]) == 0, "postings must sum to zero")
+    balances = book.balances
     for account, amount in postings:
-        book.balances[account] = book.balances.get(account, 0) + amount
-        require(account <= 0 or book.balances[account] >= 0, f"player {account} below zero")
+        balances[account] = after = balances.get(account, 0) + amount
+        if account > 0 and after < 0:  # message built only on failure: runs per intent
+            raise InvariantViolation(f"player {account} below zero")
