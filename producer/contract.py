@@ -152,8 +152,10 @@ def load_json_object(body: bytes) -> Any:
     bytes (one keeps the first value, another the last), so it is refused outright.
     """
     try:
-        return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys,
-                          parse_constant=_no_constants)
+        text = body.decode("utf-8")
+        if text.startswith("\ufeff"):  # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except UnicodeDecodeError:
         raise ContractError("body: Invalid JSON: not UTF-8") from None
     except RecursionError:
@@ -173,6 +175,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# Built once: json.loads(..., hook=...) builds a new decoder per call (~1.3 us per body).
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constants)
 
 
 def _describe(exc: ValidationError) -> str:

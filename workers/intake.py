@@ -26,6 +26,10 @@ from producer.signing import Keyring, verify
 from workers.decision import Candidate
 
 RAW_FIELD_BYTES_MAX: Final = 512  # how much of a rejected field the dead-letter entry keeps
+_ENTRY_KEYS: Final = frozenset(name.encode() for name in c.ENTRY_FIELDS)
+_VERSION, _BODY, _KID, _SIG = (f.encode() for f in (c.FIELD_VERSION, c.FIELD_BODY, c.FIELD_KID,
+                                                    c.FIELD_SIG))
+_WIRE_VERSION: Final = c.WIRE_VERSION.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +66,20 @@ def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candid
 
 
 def _frame(fields: dict[bytes, bytes]) -> tuple[str, bytes, str]:
-    names = {k.decode("utf-8", "replace") for k in fields}
-    if names != c.ENTRY_FIELDS:
+    if fields.keys() != _ENTRY_KEYS:  # (the exact byte keys: the usual case, checked fast)
+        names = {k.decode("utf-8", "replace") for k in fields}
         missing = sorted(c.ENTRY_FIELDS - names)
         extra = sorted(names - c.ENTRY_FIELDS)[:5]
         raise AuthError(f"entry fields wrong: missing {missing}, unexpected {extra}", "malformed")
-    version = fields[c.FIELD_VERSION.encode()]
-    if version != c.WIRE_VERSION.encode():
+    version = fields[_VERSION]
+    if version != _WIRE_VERSION:
         raise AuthError(f"wire version {version[:16]!r} is not supported", "unsupported_version")
-    body = fields[c.FIELD_BODY.encode()]
+    body = fields[_BODY]
     if len(body) > BODY_BYTES_MAX:
         raise AuthError(f"body is {len(body)} bytes, over {BODY_BYTES_MAX}", "too_large")
     try:
-        kid = fields[c.FIELD_KID.encode()].decode("utf-8")
-        sig = fields[c.FIELD_SIG.encode()].decode("ascii")
+        kid = fields[_KID].decode("utf-8")
+        sig = fields[_SIG].decode("ascii")
     except UnicodeDecodeError:
         raise AuthError("kid or sig is not valid text", "malformed") from None
     return kid, body, sig
