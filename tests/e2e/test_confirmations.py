@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -105,8 +106,11 @@ def test_confirmer_sigkilled_mid_load_every_outcome_confirmed_once(
     wait_for(lambda: drained(redis_client), 60, "the writer to commit everything")
     db = env["BETSTREAM_DB"]
     all_seqs = {s for (s,) in query(db, "SELECT seq FROM outcomes")}
-    wait_for(lambda: published_seqs(redis_client) >= all_seqs, 90,
-             "every committed outcome to be confirmed")
+    try:
+        wait_for(lambda: published_seqs(redis_client) >= all_seqs, 90,
+                 "every committed outcome to be confirmed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {confirmer_state(redis_client, all_seqs, procs)}") from None
     hot_seqs = {s for (s,) in query(db, "SELECT seq FROM outcomes WHERE user_id = ?", (hot,))}
     wait_for(lambda: set(seen + [m["seq"] for m in subscriber.messages]) >= hot_seqs, 60,
              "the reconnected subscriber to catch up")
@@ -119,3 +123,16 @@ def published_seqs(client: redis.Redis) -> set[int]:
     import json
 
     return {json.loads(f[b"outcome"])["seq"] for _, f in client.xrange("betstream:confirmations")}
+
+
+def confirmer_state(client: redis.Redis, wanted: set[int], procs: Procs) -> str:
+    """What a failure needs to be understood (this test once timed out in a full run)."""
+    from workers.confirmer import confirmation_queue
+
+    queue = confirmation_queue(client)
+    missing = sorted(wanted - published_seqs(client))
+    logs = [Path(p.log_path).read_text()[-1500:] for p in procs.started  # type: ignore[attr-defined]
+            if "confirmer" in p.args]
+    return (f"{len(missing)} seqs unpublished (e.g. {missing[:5]}); queued {queue.count}, "
+            f"started {queue.started_job_registry.count}, failed {queue.failed_job_registry.count}, "
+            f"scheduled {queue.scheduled_job_registry.count}; confirmer logs: {logs}")
