@@ -58,3 +58,27 @@ def deliver_confirmations(client: redis.Redis) -> int:
     waiting = queue.count
     SimpleWorker([queue], connection=client, serializer=JSONSerializer).work(burst=True)
     return waiting
+
+
+def log_events(log_path: str | Path, name: str | None = None) -> list[dict]:
+    """A process's JSON log events called ``name`` (all events for None), in order."""
+    out = []
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "event" in event and name in (None, event["event"]):
+            out.append(event)
+    return out
+
+
+def writer_in_process(settings, keyring, name: str):  # -> tuple[Writer, Store]
+    """A writer run on a thread of the test (to freeze or fence it precisely)."""
+    from workers.hooks import Hook
+    from workers.store import Store
+    from workers.writer import Writer
+
+    client = redis.Redis.from_url(settings.redis_url)
+    store = Store(settings.db, settings.sqlite_busy_timeout_ms)
+    return Writer(settings, client, store, keyring, Hook(), consumer=name), store

@@ -4,7 +4,6 @@ or doubling anything, and a writer that lost its epoch can never commit (fencing
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import threading
 import time
@@ -20,13 +19,11 @@ from producer.contract import intent_body, new_bet, new_deposit, now_ms
 from producer.errors import FencedOut
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
-from tests.support import balances, drained, query
+from tests.support import balances, drained, log_events, query, writer_in_process
 from workers.batch import build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers.hooks import Hook
 from workers.settings import Settings, load_settings
 from workers.store import Store
-from workers.writer import Writer
 
 WRITER_ENV = {
     "BETSTREAM_LEASE_MS": "1000",
@@ -60,15 +57,7 @@ def pending_by_consumer(client: redis.Redis) -> dict[str, int]:
 
 def leading_claims(log_path: str) -> list[int]:
     """pending_claimed of every writer.leading event in a writer's JSON log."""
-    out = []
-    for line in Path(log_path).read_text().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "writer.leading":
-            out.append(int(event["pending_claimed"]))
-    return out
+    return [int(e["pending_claimed"]) for e in log_events(log_path, "writer.leading")]
 
 
 def funded_load(first_user: int, users: int, bets_per_user: int) -> tuple[list, dict[int, int]]:
@@ -260,20 +249,14 @@ def test_store_with_an_older_epoch_cannot_commit(tmp_path: Path) -> None:
         b.close()
 
 
-def _writer(settings: Settings, keyring: Keyring, name: str) -> tuple[Writer, Store]:
-    client = redis.Redis.from_url(settings.redis_url)
-    store = Store(settings.db, settings.sqlite_busy_timeout_ms)
-    return Writer(settings, client, store, keyring, Hook(), consumer=name), store
-
-
 def test_paused_writer_that_lost_its_lease_is_fenced_out(
         settings: Settings, redis_client: redis.Redis, keyring: Keyring,
         producer: Producer) -> None:
     """A writer frozen mid-batch (GC pause, SIGSTOP) whose lease expired wakes up and tries
     to commit: the fencing epoch refuses it, and the new writer commits everything once."""
     s = load_settings(lease_ms=500, batch_wait_ms=5)
-    zombie, zombie_store = _writer(s, keyring, "zombie")
-    fresh, fresh_store = _writer(s, keyring, "fresh")
+    zombie, zombie_store = writer_in_process(s, keyring, "zombie")
+    fresh, fresh_store = writer_in_process(s, keyring, "fresh")
     stop = threading.Event()
     thread = threading.Thread(target=fresh.run, args=(stop,), daemon=True)
     try:

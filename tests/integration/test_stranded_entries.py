@@ -18,28 +18,19 @@ from producer.contract import new_deposit
 from producer.errors import FencedOut
 from producer.signing import Keyring
 from tests.conftest import wait_for
-from tests.support import drained, query
-from workers.hooks import Hook
+from tests.support import drained, query, writer_in_process
 from workers.settings import Settings, load_settings
-from workers.store import Store
-from workers.writer import Writer
 
 BACKLOG = 30_000  # intents: seconds of work for the writer, several 500 ms lease periods
 BATCH = 500
-
-
-def _writer(settings: Settings, keyring: Keyring, name: str) -> tuple[Writer, Store]:
-    client = redis.Redis.from_url(settings.redis_url)
-    store = Store(settings.db, settings.sqlite_busy_timeout_ms)
-    return Writer(settings, client, store, keyring, Hook(), consumer=name), store
 
 
 def test_entries_stranded_by_a_fenced_out_writer_are_taken_over_under_load(
         settings: Settings, redis_client: redis.Redis, keyring: Keyring,
         producer: Producer) -> None:
     s = load_settings(lease_ms=500, batch_wait_ms=5, batch_size_max=BATCH)
-    zombie, zombie_store = _writer(s, keyring, "zombie")
-    fresh, fresh_store = _writer(s, keyring, "fresh")
+    zombie, zombie_store = writer_in_process(s, keyring, "zombie")
+    fresh, fresh_store = writer_in_process(s, keyring, "fresh")
     stop = threading.Event()
     thread = threading.Thread(target=fresh.run, args=(stop,), daemon=True)
     try:

@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
@@ -27,7 +26,7 @@ from producer.client import Producer
 from producer.contract import new_deposit
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
-from tests.support import drained, outcome_of, query
+from tests.support import drained, log_events, outcome_of, query
 from tests.torture.conftest import scaled
 from tests.torture.exactly_once import verify
 
@@ -36,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 USERS = scaled(20, 100)
 DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable
 PER_PRODUCER = scaled(1_500, 9_900)
-RATE_PER_PRODUCER = scaled(300, 400)  # intents/s: the load outlasts the pauses
+RATE_PER_PRODUCER = scaled(150, 400)  # intents/s: the load outlasts the pauses (10 s short)
 PAUSES = scaled(2, 6)  # alternately mid-commit and at a random moment
 LEASE_MS = 1000
 LOCKED_OUT_S = 3  # the write lock held this long by nobody awake: the frozen writer has it
@@ -61,27 +60,14 @@ class Pause:
     held_lock: bool = False  # frozen inside its transaction: woken before anyone could lead
 
 
-def events(log_path: str, name: str | None) -> list[dict]:
-    """The writer's JSON log events called ``name`` (all events for None), in order."""
-    out = []
-    for line in Path(log_path).read_text().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "event" in event and name in (None, event["event"]):
-            out.append(event)
-    return out
-
-
 def epoch_of(log_path: str) -> int:
     """The epoch of the writer's latest ``writer.leading`` (0 if it never led)."""
-    leading = events(log_path, "writer.leading")
+    leading = log_events(log_path, "writer.leading")
     return int(leading[-1]["epoch"]) if leading else 0
 
 
 def epochs_led(log_path: str) -> set[int]:
-    return {int(e["epoch"]) for e in events(log_path, "writer.leading")}
+    return {int(e["epoch"]) for e in log_events(log_path, "writer.leading")}
 
 
 def current_leader(client: redis.Redis, db: str,
@@ -108,7 +94,7 @@ def pause_leader(procs: Procs, client: redis.Redis, producer: Producer, db: str,
                              "a writer to hold the lease and the epoch")
     frozen = writers[leader]
     pause = Pause(leader, epoch, "", mid_commit)
-    seen = len(events(frozen.log_path, "writer.fenced_out"))
+    seen = len(log_events(frozen.log_path, "writer.fenced_out"))
     if mid_commit:
         freeze_mid_commit(client, db, leader, frozen)
     else:
@@ -226,7 +212,7 @@ def batch_epoch(db: str, intent_id: str) -> int:
 def stepped_down(log_path: str, successor: str, seen: int) -> str | None:
     """Since waking up, the writer logged that it was fenced out (or lost its lease), then
     went standby naming the successor as the lease holder."""
-    log = events(log_path, None)
+    log = log_events(log_path, None)
     fenced = [i for i, e in enumerate(log) if e["event"] == "writer.fenced_out"][seen:]
     if not fenced:
         return None
