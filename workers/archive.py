@@ -29,7 +29,7 @@ from workers.archive_plan import CARRY_REF, carried, carry_entry_id, period_of
 from workers.chain import GENESIS_HASH
 from workers.invariants import require
 from workers.logs import get_logger
-from workers.store import connect
+from workers.store import SQL_VARIABLES_MAX, connect
 
 LEDGER_COLS = "entry_id, txn_id, batch_no, user_id, amount, ref_type, ref_id, created_at"
 OUTCOME_COLS = ("seq, id, entry_id, kind, user_id, status, reason, detail, balance, body_sha, "
@@ -56,14 +56,16 @@ class Chunk:
     ledger: list[tuple] = field(default_factory=list)
     outcomes: list[tuple] = field(default_factory=list)
     bets: list[tuple] = field(default_factory=list)
+    seq_max: int = 0  # highest outcome seq in batches up to ``through`` (moved or not)
 
     @property
     def through(self) -> int:
         return self.batches[-1][0]
 
     def after(self, cutoff_ms: int) -> tuple:
-        """The anchor row once this chunk is gone from the live file."""
-        seq_max = max([self.anchor.seq_max] + [o[0] for o in self.outcomes])
+        """The anchor row once this chunk is gone from the live file. seq_max is the last
+        seq of its batches, also when that outcome stays live (it placed an open bet)."""
+        seq_max = self.seq_max
         entry_max = max([self.anchor.entry_id_max] + [r[0] for r in self.ledger])
         return (self.through, self.batches[-1][4], seq_max, entry_max, cutoff_ms)
 
@@ -113,7 +115,7 @@ def _fill(conn: sqlite3.Connection, chunk: Chunk) -> None:
     outcomes = _until(conn.execute(
         f"SELECT {OUTCOME_COLS} FROM outcomes WHERE seq > ? ORDER BY seq", (a.seq_max,)),
         10, chunk.through)
-    seq_max = max([a.seq_max] + [o[0] for o in outcomes])
+    seq_max = chunk.seq_max = max([a.seq_max] + [o[0] for o in outcomes])
     # Settled bets leave with their settlement; open bets (and their placing outcome) stay.
     chunk.bets = conn.execute(f"SELECT {BET_COLS} FROM bets WHERE settled_seq IS NOT NULL "
                               "AND settled_seq <= ?", (seq_max,)).fetchall()
@@ -136,8 +138,12 @@ def _until(cursor: sqlite3.Cursor, batch_col: int, through: int) -> list[tuple]:
 
 
 def _by_seq(conn: sqlite3.Connection, seqs: list[int]) -> list[tuple]:
-    return [conn.execute(f"SELECT {OUTCOME_COLS} FROM outcomes WHERE seq = ?", (s,)).fetchone()
-            for s in seqs]
+    out: list[tuple] = []
+    for start in range(0, len(seqs), SQL_VARIABLES_MAX):
+        chunk = seqs[start:start + SQL_VARIABLES_MAX]
+        out += conn.execute(f"SELECT {OUTCOME_COLS} FROM outcomes WHERE seq IN "
+                            f"({','.join('?' * len(chunk))}) ORDER BY seq", chunk).fetchall()
+    return out
 
 
 def open_archive(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -163,10 +169,26 @@ def copy_chunk(archive: sqlite3.Connection, chunk: Chunk) -> None:
         x(f"INSERT OR IGNORE INTO outcomes({OUTCOME_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
           chunk.outcomes)
         x(f"INSERT OR IGNORE INTO bets({BET_COLS}) VALUES (?,?,?,?,?,?,?,?,?)", chunk.bets)
+        _require_copied(archive, chunk)
         archive.execute("COMMIT")
     except BaseException:
         archive.execute("ROLLBACK")
         raise
+
+
+def _require_copied(archive: sqlite3.Connection, chunk: Chunk) -> None:
+    """The archive holds exactly this chunk's batches and rows before anything live goes:
+    ``INSERT OR IGNORE`` would keep a different row already there under the same key (a
+    ledger restored from an old backup, the wrong archive directory)."""
+    first, through = chunk.batches[0][0], chunk.through
+    held = archive.execute(f"SELECT {BATCH_COLS} FROM batches WHERE batch_no BETWEEN ? AND ? "
+                           "ORDER BY batch_no", (first, through)).fetchall()
+    rows = archive.execute("SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM transaction_ledger "
+                           "WHERE batch_no BETWEEN ? AND ?", (first, through)).fetchone()
+    require(held == chunk.batches and rows == (len(chunk.ledger),
+                                               sum(r[4] for r in chunk.ledger)),
+            f"archive file disagrees with the live batches {first}..{through}: refusing to "
+            "remove them from the live ledger")
 
 
 def remove_chunk(live: sqlite3.Connection, chunk: Chunk, file: str, cutoff_ms: int) -> bool:
@@ -192,13 +214,13 @@ def _remove(live: sqlite3.Connection, chunk: Chunk, file: str, cutoff_ms: int) -
     live.execute("INSERT OR REPLACE INTO archive_anchor(id, through_batch, head_hash, seq_max, "
                  "entry_id_max, cutoff_ms, updated_at) VALUES (1, ?, ?, ?, ?, ?, ?)",
                  (*after, int(time.time() * 1000)))
-    touched = {r[3] for r in chunk.ledger}
-    old = dict(live.execute(
-        "SELECT user_id, amount FROM transaction_ledger WHERE entry_id = ?", (carry_entry_id(a),)
-    ).fetchone() or (a, 0) for a in touched)
+    old = dict(live.execute("SELECT user_id, amount FROM transaction_ledger WHERE entry_id < 0"))
     new = carried(old, ((r[3], r[4]) for r in chunk.ledger))
-    require(sum(new.values()) == sum(old.values()), "archived rows do not sum to zero")
-    x("DELETE FROM transaction_ledger WHERE entry_id = ?", [(r[0],) for r in chunk.ledger])
+    require(sum(new.values()) == sum(old[a] for a in new if a in old),
+            "archived rows do not sum to zero")
+    if chunk.ledger:  # entry ids are contiguous per batch: the chunk's rows are one range
+        live.execute("DELETE FROM transaction_ledger WHERE entry_id BETWEEN ? AND ?",
+                     (chunk.ledger[0][0], chunk.ledger[-1][0]))
     x("DELETE FROM transaction_ledger WHERE entry_id = ?", [(carry_entry_id(a),) for a in new])
     last_at = chunk.batches[-1][5]
     x("INSERT INTO transaction_ledger(entry_id, txn_id, batch_no, user_id, amount, ref_type, "
@@ -206,7 +228,8 @@ def _remove(live: sqlite3.Connection, chunk: Chunk, file: str, cutoff_ms: int) -
       [(carry_entry_id(a), CARRY_REF, chunk.through, a, amount, CARRY_REF,
         f"archived-through-batch-{chunk.through}", last_at)
        for a, amount in sorted(new.items()) if amount])
-    x("DELETE FROM batches WHERE batch_no = ?", [(b[0],) for b in chunk.batches])
+    live.execute("DELETE FROM batches WHERE batch_no BETWEEN ? AND ?",
+                 (chunk.batches[0][0], chunk.through))
     x("DELETE FROM outcomes WHERE seq = ?", [(o[0],) for o in chunk.outcomes])
     x("DELETE FROM bets WHERE seq = ?", [(b[0],) for b in chunk.bets])
     live.execute("INSERT INTO archive_files(file, first_batch, through_batch) VALUES (?, ?, ?) "

@@ -21,20 +21,21 @@ class Cutoff:
 
 
 def effective_cutoff(before_ms: int, now_ms: int, age_max_ms: int, skew_max_ms: int,
-                     oldest_pending_ms: int | None) -> Cutoff:
+                     unacked_ms: int | None) -> Cutoff:
     """The latest commit time archival may take.
 
-    - freshness: an archived intent re-sent now must be refused as ``stale``, because its
-      stored outcome is no longer in the live file to answer ``duplicate``. An intent
-      committed at T carried issued_at <= T + skew, so it is stale for every ingress after
-      T + skew + age_max.
-    - pending: a stream entry committed but not yet acknowledged (writer crashed between
-      COMMIT and XACK) is redelivered and must find its outcome live.
+    An intent committed at T carried issued_at <= T + skew, so a copy of it re-sent later
+    is accepted into the stream only with ingress I <= T + skew + age_max; the writer would
+    then find no stored outcome (archived) and, its nonce holding the same id, apply it
+    again. So every ingress still to be processed must be past T + skew + age_max:
+    - freshness: entries yet to arrive have I >= now;
+    - backlog: entries already in the stream but not acknowledged (unread, or pending after
+      a crash between COMMIT and XACK) have I >= the unacknowledged floor.
     """
     options = [Cutoff(before_ms, "requested"),
                Cutoff(now_ms - age_max_ms - skew_max_ms, "freshness")]
-    if oldest_pending_ms is not None:
-        options.append(Cutoff(oldest_pending_ms, "pending"))
+    if unacked_ms is not None:
+        options.append(Cutoff(unacked_ms - age_max_ms - skew_max_ms, "backlog"))
     return min(options, key=lambda c: c.ms)
 
 

@@ -8,26 +8,14 @@ import json
 import time
 from pathlib import Path
 
-import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from producer.constants import GROUP_WRITERS, STREAM_INTENTS
 from workers.archive import ArchiveResult, archive
 from workers.archive_plan import Cutoff, effective_cutoff
 from workers.connections import redis_client
-from workers.intake import ingress_ms
 from workers.settings import Settings
+from workers.streams import unacked_floor_ms
 from workers.store import connect
-
-
-def oldest_pending_ms(client: redis.Redis) -> int | None:
-    """Ingress time of the oldest entry a writer read but has not acknowledged."""
-    try:
-        summary = client.xpending(STREAM_INTENTS, GROUP_WRITERS)
-    except redis.ResponseError:  # no stream or group yet: nothing is pending
-        return None
-    low = summary.get("min") if summary.get("pending") else None
-    return ingress_ms(low.decode() if isinstance(low, bytes) else low) if low else None
 
 
 def _iso(ms: int) -> str:
@@ -45,9 +33,9 @@ def _batches_before(db: Path, cutoff_ms: int, busy_timeout_ms: int) -> int:
 
 def run_archive_command(settings: Settings, args: argparse.Namespace, before_ms: int) -> int:
     db = Path(args.db or settings.db)
-    pending = oldest_pending_ms(redis_client(settings.redis_url))
+    unacked = unacked_floor_ms(redis_client(settings.redis_url))
     cutoff = effective_cutoff(before_ms, int(time.time() * 1000), settings.intent_age_max_ms,
-                              settings.clock_skew_max_ms, pending)
+                              settings.clock_skew_max_ms, unacked)
     if not args.json:
         print(_explain(cutoff, before_ms))
     result = _run(settings, db, Path(args.archive_dir or settings.archive_path), cutoff.ms,
@@ -66,7 +54,8 @@ def _explain(cutoff: Cutoff, before_ms: int) -> str:
     if cutoff.why == "requested":
         return f"archiving batches committed before {_iso(cutoff.ms)}"
     why = {"freshness": "intents younger than the freshness window could still be re-sent",
-           "pending": "a stream entry is still pending (its outcome must stay live)"}[cutoff.why]
+           "backlog": "stream entries are not yet acknowledged (a re-sent copy among them "
+                      "must still find its outcome live)"}[cutoff.why]
     return (f"archiving batches committed before {_iso(cutoff.ms)}, not {_iso(before_ms)}: "
             f"{why}")
 

@@ -116,15 +116,9 @@ class IntentStream:
     def trim(self, retention_ms: int, now_ms: int) -> int:
         """Drop entries older than ``retention_ms`` that are acknowledged: never one that is
         pending or not yet delivered (XTRIM MINID below the oldest of those)."""
-        floor = now_ms - retention_ms
-        pending = self._redis.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
-        if pending["pending"]:
-            floor = min(floor, ingress_ms(_text(pending["min"])))
-        group = _writers_group(self._redis)
-        if group is None:
+        if _writers_group(self._redis) is None:
             return 0
-        if group["lag"] is None or group["lag"]:  # unread (or unknown, after XDEL): keep
-            floor = min(floor, ingress_ms(_text(group["last-delivered-id"])))
+        floor = min(now_ms - retention_ms, unacked_floor_ms(self._redis) or now_ms)
         # MINID keeps ids >= floor-0; an id with the same ms as the floor is always kept.
         return int(self._redis.xtrim(c.STREAM_INTENTS, minid=f"{floor}-0", approximate=False))
 
@@ -180,6 +174,23 @@ def _writers_group(client: redis.Redis) -> dict | None:
     except redis.ResponseError:
         return None  # no stream yet
     return next((g for g in groups if _text(g["name"]) == c.GROUP_WRITERS), None)
+
+
+def unacked_floor_ms(client: redis.Redis) -> int | None:
+    """Ingress time at or below every entry not yet acknowledged by a writer (pending, or
+    not even delivered); None when everything is acknowledged. Trimming keeps what is at or
+    above it, and archival keeps every outcome such an entry could still need."""
+    group = _writers_group(client)
+    if group is None:
+        return None  # no writer has read anything yet: nothing was committed either
+    floor = None
+    pending = client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
+    if pending["pending"]:
+        floor = ingress_ms(_text(pending["min"]))
+    if group["lag"] is None or group["lag"]:  # unread, or unknown
+        delivered = ingress_ms(_text(group["last-delivered-id"]))
+        floor = delivered if floor is None else min(floor, delivered)
+    return floor
 
 
 def backlog(client: redis.Redis) -> tuple[int, int] | None:

@@ -35,7 +35,10 @@ def history(producer: Producer, rng: random.Random) -> tuple[list[str], list[str
     settled, still_open = bets[:200], bets[200:]
     producer.submit_many(new_settle(b.user_id, b.id, rng.choice(["won", "lost", "void"]))
                          for b in settled)
-    return [b.id for b in settled], [b.id for b in still_open]
+    # The newest outcomes place open bets: archival must not lose track of their seqs.
+    last = [new_bet(rng.choice(USERS), 5, "m0", "1", "2.00") for _ in range(5)]
+    producer.submit_many(last)
+    return [b.id for b in settled], [b.id for b in still_open + last]
 
 
 def statements(db: str, archive_dir: Path | None) -> dict[int, tuple]:
@@ -101,3 +104,34 @@ def test_archive_moves_settled_history_and_every_proof_still_holds(
     assert procs.run("audit").returncode == 0
     run = procs.run("audit", "--with-archives")
     assert run.returncode == 0, run.stdout
+
+
+def test_a_resent_copy_waiting_in_the_stream_keeps_its_original_live(
+        procs: Procs, redis_client: redis.Redis, producer: Producer,
+        archived_env: dict[str, str]) -> None:
+    """A copy of an intent re-sent just inside its freshness window and not yet read must
+    find its original outcome live when the writer gets to it: archival holds back."""
+    procs.env = archived_env
+    writer = procs.start("writer")
+    history(producer, random.Random(3))
+    wait_for(lambda: drained(redis_client), 60, "the writer to commit the history")
+    writer.kill()
+    writer.wait(10)
+    db = archived_env["BETSTREAM_DB"]
+    entry_id, fields = redis_client.xrevrange("betstream:intents", count=1)[0]
+    committed = query(db, "SELECT MAX(committed_at) FROM batches")[0][0]
+    wait_for(lambda: time.time() * 1000 > committed + AGE_MAX_MS - 1500, 20,
+             "the last intent to near the end of its freshness window")
+    redis_client.xadd("betstream:intents", fields)  # a re-send: fresh, waiting unread
+    before = query(db, "SELECT id, balance FROM users ORDER BY id")
+    wait_for(lambda: old_enough(db), 20, "the history to leave the freshness window")
+
+    run = procs.run("archive", "--before", "2999-01-01", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["cutoff_by"] == "backlog"
+    procs.start("writer")
+    wait_for(lambda: drained(redis_client), 30, "the writer to read the re-sent copy")
+    intent_id = json.loads(fields[b"body"])["id"]
+    assert query(db, "SELECT COUNT(*) FROM outcomes WHERE id = ?", (intent_id,)) == [(1,)]
+    assert query(db, "SELECT id, balance FROM users ORDER BY id") == before, "no second effect"
+    assert procs.run("audit").returncode == 0

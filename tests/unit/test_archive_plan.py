@@ -20,12 +20,24 @@ ms = st.integers(0, 2**45)
 
 @given(ms, ms, st.integers(100, 10**7), st.integers(0, 10**5), st.none() | ms)
 def test_cutoff_is_the_tightest_bound_and_says_which(before: int, now: int, age: int, skew: int,
-                                                     pending: int | None) -> None:
-    cut = effective_cutoff(before, now, age, skew, pending)
+                                                     unacked: int | None) -> None:
+    cut = effective_cutoff(before, now, age, skew, unacked)
     assert cut.ms <= before and cut.ms <= now - age - skew
-    assert pending is None or cut.ms <= pending
+    assert unacked is None or cut.ms <= unacked - age - skew
     assert cut.ms == {"requested": before, "freshness": now - age - skew,
-                      "pending": pending}[cut.why]
+                      "backlog": (unacked or 0) - age - skew}[cut.why]
+
+
+@given(ms, st.integers(100, 10**7), st.integers(0, 10**5), st.none() | ms, ms)
+def test_no_copy_still_to_be_processed_finds_its_outcome_archived(
+        now: int, age: int, skew: int, unacked: int | None, committed: int) -> None:
+    """Whatever is archived (committed before the cutoff) is stale for every ingress the
+    writer may still process: at or after the unacknowledged floor, or from now on."""
+    cut = effective_cutoff(2**46, now, age, skew, unacked)
+    if committed < cut.ms:
+        latest_issued = committed + skew  # the writer accepted it, so issued_at <= T + skew
+        for ingress in [now] + ([unacked] if unacked is not None else []):
+            assert ingress - latest_issued > age, "a re-sent copy would be stale"
 
 
 accounts = st.integers(-2, 10_000)
