@@ -247,7 +247,8 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from workers.reconcilecmd import run_reconcile
 
     client = None if args.offline else redis_client(settings.redis_url)
-    return run_reconcile(args.db or settings.db, settings.sqlite_busy_timeout_ms, client, args)
+    return run_reconcile(args.db or settings.db, settings.sqlite_busy_timeout_ms, client, args,
+                         settings.archive_path)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -32,17 +33,31 @@ EXIT_OK, EXIT_FAILED = 0, 1
 _OUTCOMES: Final = ("SELECT id, COUNT(*) FROM outcomes WHERE reason IS NULL "
                     "OR reason != 'id_conflict' GROUP BY id")
 _EFFECTS: Final = ("SELECT txn_id, COUNT(DISTINCT batch_no) FROM transaction_ledger "
-                   "GROUP BY txn_id")
+                   "WHERE entry_id > 0 AND batch_no > ? GROUP BY txn_id")  # not carried rows
+_ARCHIVED_OUTCOMES: Final = ("SELECT id, COUNT(*) FROM outcomes WHERE (reason IS NULL "
+                             "OR reason != 'id_conflict') AND seq <= ? GROUP BY id")
 
 
-def load_recorded(path: Path, busy_timeout_ms: int) -> dict[str, Recorded]:
-    """Outcome rows and posting batches per intent id, from one consistent snapshot."""
+def load_recorded(path: Path, busy_timeout_ms: int,
+                  archive_dir: Path | None = None) -> dict[str, Recorded]:
+    """Outcome rows and posting batches per intent id, from one consistent snapshot of the
+    live ledger and, after archival, the archive files (up to the live anchor)."""
+    from workers.archive import read_anchor
+    from workers.archive_audit import archive_files
+
     conn = None
     try:
         conn = connect(path, busy_timeout_ms, readonly=True)
         conn.execute("BEGIN")
-        outcomes = dict(conn.execute(_OUTCOMES).fetchall())
-        effects = dict(conn.execute(_EFFECTS).fetchall())
+        files = archive_files(conn) if archive_dir is not None else []
+        anchor = read_anchor(conn) if files else None
+        through = anchor.through_batch if anchor else 0
+        outcomes = Counter(dict(conn.execute(_OUTCOMES).fetchall()))
+        effects = Counter(dict(conn.execute(_EFFECTS, (through,)).fetchall()))
+        held = {i for (i,) in conn.execute("SELECT id FROM outcomes WHERE seq <= ?",
+                                            (anchor.seq_max if anchor else 0,))}
+        for file, _, _ in files:
+            _add_archived(Path(archive_dir) / file, anchor, held, outcomes, effects)
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{path} is not a readable betstream ledger: {exc}") from None
     finally:
@@ -50,6 +65,24 @@ def load_recorded(path: Path, busy_timeout_ms: int) -> dict[str, Recorded]:
             conn.close()
     ids = set(outcomes) | set(effects)
     return {i: Recorded(outcomes.get(i, 0), effects.get(i, 0)) for i in ids}
+
+
+def _add_archived(path: Path, anchor, held: set[str], outcomes: Counter,
+                  effects: Counter) -> None:
+    """Rows an archive file holds up to the anchor (a killed run may have copied more, still
+    live); outcomes still live (placing open bets) are counted once, from the live file."""
+    if not path.exists():
+        raise ConfigError(f"archive file {path} is missing (listed in the ledger)")
+    conn = connect(path, 0, readonly=True)
+    try:
+        for i, n in conn.execute(_ARCHIVED_OUTCOMES, (anchor.seq_max,)):
+            if i not in held:
+                outcomes[i] += n
+        effects.update(dict(conn.execute(
+            "SELECT txn_id, COUNT(DISTINCT batch_no) FROM transaction_ledger "
+            "WHERE batch_no <= ? GROUP BY txn_id", (anchor.through_batch,))))
+    finally:
+        conn.close()
 
 
 def dead_letter_entries(client: redis.Redis) -> set[str]:
@@ -68,7 +101,7 @@ def wait_drained(client: redis.Redis, wait_s: float) -> tuple[int, int] | None:
 
 
 def run_reconcile(db: Path, busy_timeout_ms: int, client: redis.Redis | None,
-                  args: argparse.Namespace) -> int:
+                  args: argparse.Namespace, archive_dir: Path | None = None) -> int:
     acks: list[Ack] = []
     torn = 0
     for path in args.journal:
@@ -85,7 +118,7 @@ def run_reconcile(db: Path, busy_timeout_ms: int, client: redis.Redis | None,
                   f"is late, not lost. Run again once drained, or use --wait SECONDS.")
             return EXIT_FAILED
         dead = dead_letter_entries(client)
-    result = reconcile(acks, load_recorded(db, busy_timeout_ms), dead, torn)
+    result = reconcile(acks, load_recorded(db, busy_timeout_ms, archive_dir), dead, torn)
     print(json.dumps(result.as_dict()) if args.json else _text(result, args.journal))
     return EXIT_OK if result.ok else EXIT_FAILED
 

@@ -50,8 +50,9 @@ def test_archive_killed_mid_way_resumes_without_losing_or_doubling(
     entries_before = held(db, adir, "transaction_ledger", "entry_id")
     wait_for(lambda: old_enough(db), 20, "the history to leave the freshness window")
 
+    journal = tmp_path / "load.journal"
     load = procs.start("load", "--users", "20", "--user-first", "1000", "--bets", "15000",
-                       "--rate", "1500", "--quiet", name="load")
+                       "--rate", "1500", "--quiet", "--journal", str(journal), name="load")
     first = procs.start("archive", "--before", "2999-01-01", "--quiet", name="archive")
     wait_for(lambda: anchor(db) > 0, 30, "the archiver to move its first chunks")
     first.send_signal(signal.SIGKILL)
@@ -72,3 +73,7 @@ def test_archive_killed_mid_way_resumes_without_losing_or_doubling(
     assert procs.run("audit").returncode == 0
     audit = procs.run("audit", "--with-archives")
     assert audit.returncode == 0, audit.stdout
+    run = procs.run("archive", "--before", "2999-01-01")  # now the load's batches too
+    assert run.returncode == 0, run.stdout + run.stderr
+    reconciled = procs.run("reconcile", "--journal", str(journal))
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
