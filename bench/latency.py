@@ -19,10 +19,11 @@ CONFIRMATIONS_KEPT = 10_000_000
 
 
 def measure(env: Env, rate: float, seconds: float, users: int = 1000) -> dict[str, object]:
-    env.start("writer")
     # Every confirmation must stay readable to be timed: lift the stream's retention bound
-    # (200k by default), which a run at 80 % of the maximum for 30 s exceeds.
-    env.start("confirmer", BETSTREAM_CONFIRMATIONS_LEN_MAX=str(CONFIRMATIONS_KEPT))
+    # (200k by default, set by the writer in each job), which 80 % of the maximum for 30 s
+    # exceeds.
+    env.start("writer", BETSTREAM_CONFIRMATIONS_LEN_MAX=str(CONFIRMATIONS_KEPT))
+    env.start("confirmer")
     client = env.client()
     wait(lambda: backlog(client) is not None, 30, "the writer's consumer group")
     bets = max(1, int(rate * seconds) - users)
