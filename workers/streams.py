@@ -118,7 +118,9 @@ class IntentStream:
         pending or not yet delivered (XTRIM MINID below the oldest of those)."""
         if _writers_group(self._redis) is None:
             return 0
-        floor = min(now_ms - retention_ms, unacked_floor_ms(self._redis) or now_ms)
+        floor, unacked = now_ms - retention_ms, unacked_floor_ms(self._redis)
+        if unacked is not None:  # 0 is a floor too: nothing delivered yet
+            floor = min(floor, unacked)
         # MINID keeps ids >= floor-0; an id with the same ms as the floor is always kept.
         return int(self._redis.xtrim(c.STREAM_INTENTS, minid=f"{floor}-0", approximate=False))
 
