@@ -16,7 +16,7 @@ from pathlib import Path
 
 from producer.errors import ConfigError
 from workers.archive import BATCH_COLS, BET_COLS, LEDGER_COLS, OUTCOME_COLS, Anchor, read_anchor
-from workers.audit import Check, run_checks
+from workers.audit import Check, require_ledger, run_checks
 from workers.store import connect
 
 TABLES = (("batches", BATCH_COLS), ("transaction_ledger", LEDGER_COLS),
@@ -61,6 +61,7 @@ def _copy_live(merged: sqlite3.Connection, db: Path,
     live = connect(db, busy_timeout_ms, readonly=True)
     try:
         live.execute("BEGIN")
+        require_ledger(live, db)
         anchor, files = read_anchor(live), archive_files(live)
         merged.execute("BEGIN")
         merged.execute("DELETE FROM users")

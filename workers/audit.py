@@ -153,7 +153,7 @@ def audit(path: Path, busy_timeout_ms: int = 5000) -> list[Check]:
     try:
         conn = connect(path, busy_timeout_ms, readonly=True)
         conn.execute("BEGIN")
-        _require_ledger(conn, path)
+        require_ledger(conn, path)
         return run_checks(conn)
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{path} is not a readable betstream ledger: {exc}") from None
@@ -172,7 +172,7 @@ def run_checks(conn: sqlite3.Connection) -> list[Check]:
     return [check(conn) for check in CHECKS]
 
 
-def _require_ledger(conn: sqlite3.Connection, path: Path) -> None:
+def require_ledger(conn: sqlite3.Connection, path: Path) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     missing = {"users", "transaction_ledger", "bets", "outcomes", "batches", "meta"} - tables
     if missing:

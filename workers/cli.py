@@ -194,7 +194,6 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 
     path = args.db or settings.db
     if args.with_archives:
-        audit(path, settings.sqlite_busy_timeout_ms)  # refuses a file that is not a ledger
         checks = audit_with_archives(path, args.archive_dir or settings.archive_path,
                                      settings.sqlite_busy_timeout_ms)
     else:

@@ -48,9 +48,10 @@ def ingress_ms(entry_id: str) -> int:
 
 def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candidate | DeadLetter:
     """Classify one raw entry; never raises for bad input."""
+    at_ms = ingress_ms(entry_id)
     try:
         kid, body, sig = _frame(fields)
-        key = verify(keyring, kid, body, sig, at_ms=ingress_ms(entry_id))
+        key = verify(keyring, kid, body, sig, at_ms=at_ms)
     except AuthError as exc:
         return DeadLetter(entry_id, exc.reason, str(exc), _kid_of(fields))
     sha = hashlib.sha256(body).digest()
@@ -58,7 +59,7 @@ def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candid
         intent = parse_intent_fast(body)
     except ContractError as exc:
         return _invalid(entry_id, body, sha, key.kinds, kid, exc)
-    candidate = Candidate.of(entry_id, ingress_ms(entry_id), intent, sha, kid)
+    candidate = Candidate.of(entry_id, at_ms, intent, sha, kid)
     if intent.kind not in key.kinds:
         return candidate.rejected_early(
             "forbidden_kind", f"key {kid!r} may not sign {intent.kind!r} intents")
