@@ -17,10 +17,10 @@ from producer.contract import (
     DepositIntent,
     Intent,
     SettleIntent,
-    WithdrawalIntent,
     odds_x100,
 )
 from producer.errors import InvariantViolation
+from producer.fastparse import FastBet, FastDeposit, FastIntent, FastSettle
 from workers.invariants import require
 
 CASH: Final = 0  # the outside world: deposits come from it, withdrawals go to it
@@ -47,13 +47,13 @@ class Candidate:
     kind: str
     user_id: int
     body_sha: bytes
-    intent: Intent | None  # None when the signed body failed validation (pre_reason set)
+    intent: Intent | FastIntent | None  # None when the signed body failed validation
     pre_reason: str | None = None
     detail: str | None = None
     kid: str = ""  # the key that signed it: nonces are unique per key
 
     @classmethod
-    def of(cls, entry_id: str, ingress_ms: int, intent: Intent, body_sha: bytes,
+    def of(cls, entry_id: str, ingress_ms: int, intent: Intent | FastIntent, body_sha: bytes,
            kid: str) -> Candidate:
         return cls(entry_id, ingress_ms, intent.id, intent.kind, intent.user_id, body_sha, intent,
                    kid=kid)
@@ -109,13 +109,15 @@ def decide(candidate: Candidate, book: Book) -> Decision:
     if candidate.pre_reason is not None:
         return _reject(candidate, book, candidate.pre_reason, candidate.detail)
     require(intent is not None, "a candidate without an intent must carry a reason")
-    if isinstance(intent, DepositIntent):
-        return _deposit(candidate, intent, book)
-    if isinstance(intent, WithdrawalIntent):
-        return _move(candidate, book, intent.user_id, CASH, intent.amount)
-    if isinstance(intent, BetIntent):
+    # By kind, not by class: an intent is a pydantic model or its proven-equal fast struct.
+    kind = intent.kind
+    if kind == "bet":
         return _bet(candidate, intent, book)
-    if isinstance(intent, SettleIntent):
+    if kind == "deposit":
+        return _deposit(candidate, intent, book)
+    if kind == "withdrawal":
+        return _move(candidate, book, intent.user_id, CASH, intent.amount)
+    if kind == "settle":
         return _settle(candidate, intent, book)
     raise TypeError(f"no decision for {type(intent).__name__}")  # programmer error
 
@@ -125,7 +127,7 @@ def _reject(candidate: Candidate, book: Book, reason: str, detail: str | None = 
     return Decision(candidate, REJECTED, reason, balance, detail=detail)
 
 
-def _deposit(candidate: Candidate, intent: DepositIntent, book: Book) -> Decision:
+def _deposit(candidate: Candidate, intent: DepositIntent | FastDeposit, book: Book) -> Decision:
     opened = intent.user_id not in book.balances
     if opened:
         book.balances[intent.user_id] = 0  # a first deposit opens the account
@@ -150,7 +152,7 @@ def _move(candidate: Candidate, book: Book, source: int, target: int, amount: in
     return Decision(candidate, ACCEPTED, None, book.balances[user_id], postings)
 
 
-def _bet(candidate: Candidate, intent: BetIntent, book: Book) -> Decision:
+def _bet(candidate: Candidate, intent: BetIntent | FastBet, book: Book) -> Decision:
     if intent.id in book.bets:  # only reachable if an id was reused under another kind
         return _reject(candidate, book, "id_conflict")
     decision = _move(candidate, book, intent.user_id, ESCROW, intent.amount)
@@ -161,7 +163,7 @@ def _bet(candidate: Candidate, intent: BetIntent, book: Book) -> Decision:
     return Decision(candidate, ACCEPTED, None, decision.balance, decision.postings, new_bet=bet)
 
 
-def _settle(candidate: Candidate, intent: SettleIntent, book: Book) -> Decision:
+def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book) -> Decision:
     bet = book.bets.get(intent.bet_id)
     if bet is None or bet.user_id != intent.user_id:
         return _reject(candidate, book, "unknown_bet")

@@ -20,7 +20,7 @@ from producer.contract import (
     Intent,
     is_canonical_uuid,
 )
-from producer.fastparse import parse_intent_fast
+from producer.fastparse import FastIntent, parse_intent_fast
 from producer.errors import AuthError, ContractError
 from producer.signing import Keyring, verify
 from workers.decision import Candidate
@@ -124,7 +124,7 @@ def _identity(body: bytes) -> tuple[str, str, int] | None:
     return intent_id, kind, user_id
 
 
-def freshness_reason(intent: Intent, ingress: int, now: int, age_max_ms: int,
+def freshness_reason(intent: Intent | FastIntent, ingress: int, now: int, age_max_ms: int,
                      skew_max_ms: int) -> str | None:
     """``stale`` when the entry waited too long, or was signed too long before ingress.
 

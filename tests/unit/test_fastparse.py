@@ -9,14 +9,15 @@ from hypothesis import strategies as st
 
 from producer.contract import encode_body, parse_intent
 from producer.errors import ContractError
-from producer.fastparse import parse_intent_fast
+from producer.fastparse import FastBet, intent_fields, parse_intent_fast
 
 UUIDS = st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
                   st.text(max_size=40), st.integers())
 INTS = st.one_of(st.integers(-5, 5), st.integers(-(2**64), 2**64), st.booleans(),
                  st.floats(allow_nan=False), st.just(10.0), st.text(max_size=5), st.none())
 TEXTS = st.one_of(st.text(max_size=70), st.sampled_from(["home", " a", "a ", "", "x" * 64,
-                                                         "x" * 65, "é", "a\u2028b", "a\tb"]),
+                                                         "x" * 65, "é", "a\u2028b", "a\tb",
+                                                         'say "hi"', "back\\slash", "a  b"]),
                   st.integers())
 ODDS = st.one_of(st.sampled_from(["1.01", "1.00", "1000.00", "1000.01", "2.5", "2.50",
                                   "02.50", "2.505", "2.50\n", " 2.50", "0.99", "1e2", "2.",
@@ -53,14 +54,34 @@ def bodies(draw: st.DrawFn) -> bytes:
         body[name] = draw(FIELDS[name])
     for name in draw(st.lists(st.sampled_from(sorted(body)), max_size=1)):
         del body[name]
-    if draw(st.booleans()):
+    style = draw(st.sampled_from(["compact", "spaced", "repeated", "escaped"]))
+    if style == "compact":
         return encode_body(body)
-    return json.dumps(body).encode()  # not compact, not sorted: also allowed
+    if style == "spaced":
+        return json.dumps(body).encode()  # not compact, not sorted: also allowed
+    return _respelled(draw, body, style)
+
+
+def _respelled(draw: st.DrawFn, body: dict, style: str) -> bytes:
+    """The same object written by hand: a key repeated (with the same or another value,
+    spaced or not), or a key spelled with a unicode escape (same key, still valid)."""
+    pairs = [f"{json.dumps(k)}:{json.dumps(v)}" for k, v in body.items()]
+    if body and style == "repeated":
+        name = draw(st.sampled_from(sorted(body)))
+        value = draw(st.one_of(st.just(body[name]), FIELDS.get(name, st.none())))
+        colon = draw(st.sampled_from([":", " :", ": "]))
+        pairs.insert(draw(st.integers(0, len(pairs))), f"{json.dumps(name)}{colon}"
+                     f"{json.dumps(value)}")
+    elif body:
+        name = draw(st.sampled_from(sorted(body)))
+        pairs = [f'"\\u{ord(name[0]):04x}{name[1:]}":{json.dumps(body[name])}'
+                 if p.startswith(json.dumps(name) + ":") else p for p in pairs]
+    return ("{" + ",".join(pairs) + "}").encode()
 
 
 def outcome(parse, body: bytes) -> object:
     try:
-        return ("ok", parse(body))
+        return ("ok", intent_fields(parse(body)))
     except ContractError as exc:
         return ("error", exc.reason, str(exc))
 
@@ -80,7 +101,35 @@ def test_fast_and_pydantic_paths_agree_on_arbitrary_bytes(body: bytes) -> None:
 
 def test_every_valid_shape_takes_the_fast_path() -> None:
     for shape in SHAPES:
-        assert parse_intent_fast(encode_body(shape)) == parse_intent(encode_body(shape))
+        fast = parse_intent_fast(encode_body(shape))
+        assert type(fast).__name__.startswith("Fast")
+        assert intent_fields(fast) == intent_fields(parse_intent(encode_body(shape)))
+
+
+def test_repeated_key_is_refused_even_with_the_same_value() -> None:
+    """msgspec keeps the last value of a repeated key; the contract refuses the body."""
+    good = encode_body(SHAPES[2])
+    for extra in (b',"amount":5}', b',"amount":999}', b',"amount" :5}', b',"kind":"bet"}',
+                  b',"\\u0061mount":7}'):
+        body = good[:-1] + extra
+        assert outcome(parse_intent_fast, body)[0] == "error"
+        assert outcome(parse_intent_fast, body) == outcome(parse_intent, body)
+
+
+def test_invalid_utf8_inside_a_string_is_a_contract_error_not_a_crash() -> None:
+    """msgspec raises UnicodeDecodeError (not its own error) on an encoded surrogate; the
+    torture tier's hostile bodies found it."""
+    body = encode_body(SHAPES[2]).replace(b'"final"', b'"fi\xed\xa0\x80nal"')
+    assert outcome(parse_intent_fast, body)[0] == "error"
+    assert outcome(parse_intent_fast, body) == outcome(parse_intent, body)
+
+
+def test_valid_text_outside_the_fast_alphabet_is_still_accepted() -> None:
+    """Quotes, backslashes and non-ASCII are valid market names: the slow path takes them."""
+    body = encode_body({**SHAPES[2], "market": 'Coupe "A" \\ é'})
+    parsed = parse_intent_fast(body)
+    assert not isinstance(parsed, FastBet)
+    assert parsed.market == 'Coupe "A" \\ é'
 
 
 def test_unhashable_kind_or_outcome_is_a_contract_error_not_a_crash() -> None:
