@@ -29,7 +29,7 @@ class Finish:
 
     ack_ids: Sequence[str]
     dead: Sequence[DeadLetter]
-    messages: Sequence[dict[str, object]]
+    messages: Sequence[Sequence[object]]  # confirmation rows, MESSAGE_FIELDS order
     ingress_ms: Sequence[int] = ()  # per message, for the ingress-to-confirmation latency
 
 
@@ -102,6 +102,10 @@ class IntentStream:
 
     def read_new(self) -> list[Entry]:
         return self._read(">", block_ms=self._settings.batch_wait_ms)
+
+    def read_new_now(self) -> list[Entry]:
+        """New entries already there, without blocking (read-ahead during a commit)."""
+        return self._read(">", block_ms=None)
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         reply = self._raw.xreadgroup(
