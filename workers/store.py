@@ -252,15 +252,21 @@ class Store:
         self.heads = batch.after
 
     def _write(self, batch: BatchWrite) -> None:
-        x = self._conn.executemany
         # Deltas, not absolute values: users.balance stays the sum of its ledger rows even if
         # a cached balance were wrong, and the CHECK refuses any player going below zero.
         # (Not an upsert: SQLite checks CHECK constraints on the would-be inserted row.)
-        x("INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (?, 0, ?)",
-          [(acc, at) for acc, _, at in batch.balance_deltas])
-        x("UPDATE users SET balance = balance + ? WHERE id = ?",
-          [(delta, acc) for acc, delta, _ in batch.balance_deltas])
+        # Multi-row statements throughout: one sqlite3_step (and one GIL hand-off) each.
+        deltas = batch.balance_deltas
+        self._insert("users(id, balance, created_at)", [(acc, 0, at) for acc, _, at in deltas],
+                     verb="INSERT OR IGNORE")
+        for chunk in _chunks(deltas, SQL_VARIABLES_MAX // 2):
+            cur = self._conn.execute(
+                "UPDATE users SET balance = balance + d.column2 FROM (VALUES "
+                f"{','.join(['(?,?)'] * len(chunk))}) AS d WHERE users.id = d.column1",
+                [v for acc, delta, _ in chunk for v in (acc, delta)])
+            require(cur.rowcount == len(chunk), "a balance update missed its account")
         bn = batch.batch_no
+        x = self._conn.executemany
         self._insert("transaction_ledger(entry_id, txn_id, user_id, amount, ref_type, ref_id, "
                      "created_at, batch_no)", [(*row, bn) for row in batch.ledger])
         self._insert("bets(seq, id, user_id, market, selection, odds, stake, status)",
@@ -278,7 +284,7 @@ class Store:
             (batch.batch_no, batch.epoch, len(batch.ledger), batch.prev_hash, batch.hash,
              batch.committed_at))
 
-    def _insert(self, table: str, rows: Sequence[tuple]) -> None:
+    def _insert(self, table: str, rows: Sequence[tuple], verb: str = "INSERT") -> None:
         """Multi-row ``INSERT ... VALUES (..),(..)``: each statement is one sqlite3_step, run
         without the GIL and without a Python round per row (executemany binds and steps
         row by row). Chunks are powers of two so a handful of statements stay cached."""
@@ -293,7 +299,7 @@ class Store:
             while size > len(rows) - done:
                 size //= 2
             chunk = rows[done:done + size]
-            self._conn.execute(f"INSERT INTO {table} VALUES {','.join([one] * size)}",
+            self._conn.execute(f"{verb} INTO {table} VALUES {','.join([one] * size)}",
                                [value for row in chunk for value in row])
             done += size
 
@@ -310,9 +316,9 @@ def _outcome_params(o: OutcomeRow) -> tuple:
             o.balance, o.body_sha, o.batch_no, o.committed_at)
 
 
-def _chunks(items: Sequence) -> Iterable[Sequence]:
-    for start in range(0, len(items), SQL_VARIABLES_MAX):
-        yield items[start:start + SQL_VARIABLES_MAX]
+def _chunks(items: Sequence, size: int = SQL_VARIABLES_MAX) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _marks(chunk: Sequence) -> str:
