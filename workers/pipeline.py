@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
-from producer.contract import SettleIntent, now_ms
+from producer.contract import now_ms
 from producer.signing import Keyring
-from workers.batch import OutcomeRow, build_batch
+from workers.batch import BatchWrite, OutcomeRow, build_batch
 from workers.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers.dedupe import Repeat, split_repeats
 from workers.hooks import BatchReport
@@ -26,6 +27,7 @@ from workers.store import Store
 from workers.streams import Entry, Finish, IntentStream
 
 BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache starts afresh
+Admitted: TypeAlias = tuple[list[Candidate], list[DeadLetter]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,11 @@ class BatchPipeline:
         self._stream = stream
         self.keyring = keyring
         self.balances: dict[int, int] = {}  # cache; valid only while we hold the epoch
+        self._committer: ThreadPoolExecutor | None = None  # made on first overlapped commit
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
 
     def forget(self, accounts: Sequence[int] | None = None) -> None:
         """Drop cached balances (all, or those a failed batch touched)."""
@@ -51,31 +58,56 @@ class BatchPipeline:
             for account in accounts:
                 self.balances.pop(account, None)
 
-    def run(self, entries: Sequence[Entry], epoch: int) -> Committed:
-        """Decide and durably commit one batch; returns what to ack and publish."""
-        candidates, dead = self._admit(entries)
+    def run(self, entries: Sequence[Entry], epoch: int, admitted: Admitted | None = None,
+            meanwhile: Callable[[], None] | None = None) -> Committed:
+        """Decide and durably commit one batch; returns what to ack and publish.
+
+        ``admitted`` is ``admit(entries)`` done earlier (it is pure). ``meanwhile`` runs on
+        this thread while the commit runs on the committer thread; it must not raise.
+        """
+        candidates, dead = admitted if admitted is not None else self.admit(entries)
         stored = self._store.lookup([c.id for c in candidates], [c.entry_id for c in candidates])
         fresh, repeats = split_repeats(candidates, stored)
         fresh = self._check_nonces(self._check_freshness(fresh))
         book = self._book(fresh)
         decisions = decide_batch(fresh, book)
-        started = time.perf_counter()
         outcomes: list[OutcomeRow] = []
+        commit_ms = 0.0
         if decisions:
             batch = build_batch(decisions, self._store.heads, epoch, now_ms())
             try:
-                self._store.commit(batch)
+                commit_ms = self._commit(batch, meanwhile)
             except Exception:
                 self.forget(list(book.balances))
                 raise
             outcomes = batch.outcomes
             self._remember(book)
-        commit_ms = (time.perf_counter() - started) * 1000
         messages, ingress = _messages(outcomes, repeats)
         finish = Finish([eid for eid, _ in entries], dead, messages, ingress)
         return Committed(finish, _report(entries, outcomes, dead, repeats, commit_ms))
 
-    def _admit(self, entries: Sequence[Entry]) -> tuple[list[Candidate], list[DeadLetter]]:
+    def _commit(self, batch: BatchWrite, meanwhile: Callable[[], None] | None) -> float:
+        """SQLite steps release the GIL: with ``meanwhile``, the commit runs on its own
+        thread so the two overlap. Either way this returns only once it is durable, with
+        the commit's own duration in ms (what the breaker watches, not ``meanwhile``'s)."""
+        def timed() -> float:
+            started = time.perf_counter()
+            self._store.commit(batch)
+            return (time.perf_counter() - started) * 1000
+
+        if meanwhile is None:
+            return timed()
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="committer")
+        future = self._committer.submit(timed)
+        try:
+            meanwhile()
+        finally:
+            took_ms = future.result()  # the commit's own error, if any, is what propagates
+        return took_ms
+
+    def admit(self, entries: Sequence[Entry]) -> Admitted:
+        """Authenticate and parse (pure: may run ahead of the batch before it)."""
         candidates, dead = [], []
         keyring = self.keyring  # one keyring per batch, even if a reload swaps it meanwhile
         for entry_id, fields in entries:
@@ -117,7 +149,8 @@ class BatchPipeline:
                 self.balances.clear()
                 missing = list(wanted)
             self.balances.update(self._store.load_balances(missing))
-        settles = [c.intent.bet_id for c in fresh if isinstance(c.intent, SettleIntent)]
+        settles = [c.intent.bet_id for c in fresh
+                   if c.intent is not None and c.intent.kind == "settle"]
         bets = self._store.load_bets(settles) if settles else {}
         return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets)
 
@@ -126,15 +159,16 @@ class BatchPipeline:
 
 
 def _messages(outcomes: Sequence[OutcomeRow],
-              repeats: Sequence[Repeat]) -> tuple[list[dict], list[int]]:
-    """New outcomes, then repeats with their original outcome (stored, or decided now)."""
-    messages = [o.message() for o in outcomes]
+              repeats: Sequence[Repeat]) -> tuple[list[list[object]], list[int]]:
+    """New outcomes, then repeats with their original outcome (stored, or decided now),
+    as confirmation rows (``MESSAGE_FIELDS`` order)."""
+    messages = [o.row() for o in outcomes]
     ingress = [ingress_ms(o.entry_id) for o in outcomes]
     decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
     for rep in repeats:
         original = rep.outcome or decided.get(rep.candidate.id)
         if original is not None:
-            messages.append(original.message(duplicate=rep.duplicate))
+            messages.append(original.row(duplicate=rep.duplicate))
             ingress.append(rep.candidate.ingress_ms)
     return messages, ingress
 

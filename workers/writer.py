@@ -21,7 +21,7 @@ from producer.errors import FencedOut, LeaseLost, StoreError
 from producer.signing import Keyring
 from workers.backoff import backoff_ms
 from workers.hooks import Hook
-from workers.pipeline import BatchPipeline
+from workers.pipeline import Admitted, BatchPipeline, Committed
 from workers.settings import Settings
 from workers.store import Store
 from workers.streams import Entry, IntentStream
@@ -61,6 +61,7 @@ class Writer:
         self._renewed_at = 0.0
         self._trimmed_at = 0.0
         self._reclaimed_at = time.monotonic()
+        self._ahead: tuple[list[Entry], Admitted] | None = None
 
     def _ensure_store(self, stop: threading.Event) -> bool:
         if self._store is None:
@@ -102,12 +103,17 @@ class Writer:
 
     def _serve(self, stop: threading.Event) -> None:
         after = "0"  # first our own pending entries (redeliveries), in stream order
+        self._ahead = None
         while not stop.is_set():
             # Redis may vanish between two steps (a restart): retried here like any step,
             # where an unhandled ConnectionError used to end the writer process.
             self._retry("renew_lease", self._keep_lease, stop, leading=True)
             self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
-            if after is not None:
+            admitted = None
+            if self._ahead is not None:  # read (and admitted) while the last batch committed
+                entries, admitted = self._ahead
+                self._ahead = None
+            elif after is not None:
                 entries = self._retry("read_pending", lambda: self.stream.read_pending(after),
                                       stop, leading=True)
                 if not entries:
@@ -116,22 +122,41 @@ class Writer:
                 after = entries[-1][0]
             else:
                 entries = self._retry("read_new", self.stream.read_new, stop, leading=True)
-                if self._reclaim_due():  # idle or not: a busy stream must not starve them
-                    after = "0"  # entries stranded by a fenced-out writer: ours now
+            if after is None and self._reclaim_due():  # idle or not: a busy stream must
+                after = "0"  # not starve entries stranded by a fenced-out writer: ours now
             if entries:
-                self.process(entries, stop)
+                self.process(entries, stop, admitted,
+                             read_ahead=after is None and self._s.commit_overlap)
             else:
                 self._hooks.on_idle()
             self._maybe_trim()
 
-    def process(self, entries: Sequence[Entry], stop: threading.Event) -> None:
-        """Commit, then ack and confirm; each step retried until it succeeds or we stop."""
-        committed = self._retry("commit", lambda: self.pipeline.run(entries, self.epoch), stop,
-                                leading=True)
+    def process(self, entries: Sequence[Entry], stop: threading.Event,
+                admitted: Admitted | None = None, read_ahead: bool = False) -> None:
+        """Commit, then ack and confirm; each step retried until it succeeds or we stop.
+
+        With ``read_ahead``, the next entries are read and admitted while this batch's
+        SQLite work runs on the committer thread (without the GIL). They stay pending in
+        Redis until their own batch commits, so a crash meanwhile only redelivers them.
+        """
+        def run() -> Committed:
+            meanwhile = self._read_ahead if read_ahead and self._ahead is None else None
+            return self.pipeline.run(entries, self.epoch, admitted, meanwhile)
+
+        committed = self._retry("commit", run, stop, leading=True)
         if committed is None:
             return  # stopping: the entries stay pending and are redelivered
         self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
         self._hooks.on_batch(committed.report)
+
+    def _read_ahead(self) -> None:
+        """The next batch, without waiting for one: an idle stream must not delay this one."""
+        try:
+            entries = self.stream.read_new_now()
+        except redis.RedisError:
+            return  # the next loop reads again, with retries
+        if entries:
+            self._ahead = (entries, self.pipeline.admit(entries))
 
     def _reclaim_due(self) -> bool:
         """Every lease period, take over entries another consumer has left idle that long.
@@ -212,6 +237,8 @@ class Writer:
             return None  # Redis away: the next attempt to lead retries with backoff
 
     def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         if self._store is not None:
             self._store.close()
 
