@@ -42,6 +42,8 @@ def run_all(mode: str, console: Console) -> dict[str, Any]:
                                "machine": platform.platform(), "throughput": {}}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("betstream", lambda: _writer(sz["betstream"])),
+        ("betstream, no commit overlap, batch 1000", lambda: _writer(
+            sz["betstream"], BETSTREAM_COMMIT_OVERLAP="false", BETSTREAM_BATCH_SIZE_MAX="1000")),
         ("naive per-bet transaction", lambda: _peer(sz["naive"], peers.naive)),
         ("RQ job per bet (SimpleWorker)", lambda: _peer(sz["rq_simple"], peers.rq_simple)),
         ("RQ job per bet (Worker, fork)", lambda: _peer(sz["rq_default"], peers.rq_default)),
@@ -58,9 +60,9 @@ def run_all(mode: str, console: Console) -> dict[str, Any]:
     return results
 
 
-def _writer(size: int) -> dict[str, Any]:
+def _writer(size: int, **settings: str) -> dict[str, Any]:
     with private_env() as env:
-        return measure_writer(env, size)
+        return measure_writer(env, size, **settings)
 
 
 def tables(results: dict[str, Any]) -> list[Table]:

@@ -50,13 +50,13 @@ def deadletters(client: redis.Redis) -> list[dict[str, str]]:
 def deliver_confirmations(client: redis.Redis) -> int:
     """Run the confirmer in burst mode in this process: publish every queued job now."""
     from rq import SimpleWorker
-    from workers.jobjson import JobJSON
+    from rq.serializers import JSONSerializer
 
     from workers.confirmer import confirmation_queue
 
     queue = confirmation_queue(client)
     waiting = queue.count
-    SimpleWorker([queue], connection=client, serializer=JobJSON).work(burst=True)
+    SimpleWorker([queue], connection=client, serializer=JSONSerializer).work(burst=True)
     return waiting
 
 

@@ -23,12 +23,11 @@ import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from producer import constants as c
 from workers.backoff import backoff_ms
-from workers.batch import MESSAGE_FIELDS
-from workers.jobjson import JobJSON
 from workers.logs import get_logger
 from workers.metrics import Recorder
 from workers.settings import Settings
@@ -37,11 +36,11 @@ JOB_FUNC: Final = "workers.confirmer.deliver"
 
 
 def confirmation_queue(client: redis.Redis) -> Queue:
-    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JobJSON)
+    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JSONSerializer)
 
 
 def enqueue_delivery(queue: Queue, pipe: redis.client.Pipeline, settings: Settings,
-                     messages: Sequence[Sequence[object]], ingress_ms: Sequence[int]) -> None:
+                     messages: Sequence[dict[str, Any]], ingress_ms: Sequence[int]) -> None:
     """Add the batch's delivery job to ``pipe`` (the writer's post-commit MULTI)."""
     limits = {"stream_len_max": settings.confirmations_len_max,
               "user_len_max": settings.user_confirmations_len_max,
@@ -58,13 +57,8 @@ def enqueue_delivery(queue: Queue, pipe: redis.client.Pipeline, settings: Settin
 RETRY_INTERVALS_S: Final = (1, 2, 5, 10, 30)
 
 
-def deliver(messages: list[list[Any] | dict[str, Any]], ingress_ms: list[int],
-            limits: dict[str, int]) -> int:
-    """RQ job: publish one batch of outcomes (all of them, or none and the job is retried).
-
-    Outcomes come as rows in ``MESSAGE_FIELDS`` order; a dict (a job queued by a writer
-    from before rows) is published as it is.
-    """
+def deliver(messages: list[dict[str, Any]], ingress_ms: list[int], limits: dict[str, int]) -> int:
+    """RQ job: publish one batch of outcomes (all of them, or none and the job is retried)."""
     job = get_current_job()
     if job is None:  # programmer error: only RQ calls this
         raise RuntimeError("deliver() runs inside an RQ job")
@@ -74,8 +68,7 @@ def deliver(messages: list[list[Any] | dict[str, Any]], ingress_ms: list[int],
         return 0  # a run of this job already published (killed before RQ marked it done)
     pipe = client.pipeline(transaction=True)
     pipe.set(guard, 1, ex=limits["guard_ttl_s"])
-    for item in messages:
-        message = item if isinstance(item, dict) else dict(zip(MESSAGE_FIELDS, item, strict=True))
+    for message in messages:
         data = json.dumps(message, separators=(",", ":"))
         user = int(message["user_id"])
         pipe.xadd(c.STREAM_CONFIRMATIONS, {"outcome": data},
@@ -213,7 +206,7 @@ def run_confirmer(settings: Settings, client: redis.Redis) -> None:
 
 def _new_worker(settings: Settings, client: redis.Redis) -> ConfirmerWorker:
     worker = ConfirmerWorker(
-        [confirmation_queue(client)], connection=client, serializer=JobJSON,
+        [confirmation_queue(client)], connection=client, serializer=JSONSerializer,
         worker_ttl=settings.confirm_worker_ttl_s,
         maintenance_interval=settings.confirm_maintenance_s,
         job_monitoring_interval=settings.confirm_monitoring_s)

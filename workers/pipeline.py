@@ -159,16 +159,15 @@ class BatchPipeline:
 
 
 def _messages(outcomes: Sequence[OutcomeRow],
-              repeats: Sequence[Repeat]) -> tuple[list[list[object]], list[int]]:
-    """New outcomes, then repeats with their original outcome (stored, or decided now),
-    as confirmation rows (``MESSAGE_FIELDS`` order)."""
-    messages = [o.row() for o in outcomes]
+              repeats: Sequence[Repeat]) -> tuple[list[dict], list[int]]:
+    """New outcomes, then repeats with their original outcome (stored, or decided now)."""
+    messages = [o.message() for o in outcomes]
     ingress = [ingress_ms(o.entry_id) for o in outcomes]
     decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
     for rep in repeats:
         original = rep.outcome or decided.get(rep.candidate.id)
         if original is not None:
-            messages.append(original.row(duplicate=rep.duplicate))
+            messages.append(original.message(duplicate=rep.duplicate))
             ingress.append(rep.candidate.ingress_ms)
     return messages, ingress
 

@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # Batching: one SQLite transaction per batch of at most batch_size_max intents.
-    batch_size_max: int = Field(1000, ge=1, le=100_000)
+    # Batching: one SQLite transaction per batch of at most batch_size_max intents. A batch
+    # is what is waiting, up to this: small under light load, large under heavy load,
+    # where 4000 wrote ~half the WAL pages per intent of 1000 (docs/performance.md).
+    batch_size_max: int = Field(4000, ge=1, le=100_000)
     batch_wait_ms: int = Field(20, ge=1, le=10_000)
     # The writer allocates a few objects per intent per step, so CPython's cyclic GC ran a
     # young collection every 700 allocations (~6 % of writer CPU). Startup objects are

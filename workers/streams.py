@@ -29,7 +29,7 @@ class Finish:
 
     ack_ids: Sequence[str]
     dead: Sequence[DeadLetter]
-    messages: Sequence[Sequence[object]]  # confirmation rows, MESSAGE_FIELDS order
+    messages: Sequence[dict[str, object]]
     ingress_ms: Sequence[int] = ()  # per message, for the ingress-to-confirmation latency
 
 

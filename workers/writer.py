@@ -125,8 +125,7 @@ class Writer:
             if after is None and self._reclaim_due():  # idle or not: a busy stream must
                 after = "0"  # not starve entries stranded by a fenced-out writer: ours now
             if entries:
-                self.process(entries, stop, admitted,
-                             read_ahead=after is None and self._s.commit_overlap)
+                self.process(entries, stop, admitted, read_ahead=self._backlogged(entries, after))
             else:
                 self._hooks.on_idle()
             self._maybe_trim()
@@ -148,6 +147,14 @@ class Writer:
             return  # stopping: the entries stay pending and are redelivered
         self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
         self._hooks.on_batch(committed.report)
+
+    def _backlogged(self, entries: Sequence[Entry], after: str | None) -> bool:
+        """Read ahead only under a backlog (a full batch of new entries). Under light load
+        it would only split the flow into more, smaller batches: one confirmation job
+        each, and the confirmer's per-job cost then delayed confirmations (measured at
+        3,000/s: p50 233 -> 1,477 ms with read-ahead on every batch)."""
+        return (after is None and self._s.commit_overlap
+                and len(entries) >= self._s.batch_size_max)
 
     def _read_ahead(self) -> None:
         """The next batch, without waiting for one: an idle stream must not delay this one."""

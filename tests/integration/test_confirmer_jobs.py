@@ -8,7 +8,7 @@ import zlib
 import redis
 from rq import SimpleWorker
 from rq.job import Job
-from workers.jobjson import JobJSON
+from rq.serializers import JSONSerializer
 
 from tests.support import confirmations
 from workers.confirmer import ConfirmerWorker, confirmation_queue, enqueue_delivery
@@ -24,12 +24,12 @@ def _enqueue(client: redis.Redis, settings: Settings, messages: list[dict]) -> J
     enqueue_delivery(confirmation_queue(client), pipe, settings, messages, [0] * len(messages))
     pipe.execute()
     (job_id,) = confirmation_queue(client).job_ids
-    return Job.fetch(job_id, connection=client, serializer=JobJSON)
+    return Job.fetch(job_id, connection=client, serializer=JSONSerializer)
 
 
 def _work(client: redis.Redis) -> None:
     SimpleWorker([confirmation_queue(client)], connection=client,
-                 serializer=JobJSON).work(burst=True)
+                 serializer=JSONSerializer).work(burst=True)
 
 
 def test_job_payload_is_json_and_publishing_twice_is_guarded(
@@ -56,7 +56,7 @@ def test_a_failing_job_is_retried_with_backoff_then_kept_visible(
     assert job.get_status() == "scheduled" and job.retries_left == 0, "retried later, not lost"
     assert job.id in queue.scheduled_job_registry.get_job_ids()
     redis_client.zadd(queue.scheduled_job_registry.key, {job.id: 0})  # due now, not in 1 s
-    worker = ConfirmerWorker([queue], connection=redis_client, serializer=JobJSON)
+    worker = ConfirmerWorker([queue], connection=redis_client, serializer=JSONSerializer)
     assert worker.enqueue_due_retries() == 1, "due retries move without RQ's scheduler"
     _work(redis_client)
     assert job.id in queue.failed_job_registry.get_job_ids(), "visible once retries run out"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import redis
-from workers.jobjson import JobJSON
+from rq.serializers import JSONSerializer
 
 from tests.conftest import wait_for
 from tests.support import confirmations, deliver_confirmations
@@ -28,7 +28,7 @@ def test_a_job_dequeued_by_a_worker_that_died_goes_back_within_the_grace(
     pipe.execute()
     # what RQ's dequeue does first; the worker is SIGKILLed before it registers the job
     assert redis_client.lmove(queue.key, queue.intermediate_queue.key)
-    worker = ConfirmerWorker([queue], connection=redis_client, serializer=JobJSON)
+    worker = ConfirmerWorker([queue], connection=redis_client, serializer=JSONSerializer)
     worker.heartbeat_grace_s = GRACE_S
 
     for _ in range(2):  # RQ's own cleanup leaves it there for a minute

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from rq import SimpleWorker
-from workers.jobjson import JobJSON
+from rq.serializers import JSONSerializer
 
 from producer import constants as c
 from producer.client import entry_fields
@@ -106,7 +106,7 @@ class _BurstConfirmer(SimpleWorker):
 def deliver_confirmations(client: redis.Redis) -> None:
     queue = confirmation_queue(client)
     if queue.count:
-        _BurstConfirmer([queue], connection=client, serializer=JobJSON).work(
+        _BurstConfirmer([queue], connection=client, serializer=JSONSerializer).work(
             burst=True, logging_level="WARNING")
 
 
