@@ -23,7 +23,7 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
     (report,) = tmp_path.glob("*-smoke.json")
     results = json.loads(report.read_text())
     assert set(results["throughput"]) == {
-        "betstream", "naive per-bet transaction", "RQ job per bet (SimpleWorker)",
+        "betstream", "betstream, no commit overlap, batch 1000", "naive per-bet transaction", "RQ job per bet (SimpleWorker)",
         "RQ job per bet (Worker, fork)"}
     assert all(r["per_s"] > 0 for r in results["throughput"].values())
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
