@@ -158,7 +158,11 @@ def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
     name, so the intake refuses the entry (``malformed``) instead of using the last value."""
     if not flat:
         return None  # deleted before it was read
-    out: dict[bytes, bytes] = {}
+    pairs = iter(flat)
+    out: dict[bytes, bytes] = dict(zip(pairs, pairs))
+    if 2 * len(out) == len(flat):
+        return out  # every name once (the usual case, built in C)
+    out = {}
     for name, value in zip(flat[::2], flat[1::2]):
         out[REPEATED_FIELD_PREFIX + name if name in out else name] = value
     return out

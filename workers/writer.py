@@ -62,6 +62,7 @@ class Writer:
         self._trimmed_at = 0.0
         self._reclaimed_at = time.monotonic()
         self._ahead: tuple[list[Entry], Admitted] | None = None
+        self._unfinished: Committed | None = None  # committed; acked during the next commit
 
     def _ensure_store(self, stop: threading.Event) -> bool:
         if self._store is None:
@@ -103,7 +104,13 @@ class Writer:
 
     def _serve(self, stop: threading.Event) -> None:
         after = "0"  # first our own pending entries (redeliveries), in stream order
-        self._ahead = None
+        self._ahead = self._unfinished = None  # a batch left over from before is redelivered
+        try:
+            self._serve_batches(stop, after)
+        finally:
+            self._finish_last()
+
+    def _serve_batches(self, stop: threading.Event, after: str | None) -> None:
         while not stop.is_set():
             # Redis may vanish between two steps (a restart): retried here like any step,
             # where an unhandled ConnectionError used to end the writer process.
@@ -127,6 +134,7 @@ class Writer:
             if entries:
                 self.process(entries, stop, admitted, read_ahead=self._backlogged(entries, after))
             else:
+                self._finish_unfinished(stop)
                 self._hooks.on_idle()
             self._maybe_trim()
 
@@ -134,18 +142,55 @@ class Writer:
                 admitted: Admitted | None = None, read_ahead: bool = False) -> None:
         """Commit, then ack and confirm; each step retried until it succeeds or we stop.
 
-        With ``read_ahead``, the next entries are read and admitted while this batch's
-        SQLite work runs on the committer thread (without the GIL). They stay pending in
-        Redis until their own batch commits, so a crash meanwhile only redelivers them.
+        With ``read_ahead``, while this batch's SQLite work runs on the committer thread
+        (without the GIL), the batch before it is acknowledged and confirmed, and the next
+        entries are read and admitted. Nothing is acknowledged before its own commit is
+        durable; entries read ahead stay pending until theirs, and a crash meanwhile only
+        redelivers them (their outcomes are found, confirmed again as duplicates).
         """
+        if not read_ahead:
+            self._finish_unfinished(stop)
+
+        def meanwhile() -> None:
+            self._finish_unfinished(stop)
+            if self._ahead is None:
+                self._read_ahead()
+
         def run() -> Committed:
-            meanwhile = self._read_ahead if read_ahead and self._ahead is None else None
-            return self.pipeline.run(entries, self.epoch, admitted, meanwhile)
+            overlap = read_ahead and (self._ahead is None or self._unfinished is not None)
+            return self.pipeline.run(entries, self.epoch, admitted,
+                                     meanwhile if overlap else None)
 
         committed = self._retry("commit", run, stop, leading=True)
         if committed is None:
             return  # stopping: the entries stay pending and are redelivered
+        self._finish_unfinished(stop)  # if the commit was retried without overlap
+        if read_ahead and self._ahead is not None:
+            self._unfinished = committed  # finished while the next batch commits
+        else:
+            self._finish(committed, stop)
+
+    def _finish(self, committed: Committed, stop: threading.Event) -> None:
         self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
+        self._hooks.on_batch(committed.report)
+
+    def _finish_unfinished(self, stop: threading.Event) -> None:
+        """Ack and confirm the committed batch whose finish was deferred, if any."""
+        committed, self._unfinished = self._unfinished, None
+        if committed is not None:
+            self._finish(committed, stop)
+
+    def _finish_last(self) -> None:
+        """On the way out (stop, fenced, lease lost): one attempt, no retries. Our commit is
+        durable, so acking it is right even if we no longer lead; if Redis is away the
+        entries stay pending and are confirmed again as duplicates when redelivered."""
+        committed, self._unfinished = self._unfinished, None
+        if committed is None:
+            return
+        try:
+            self.stream.finish(committed.finish)
+        except RETRYABLE:
+            return
         self._hooks.on_batch(committed.report)
 
     def _backlogged(self, entries: Sequence[Entry], after: str | None) -> bool:
