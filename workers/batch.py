@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
 from workers.chain import LedgerRow, batch_hash
 from workers.decision import ACCEPTED, BetState, Candidate, Decision
@@ -42,20 +41,12 @@ class OutcomeRow:
     batch_no: int
     committed_at: int
 
-    def row(self, duplicate: bool = False) -> list[object]:
-        """The confirmation's values in ``MESSAGE_FIELDS`` order: how the writer hands it
-        to the confirmer (a row per outcome, not a dict: half the bytes to encode and
-        compress inside the post-commit MULTI)."""
-        return [self.id, self.kind, self.user_id, self.status, self.reason, self.balance,
-                self.seq, self.committed_at, duplicate, self.detail]
-
     def message(self, duplicate: bool = False) -> dict[str, object]:
         """The confirmation as published to subscribers (wire fields in DESIGN.md)."""
-        return dict(zip(MESSAGE_FIELDS, self.row(duplicate), strict=True))
-
-
-MESSAGE_FIELDS: Final = ("id", "kind", "user_id", "status", "reason", "balance", "seq",
-                         "committed_at", "duplicate", "detail")
+        return {"id": self.id, "kind": self.kind, "user_id": self.user_id,
+                "status": self.status, "reason": self.reason, "balance": self.balance,
+                "seq": self.seq, "committed_at": self.committed_at, "duplicate": duplicate,
+                "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from producer import constants as c
 from workers.backoff import backoff_ms
+from workers.jobjson import JobJSON
 from workers.logs import get_logger
 from workers.metrics import Recorder
 from workers.settings import Settings
@@ -36,7 +36,7 @@ JOB_FUNC: Final = "workers.confirmer.deliver"
 
 
 def confirmation_queue(client: redis.Redis) -> Queue:
-    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JSONSerializer)
+    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JobJSON)
 
 
 def enqueue_delivery(queue: Queue, pipe: redis.client.Pipeline, settings: Settings,
@@ -206,7 +206,7 @@ def run_confirmer(settings: Settings, client: redis.Redis) -> None:
 
 def _new_worker(settings: Settings, client: redis.Redis) -> ConfirmerWorker:
     worker = ConfirmerWorker(
-        [confirmation_queue(client)], connection=client, serializer=JSONSerializer,
+        [confirmation_queue(client)], connection=client, serializer=JobJSON,
         worker_ttl=settings.confirm_worker_ttl_s,
         maintenance_interval=settings.confirm_maintenance_s,
         job_monitoring_interval=settings.confirm_monitoring_s)

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from importlib import resources
+from itertools import chain
 from pathlib import Path
 from typing import Final
 
@@ -300,7 +301,7 @@ class Store:
                 size //= 2
             chunk = rows[done:done + size]
             self._conn.execute(f"{verb} INTO {table} VALUES {','.join([one] * size)}",
-                               [value for row in chunk for value in row])
+                               list(chain.from_iterable(chunk)))
             done += size
 
     def _rollback(self) -> None:

@@ -21,7 +21,7 @@ from producer.errors import FencedOut, LeaseLost, StoreError
 from producer.signing import Keyring
 from workers.backoff import backoff_ms
 from workers.hooks import Hook
-from workers.pipeline import Admitted, BatchPipeline, Committed
+from workers.pipeline import Admitted, BatchPipeline, Committed, EarlyClaims
 from workers.settings import Settings
 from workers.store import Store
 from workers.streams import Entry, IntentStream
@@ -61,7 +61,7 @@ class Writer:
         self._renewed_at = 0.0
         self._trimmed_at = 0.0
         self._reclaimed_at = time.monotonic()
-        self._ahead: tuple[list[Entry], Admitted] | None = None
+        self._ahead: tuple[list[Entry], Admitted, EarlyClaims | None] | None = None
         self._unfinished: Committed | None = None  # committed; acked during the next commit
 
     def _ensure_store(self, stop: threading.Event) -> bool:
@@ -116,9 +116,9 @@ class Writer:
             # where an unhandled ConnectionError used to end the writer process.
             self._retry("renew_lease", self._keep_lease, stop, leading=True)
             self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
-            admitted = None
+            admitted = early = None
             if self._ahead is not None:  # read (and admitted) while the last batch committed
-                entries, admitted = self._ahead
+                entries, admitted, early = self._ahead
                 self._ahead = None
             elif after is not None:
                 entries = self._retry("read_pending", lambda: self.stream.read_pending(after),
@@ -132,34 +132,37 @@ class Writer:
             if after is None and self._reclaim_due():  # idle or not: a busy stream must
                 after = "0"  # not starve entries stranded by a fenced-out writer: ours now
             if entries:
-                self.process(entries, stop, admitted, read_ahead=self._backlogged(entries, after))
+                self.process(entries, stop, admitted, read_ahead=self._backlogged(entries, after),
+                             early=early)
             else:
                 self._finish_unfinished(stop)
                 self._hooks.on_idle()
             self._maybe_trim()
 
     def process(self, entries: Sequence[Entry], stop: threading.Event,
-                admitted: Admitted | None = None, read_ahead: bool = False) -> None:
+                admitted: Admitted | None = None, read_ahead: bool = False,
+                early: EarlyClaims | None = None) -> None:
         """Commit, then ack and confirm; each step retried until it succeeds or we stop.
 
         With ``read_ahead``, while this batch's SQLite work runs on the committer thread
-        (without the GIL), the batch before it is acknowledged and confirmed, and the next
-        entries are read and admitted. Nothing is acknowledged before its own commit is
-        durable; entries read ahead stay pending until theirs, and a crash meanwhile only
-        redelivers them (their outcomes are found, confirmed again as duplicates).
+        (without the GIL), the next entries are read and admitted (their nonces claimed on
+        an I/O thread, ``early``) and the batch before is acknowledged and confirmed.
+        Nothing is acknowledged before its own commit is durable; entries read ahead stay
+        pending until theirs, and a crash meanwhile only redelivers them (their outcomes
+        are found, confirmed again as duplicates).
         """
         if not read_ahead:
             self._finish_unfinished(stop)
 
         def meanwhile() -> None:
-            self._finish_unfinished(stop)
             if self._ahead is None:
-                self._read_ahead()
+                self._read_ahead()  # first: Redis claims its nonces while we finish
+            self._finish_unfinished(stop)
 
         def run() -> Committed:
             overlap = read_ahead and (self._ahead is None or self._unfinished is not None)
             return self.pipeline.run(entries, self.epoch, admitted,
-                                     meanwhile if overlap else None)
+                                     meanwhile if overlap else None, early)
 
         committed = self._retry("commit", run, stop, leading=True)
         if committed is None:
@@ -208,7 +211,8 @@ class Writer:
         except redis.RedisError:
             return  # the next loop reads again, with retries
         if entries:
-            self._ahead = (entries, self.pipeline.admit(entries))
+            admitted = self.pipeline.admit(entries)
+            self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
 
     def _reclaim_due(self) -> bool:
         """Every lease period, take over entries another consumer has left idle that long.

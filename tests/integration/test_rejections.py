@@ -653,3 +653,40 @@ def test_one_forged_entry_next_to_a_deposit_does_not_kill_the_writer_process(
     assert wait_outcome(env["BETSTREAM_DB"], deposit["id"])["status"] == "accepted"
     assert [d["reason"] for d in deadletters(redis_client)] == ["bad_signature"]
     assert published(redis_client, deposit["id"]), "the deposit was confirmed"
+
+
+def test_replays_and_resends_across_batches_read_ahead(
+        start_writer: Callable[..., RunningWriter], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a backlog the next batch is read, admitted and its nonces claimed while this
+    one commits: a replay of a nonce claimed one batch earlier is still refused, a re-sent
+    copy still gets its original outcome, and nothing is applied twice."""
+    from workers.pipeline import BatchPipeline
+    early_claims = []
+    claim_early = BatchPipeline.claim_early
+    monkeypatch.setattr(BatchPipeline, "claim_early",
+                        lambda self, admitted: early_claims.append(1) or claim_early(self, admitted))
+    w = start_writer(batch_size_max=4)
+    users = [new_user() for _ in range(4)]
+    deposits = [body("deposit", u, amount=1_000) for u in users]
+    bets = [bet_body(u, 100) for u in users]
+    replay_deposit = {**deposits[1], "id": str(uuid.uuid4())}  # nonce of batch 1, new id
+    replay_bet = {**bet_body(users[2], 100), "nonce": bets[0]["nonce"]}  # nonce of batch 2
+    cashier, frontend = w.key("cashier"), w.key("frontend")
+    stream = ([(cashier, b) for b in deposits] + [(frontend, b) for b in bets]
+              + [(cashier, replay_deposit), (cashier, deposits[3]), (frontend, replay_bet),
+                 (cashier, body("deposit", users[0], amount=5))])
+    pipe = w.client.pipeline(transaction=True)  # one MULTI: a backlog of three full batches
+    for key, b in stream:
+        pipe.xadd(c.STREAM_INTENTS, entry_fields(key, encode_body(b)))
+    pipe.execute()
+
+    for b in (replay_deposit, replay_bet):
+        out = wait_outcome(w.db, b["id"])
+        assert (out["status"], out["reason"]) == ("rejected", "replay")
+    resent = wait_outcome(w.db, deposits[3]["id"])
+    assert resent["status"] == "accepted"
+    wait_for(lambda: drained(w.client), DEADLINE_S, "the backlog to be acknowledged")
+    assert early_claims, "no batch was read ahead: the test did not exercise early claims"
+    assert len(outcomes_for(w.db, deposits[3]["id"])) == 1  # the copy got no second outcome
+    assert [balances(w.db)[u] for u in users] == [905, 900, 900, 900]
+    assert all(ledger_rows(w.db, b["id"]) == 0 for b in (replay_deposit, replay_bet))

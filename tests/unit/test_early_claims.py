@@ -1,0 +1,73 @@
+"""Nonce claims started early (while the batch before commits) decide exactly what claims
+made at decision time would, and a failed early claim is made again, not skipped."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import redis
+
+from workers.decision import Candidate
+from workers.pipeline import BatchPipeline
+from workers.settings import load_settings
+
+
+class FakeStream:
+    """Nonce records in a dict, as the claim script keeps them in Redis."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], str] = {}
+        self.calls = 0
+
+    def claim_nonces(self, claims: list[tuple[str, str, str]]) -> list[str | None]:
+        self.calls += 1
+        out = []
+        for kid, nonce, intent_id in claims:
+            holder = self.records.setdefault((kid, nonce), intent_id)
+            out.append(None if holder == intent_id else holder)
+        return out
+
+
+def cand(intent_id: str, nonce: str) -> Candidate:
+    intent = SimpleNamespace(nonce=nonce)
+    return Candidate(f"1-{intent_id}", 1, intent_id, "deposit", 1, b"", intent,  # type: ignore
+                     kid="cashier")
+
+
+def pipeline(stream: FakeStream) -> BatchPipeline:
+    return BatchPipeline(load_settings(), None, stream, None)  # type: ignore[arg-type]
+
+
+def reasons(out: list[Candidate]) -> list[str | None]:
+    return [c.pre_reason for c in out]
+
+
+def test_early_claims_are_used_and_replays_still_refused() -> None:
+    stream = FakeStream()
+    batch = [cand("a", "n1"), cand("b", "n1"), cand("c", "n2")]
+    early: Future = Future()
+    early.set_result(dict(zip([("cashier", x.intent.nonce, x.id) for x in batch],  # type: ignore
+                              stream.claim_nonces([("cashier", x.intent.nonce, x.id)  # type: ignore
+                                                   for x in batch]))))
+    assert reasons(pipeline(stream)._check_nonces(batch, early)) == [None, "replay", None]
+    assert stream.calls == 1  # nothing claimed twice
+
+
+def test_failed_early_claims_are_made_at_decision_time() -> None:
+    stream = FakeStream()
+    stream.records[("cashier", "n1")] = "other"
+    early: Future = Future()
+    early.set_exception(redis.ConnectionError("Redis went away"))
+    out = pipeline(stream)._check_nonces([cand("a", "n1"), cand("b", "n2")], early)
+    assert reasons(out) == ["replay", None]
+    assert stream.records[("cashier", "n2")] == "b"
+
+
+def test_a_candidate_missing_from_the_early_claims_is_claimed() -> None:
+    stream = FakeStream()
+    stream.records[("cashier", "n9")] = "other"
+    early: Future = Future()
+    early.set_result({("cashier", "n1", "a"): None})
+    out = pipeline(stream)._check_nonces([cand("a", "n1"), cand("z", "n9")], early)
+    assert reasons(out) == [None, "replay"]
