@@ -21,7 +21,7 @@ from tests.conftest import wait_for
 from tests.support import drained, query, writer_in_process
 from workers.settings import Settings, load_settings
 
-BACKLOG = 30_000  # intents: seconds of work for the writer, several 500 ms lease periods
+BACKLOG = 60_000  # intents: a few seconds of work for the writer, several 500 ms lease periods
 BATCH = 500
 
 
@@ -37,9 +37,11 @@ def test_entries_stranded_by_a_fenced_out_writer_are_taken_over_under_load(
         zombie.stream.ensure_group()
         assert zombie._try_lead()
         zombie.lease.release()  # ... and then it froze; the other writer leads and serves
+        # The backlog is there before the new writer starts: a writer that keeps up with the
+        # producer would otherwise have drained nearly everything before the zombie reads.
+        producer.submit_many(new_deposit(1 + n % 500, 1) for n in range(BACKLOG))
         thread.start()
         wait_for(lambda: fresh.lease.holder() == fresh.lease.owner, 10, "the new writer to lead")
-        producer.submit_many(new_deposit(1 + n % 500, 1) for n in range(BACKLOG))
         wait_for(lambda: query(s.db, "SELECT COUNT(*) FROM outcomes")[0][0] > 0, 30,
                  "the new writer to be busy with the backlog")
         entries = zombie.stream.read_new()  # the zombie wakes up and reads
