@@ -66,7 +66,9 @@ class BatchWrite:
     ledger: list[LedgerRow]
     new_bets: list[tuple[int, str, int, str, str, str, int, str]]
     settled_bets: list[tuple[str, int, int]]  # (status, settled_seq, the bet's seq)
-    balance_deltas: list[tuple[int, int, int]]  # (account, delta, created_at)
+    # (account, delta, created_at) for every account the batch posts to, even when its
+    # postings net to 0 (a new user who deposits and stakes it all still gets a row)
+    balance_deltas: list[tuple[int, int, int]]
     prev_hash: str
     hash: str
     after: Heads  # the store's heads once this batch is committed
@@ -104,7 +106,7 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
     after = Heads(heads.seq + len(outcomes), batch_no, heads.entry_id + len(ledger), digest)
     return BatchWrite(
         epoch, batch_no, now, outcomes, ledger, new_bets, settled,
-        [(acc, delta, now) for acc, delta in deltas.items() if delta],
+        [(acc, delta, now) for acc, delta in deltas.items()],  # 0 too: the account must exist
         heads.hash, digest, after,
     )
 

@@ -257,9 +257,9 @@ class Store:
         # a cached balance were wrong, and the CHECK refuses any player going below zero.
         # (Not an upsert: SQLite checks CHECK constraints on the would-be inserted row.)
         # Multi-row statements throughout: one sqlite3_step (and one GIL hand-off) each.
-        deltas = batch.balance_deltas
-        self._insert("users(id, balance, created_at)", [(acc, 0, at) for acc, _, at in deltas],
-                     verb="INSERT OR IGNORE")
+        self._insert("users(id, balance, created_at)",
+                     [(acc, 0, at) for acc, _, at in batch.balance_deltas], verb="INSERT OR IGNORE")
+        deltas = [d for d in batch.balance_deltas if d[1]]
         for chunk in _chunks(deltas, SQL_VARIABLES_MAX // 2):
             cur = self._conn.execute(
                 "UPDATE users SET balance = balance + d.column2 FROM (VALUES "

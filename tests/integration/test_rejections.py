@@ -690,3 +690,23 @@ def test_replays_and_resends_across_batches_read_ahead(
     assert len(outcomes_for(w.db, deposits[3]["id"])) == 1  # the copy got no second outcome
     assert [balances(w.db)[u] for u in users] == [905, 900, 900, 900]
     assert all(ledger_rows(w.db, b["id"]) == 0 for b in (replay_deposit, replay_bet))
+
+
+def test_a_new_user_who_stakes_all_of_a_deposit_in_one_batch_still_has_an_account(
+        w: RunningWriter) -> None:
+    """Regression (found by CI under load, there since the first commit): a new user whose
+    postings in one batch net to zero (a deposit staked in full) got ledger rows but no
+    ``users`` row, and the audit found a balance that did not match its ledger."""
+    from workers.audit import audit
+    user = new_user()
+    deposit, stake = body("deposit", user, amount=1_000), bet_body(user, 1_000)
+    pipe = w.client.pipeline(transaction=True)  # one MULTI: one batch
+    pipe.xadd(c.STREAM_INTENTS, entry_fields(w.key("cashier"), encode_body(deposit)))
+    pipe.xadd(c.STREAM_INTENTS, entry_fields(w.key("frontend"), encode_body(stake)))
+    pipe.execute()
+
+    out = wait_outcome(w.db, stake["id"])
+    assert (out["status"], out["balance"]) == ("accepted", 0)
+    assert query(w.db, "SELECT balance FROM users WHERE id = ?", (user,)) == [(0,)]
+    failed = [check for check in audit(w.db) if not check.ok]
+    assert not failed, failed

@@ -120,7 +120,7 @@ def test_bet_rows_open_then_settle_in_the_same_batch(write: BatchWrite) -> None:
 def test_balance_deltas_sum_to_zero_and_match_the_postings(write: BatchWrite) -> None:
     """Per-account deltas are the sums of the ledger rows; together they sum to zero."""
     deltas = {acc: d for acc, d, _ in write.balance_deltas}
-    assert deltas == {CASH: -1000, 7: 1375, HOUSE: -375}  # escrow nets to 0: left out
+    assert deltas == {CASH: -1000, 7: 1375, HOUSE: -375, ESCROW: 0}  # 0: still listed
     assert sum(deltas.values()) == 0
     assert {t for _, _, t in write.balance_deltas} == {NOW}
 
