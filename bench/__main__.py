@@ -74,8 +74,8 @@ def tables(results: dict[str, Any]) -> list[Table]:
         t.add_row(name, str(r["intents"]), str(r["seconds"]), f"{r['per_s']:,}",
                   f"{best / r['per_s']:.1f}x")
     w = results["throughput"]["betstream"]
-    t.caption = (f"betstream writer: {w['batches']} batches, {w['writer_cpu_s']} CPU s, "
-                 f"peak RSS {w['writer_rss_mb']} MB")
+    t.caption = (f"betstream writer: {w['batches']} batches, {w['accepted']:,} accepted, "
+                 f"{w['writer_cpu_s']} CPU s, peak RSS {w['writer_rss_mb']} MB")
     lat = Table(title="latency from stream ingress (ms)")
     for col in ("offered/s", "intents", "commit p50", "p99", "p999", "confirm p50", "p99",
                 "p999"):
