@@ -127,27 +127,26 @@ class BatchPipeline:
         return candidates, dead
 
     def _check_freshness(self, fresh: list[Candidate]) -> list[Candidate]:
-        now, s = now_ms(), self._s
+        now = now_ms()
         out = []
         for cand in fresh:
-            reason = None
-            if cand.pre_reason is None and cand.intent is not None:
-                reason = freshness_reason(cand.intent, cand.ingress_ms, now,
-                                          s.intent_age_max_ms, s.clock_skew_max_ms)
+            reason = self._freshness(cand, now) if _undecided(cand) else None
             out.append(cand.rejected_early(reason, "intent too old or issued too far from "
                                            "its ingress time") if reason else cand)
         return out
+
+    def _freshness(self, cand: Candidate, now: int) -> str | None:
+        return freshness_reason(cand.intent, cand.ingress_ms, now,  # type: ignore[arg-type]
+                                self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
 
     def claim_early(self, admitted: Admitted) -> EarlyClaims | None:
         """Start claiming the nonces of a batch read ahead, on an I/O thread, so Redis runs
         the claims while this thread admits and acknowledges (it used to wait ~25 ms per
         4,000 intents). Claims are keyed by intent id: claiming again, or for a candidate
         that turns out to be a repeat (same id, so same holder), changes nothing."""
-        now, s = now_ms(), self._s
-        claims = [(c.kid, c.intent.nonce, c.id) for c in admitted[0]
-                  if c.pre_reason is None and c.intent is not None
-                  and freshness_reason(c.intent, c.ingress_ms, now, s.intent_age_max_ms,
-                                       s.clock_skew_max_ms) is None]
+        now = now_ms()
+        claims = [_claim(c) for c in admitted[0]
+                  if _undecided(c) and self._freshness(c, now) is None]
         if not claims:
             return None
         if self._claimer is None:
@@ -156,9 +155,8 @@ class BatchPipeline:
 
     def _check_nonces(self, fresh: list[Candidate],
                       early: EarlyClaims | None = None) -> list[Candidate]:
-        todo = [i for i, c in enumerate(fresh) if c.pre_reason is None and c.intent is not None]
-        claims: list[Claim] = [(fresh[i].kid, fresh[i].intent.nonce,  # type: ignore[union-attr]
-                                fresh[i].id) for i in todo]
+        todo = [i for i, c in enumerate(fresh) if _undecided(c)]
+        claims = [_claim(fresh[i]) for i in todo]
         known = _early_result(early)
         missing = [claim for claim in claims if claim not in known]
         if missing:  # no early claims, or they failed, or the candidate was not yet read
@@ -185,6 +183,15 @@ class BatchPipeline:
 
     def _remember(self, book: Book) -> None:
         self.balances.update(book.balances)
+
+
+def _undecided(cand: Candidate) -> bool:
+    """Still to be checked and decided: no reason found yet, and a valid intent."""
+    return cand.pre_reason is None and cand.intent is not None
+
+
+def _claim(cand: Candidate) -> Claim:
+    return (cand.kid, cand.intent.nonce, cand.id)  # type: ignore[union-attr]
 
 
 def _early_result(early: EarlyClaims | None) -> dict[Claim, str | None]:

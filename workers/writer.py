@@ -167,7 +167,7 @@ class Writer:
         committed = self._retry("commit", run, stop, leading=True)
         if committed is None:
             return  # stopping: the entries stay pending and are redelivered
-        self._finish_unfinished(stop)  # if the commit was retried without overlap
+        self._finish_unfinished(stop)  # meanwhile never ran: nothing to commit (repeats)
         if read_ahead and self._ahead is not None:
             self._unfinished = committed  # finished while the next batch commits
         else:
