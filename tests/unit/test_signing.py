@@ -14,6 +14,8 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producer.client import Producer, entry_fields
 from producer.errors import AuthError, ConfigError, ContractError, ForbiddenKind, KeyringError
@@ -169,6 +171,23 @@ def test_sign_matches_the_published_hmac_sha256_test_vector() -> None:
     key = Key("k", b"key", frozenset({"bet"}))
     assert sign(key, b"The quick brown fox jumps over the lazy dog") == \
         "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+
+
+@settings(max_examples=500, deadline=None)
+@given(secret=st.binary(min_size=1, max_size=200), body=st.binary(max_size=3000))
+def test_sign_equals_stdlib_hmac_for_any_key_and_body(secret: bytes, body: bytes) -> None:
+    """sign() builds HMAC from precomputed pad states: it must equal the stdlib's HMAC for
+    keys shorter than, equal to and longer than the 64-byte block (long keys are hashed)."""
+    key = Key("k", secret, frozenset({"bet"}))
+    assert sign(key, body) == hmac.new(secret, body, hashlib.sha256).hexdigest()
+    assert sign(key, body) == sign(key, body)  # the pad states are copied, never consumed
+
+
+def test_sign_matches_stdlib_hmac_at_the_block_size_edges() -> None:
+    for size in (63, 64, 65, 128):
+        secret = bytes(range(size))
+        assert sign(Key("k", secret, frozenset({"bet"})), BODY) == \
+            hmac.new(secret, BODY, hashlib.sha256).hexdigest()
 
 
 def test_signature_uses_the_utf8_bytes_of_the_secret(ring: Keyring) -> None:
