@@ -27,7 +27,7 @@ from rq.utils import now
 
 from producer import constants as c
 from workers.backoff import backoff_ms
-from workers.jobjson import JobJSON
+from workers.jobjson import JobJSON, LightJob
 from workers.logs import get_logger
 from workers.metrics import Recorder
 from workers.settings import Settings
@@ -36,7 +36,8 @@ JOB_FUNC: Final = "workers.confirmer.deliver"
 
 
 def confirmation_queue(client: redis.Redis) -> Queue:
-    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JobJSON)
+    return Queue(c.QUEUE_CONFIRMATIONS, connection=client, serializer=JobJSON,
+                 job_class=LightJob)
 
 
 def enqueue_delivery(queue: Queue, pipe: redis.client.Pipeline, settings: Settings,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 from hypothesis import given
 from hypothesis import strategies as st
 from rq.serializers import JSONSerializer
 
-from workers.jobjson import JobJSON
+from workers.jobjson import JOB_ZLIB_LEVEL, JobJSON
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
@@ -31,3 +32,25 @@ def test_a_confirmation_job_round_trips() -> None:
                "committed_at": 1_764_000_000_000, "duplicate": False, "detail": None}
     args = [[message], [1_764_000_000_000], {"stream_len_max": 100}]
     assert JSONSerializer.loads(JobJSON.dumps(args)) == args
+
+
+def test_a_job_the_writer_enqueues_is_read_by_rqs_own_job_class() -> None:
+    """The writer compresses lightly (LightJob); confirmers load jobs with rq's plain Job."""
+    import fakeredis
+    from rq.job import Job
+
+    from workers.confirmer import confirmation_queue
+
+    client = fakeredis.FakeRedis()
+    messages = [{"seq": i, "id": f"id-{i}", "status": "accepted"} for i in range(500)]
+    args = [messages, list(range(500)), {"stream_len_max": 100}]
+    pipe = client.pipeline(transaction=True)
+    job = confirmation_queue(client).enqueue_call("workers.confirmer.deliver", args=args,
+                                                  pipeline=pipe)
+    pipe.execute()
+    loaded = Job.fetch(job.id, connection=client, serializer=JobJSON)
+    assert loaded.func_name == "workers.confirmer.deliver"
+    assert list(loaded.args) == args
+    stored = client.hget(job.key, "data")
+    assert json.loads(zlib.decompress(stored)) == ["workers.confirmer.deliver", None, args, {}]
+    assert stored == zlib.compress(zlib.decompress(stored), JOB_ZLIB_LEVEL)  # the light level
