@@ -200,6 +200,26 @@ def intent_body(intent: Intent) -> bytes:
     return encode_body(intent.model_dump())
 
 
+UUID7_RAND_A_BITS: Final = 12
+UUID7_RAND_B_BITS: Final = 62
+
+
+def new_intent_id() -> str:
+    """A fresh intent id: a UUIDv7 (RFC 9562), Unix ms time first, then 74 random bits.
+
+    Any canonical UUID is valid on the wire. Time-ordered ones are recommended: the
+    ledger keeps a unique index on intent ids, and ids that grow with time are inserted
+    at its end instead of one random page per intent, which measured ~30 % less SQLite
+    work per commit that no longer grows with the ledger (docs/performance.md).
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")  # 80 bits, 74 of them used
+    rand_a = rand >> (80 - UUID7_RAND_A_BITS)
+    rand_b = rand & ((1 << UUID7_RAND_B_BITS) - 1)
+    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return str(uuid.UUID(int=value))
+
+
 def new_nonce() -> str:
     """32 hex characters from the OS CSPRNG: unique per key with overwhelming probability."""
     return secrets.token_hex(16)
@@ -211,7 +231,7 @@ def now_ms() -> int:
 
 def _common(user_id: int, intent_id: str | None) -> dict[str, Any]:
     return {
-        "id": intent_id or str(uuid.uuid4()),
+        "id": intent_id or new_intent_id(),
         "user_id": user_id,
         "nonce": new_nonce(),
         "issued_at": now_ms(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,7 +18,7 @@ from typing import Any, Final
 import redis
 
 from producer.client import Producer, entry_fields
-from producer.contract import encode_body, new_nonce, now_ms
+from producer.contract import encode_body, new_intent_id, new_nonce, now_ms
 from producer.errors import BreakerOpen
 from workers.backoff import backoff_ms
 
@@ -70,7 +69,7 @@ class LoadResult:
 
 
 def _body(kind: str, user_id: int, **extra: Any) -> dict[str, Any]:
-    return {"id": str(uuid.uuid4()), "kind": kind, "user_id": user_id, "nonce": new_nonce(),
+    return {"id": new_intent_id(), "kind": kind, "user_id": user_id, "nonce": new_nonce(),
             "issued_at": now_ms(), **extra}
 
 
@@ -89,7 +88,7 @@ def _settle(rng: random.Random, book: _SettleBook, user: int) -> dict[str, Any]:
     if draw < SETTLE_AGAIN_SHARE and book.settled:
         bet_id, user = rng.choice(book.settled)
     elif draw < SETTLE_AGAIN_SHARE + SETTLE_UNKNOWN_SHARE or not book.placed:
-        bet_id = str(uuid.uuid4())
+        bet_id = new_intent_id()
     else:
         index = rng.randrange(len(book.placed))
         bet_id, user = book.placed[index]

@@ -33,6 +33,7 @@ from producer.contract import (
     is_canonical_uuid,
     new_bet,
     new_deposit,
+    new_intent_id,
     new_nonce,
     new_settle,
     new_withdrawal,
@@ -121,6 +122,27 @@ def test_helper_constructors_build_valid_intents_with_fresh_ids_and_nonces() -> 
                    new_settle(3, BET_ID, "void", intent_id=ID)):
         assert parse_intent(intent_body(intent)) == intent
     assert len(new_nonce()) == 32 and NONCE_LEN_MIN <= len(new_nonce()) <= NONCE_LEN_MAX
+
+
+def test_new_intent_ids_are_canonical_uuid7_ordered_by_their_time() -> None:
+    """Producers' ids are UUIDv7 (RFC 9562): canonical (so the writer accepts them), of
+    version 7 and the RFC variant, carrying the ms they were made (the ledger's id index
+    then grows at its end), and unique."""
+    import time
+    import uuid
+
+    before = time.time_ns() // 1_000_000
+    ids = [new_intent_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200] + ids[-200:]:
+        parsed = uuid.UUID(text)
+        assert is_canonical_uuid(text) and str(parsed) == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after
+    stamps = [uuid.UUID(t).int >> 80 for t in ids]
+    assert stamps == sorted(stamps)  # made later, sorts later (by ms)
+    assert len({uuid.UUID(t).int & ((1 << 62) - 1) for t in ids}) == len(ids)  # random bits
 
 
 @pytest.mark.parametrize("build", [
