@@ -49,13 +49,22 @@ class Recorder:
         self._counters[name] += n
 
     def observe_many(self, name: str, values: Iterable[float]) -> None:
+        """Count each value in the first bucket >= it (``+Inf`` past the last). Sorted
+        once, then one bisection per bucket: the writer observes every intent's latency,
+        and a Python step per value was ~2 % of its busiest thread."""
         buckets = HISTOGRAMS[name][1]
         hist = self._hist.setdefault(name, Counter())
-        for value in values:
-            i = bisect.bisect_left(buckets, value)
-            hist[str(buckets[i]) if i < len(buckets) else "+Inf"] += 1
-            hist["count"] += 1
-            hist["sum"] += int(value)
+        ordered = sorted(values)
+        below = 0
+        for bound in buckets:
+            upto = bisect.bisect_right(ordered, bound)
+            if upto > below:
+                hist[str(bound)] += upto - below
+            below = upto
+        if len(ordered) > below:
+            hist["+Inf"] += len(ordered) - below
+        hist["count"] += len(ordered)
+        hist["sum"] += sum(map(int, ordered))
 
     def maybe_flush(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last < self._interval:
