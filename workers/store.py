@@ -22,7 +22,7 @@ from workers.decision import BetState
 from workers.invariants import require
 from workers.migrations import upgrade
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
 WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
