@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     writer_gc_gen0_threshold: int = Field(50_000, ge=100, le=10_000_000)
     # Read and admit the next batch while this one commits on the committer thread.
     commit_overlap: bool = True
+    # ... and do that reading and admitting in a child process, on the other core (the
+    # writer is bound by the GIL; workers/admission.py). A child that fails or stays
+    # silent past the reply timeout is stopped; the writer reads in process meanwhile and
+    # starts a new child after admission_restart_ms.
+    admission_process: bool = True
+    admission_reply_timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    admission_restart_ms: int = Field(5_000, ge=0, le=3_600_000)
     # How long a thread may hold the GIL before another asks for it back: the committer
     # thread needs it for a moment after every SQLite step (CPython's default is 5000).
     writer_switch_interval_us: int = Field(500, ge=50, le=100_000)

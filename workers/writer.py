@@ -19,6 +19,7 @@ import redis
 
 from producer.errors import FencedOut, LeaseLost, StoreError
 from producer.signing import Keyring
+from workers.admitter import Admitter
 from workers.backoff import backoff_ms
 from workers.hooks import Hook
 from workers.pipeline import Admitted, BatchPipeline, Committed, EarlyClaims
@@ -63,6 +64,7 @@ class Writer:
         self._reclaimed_at = time.monotonic()
         self._ahead: tuple[list[Entry], Admitted, EarlyClaims | None] | None = None
         self._unfinished: Committed | None = None  # committed; acked during the next commit
+        self.admitter = Admitter(settings, self.consumer) if settings.admission_process else None
 
     def _ensure_store(self, stop: threading.Event) -> bool:
         if self._store is None:
@@ -105,6 +107,8 @@ class Writer:
     def _serve(self, stop: threading.Event) -> None:
         after = "0"  # first our own pending entries (redeliveries), in stream order
         self._ahead = self._unfinished = None  # a batch left over from before is redelivered
+        if self.admitter is not None and self.admitter.asked:
+            self.admitter.collect()  # dropped too: its entries are pending, read again below
         try:
             self._serve_batches(stop, after)
         finally:
@@ -117,6 +121,8 @@ class Writer:
             self._retry("renew_lease", self._keep_lease, stop, leading=True)
             self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
             admitted = early = None
+            if self._ahead is None and self.admitter is not None and self.admitter.asked:
+                self._collect_ahead(again=False)  # asked ahead: never leave it waiting
             if self._ahead is not None:  # read (and admitted) while the last batch committed
                 entries, admitted, early = self._ahead
                 self._ahead = None
@@ -155,9 +161,12 @@ class Writer:
             self._finish_unfinished(stop)
 
         def meanwhile() -> None:
-            if self._ahead is None:
+            asked = self._ahead is None and self._ask_ahead()  # the child reads meanwhile
+            if self._ahead is None and not asked:
                 self._read_ahead()  # first: Redis claims its nonces while we finish
             self._finish_unfinished(stop)
+            if asked:
+                self._collect_ahead(again=True)
 
         def run() -> Committed:
             overlap = read_ahead and (self._ahead is None or self._unfinished is not None)
@@ -213,6 +222,30 @@ class Writer:
         if entries:
             admitted = self.pipeline.admit(entries)
             self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
+
+    def _ask_ahead(self) -> bool:
+        if self.admitter is None:
+            return False
+        return self.admitter.asked or self.admitter.ask(self.pipeline.keyring)
+
+    def _collect_ahead(self, again: bool) -> None:
+        """The batch the admission child read ahead; if it failed, read in process.
+
+        With ``again``, a full batch makes us ask for the next one at once: the child then
+        reads and admits it while this thread decides, not only while a commit runs. The
+        answer is collected by the next commit, or before the next read if none comes.
+        """
+        got = self.admitter.collect()
+        if got is None:
+            if again:
+                self._read_ahead()
+            return
+        entries, candidates, dead = got
+        if entries:
+            admitted = (candidates, dead)
+            self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
+        if again and len(entries) >= self._s.batch_size_max:
+            self.admitter.ask(self.pipeline.keyring)
 
     def _reclaim_due(self) -> bool:
         """Every lease period, take over entries another consumer has left idle that long.
@@ -293,6 +326,8 @@ class Writer:
             return None  # Redis away: the next attempt to lead retries with backoff
 
     def close(self) -> None:
+        if self.admitter is not None:
+            self.admitter.close()
         if self.pipeline is not None:
             self.pipeline.close()
         if self._store is not None:

@@ -1,0 +1,126 @@
+"""The admission child reads and admits as the writer would, and failing costs no entry.
+
+It reads batches ahead as the writer's own consumer and admits them on the other core
+(workers/admission.py). What the writer gets back must be exactly what it would have
+admitted itself, for every kind of entry, and a child that dies must leave the writer
+with a way on (it reads in process, a new child is started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import redis
+
+from producer import constants as c
+from producer.client import entry_fields
+from producer.contract import encode_body, intent_body, new_bet, new_deposit
+from producer.signing import Key, Keyring
+from workers.admitter import Admitter
+from workers.decision import Candidate
+from workers.intake import DeadLetter
+from workers.pipeline import admit_entry
+from workers.settings import Settings, load_settings
+from workers.streams import IntentStream, _fields
+
+CONSUMER = "writer-under-test"
+
+
+def _xadd(client: redis.Redis, pairs: list[tuple[str, bytes | str]]) -> str:
+    flat = [x for pair in pairs for x in pair]
+    return client.execute_command("XADD", c.STREAM_INTENTS, "*", *flat).decode()
+
+
+def _every_kind_of_entry(client: redis.Redis, keyring: Keyring) -> int:
+    cashier, frontend = keyring.get("cashier"), keyring.get("frontend")
+    unicode_bet = new_bet(8, 5, "Fußball", "Heim", "2.50")  # valid; only pydantic takes it
+    bodies = [
+        (cashier, intent_body(new_deposit(7, 100))),  # fast path
+        (frontend, intent_body(new_bet(7, 10, "m1", "home", "1.90"))),  # fast path
+        (frontend, intent_body(unicode_bet)),
+        (cashier, encode_body({**json.loads(intent_body(new_deposit(7, 1))), "amount": 0})),
+        (frontend, intent_body(new_deposit(7, 100))),  # forbidden kind for this key
+    ]
+    for key, body in bodies:
+        _xadd(client, list(entry_fields(key, body).items()))
+    forged = entry_fields(cashier, intent_body(new_deposit(9, 1)))
+    _xadd(client, [*forged.items()][:3] + [(c.FIELD_SIG, "0" * 64)])  # bad signature
+    twice = list(entry_fields(cashier, intent_body(new_deposit(9, 2))).items())
+    _xadd(client, twice + [twice[2]])  # a field given twice: malformed
+    ghost = Key("ghost", b"ghost-secret-0000000000", frozenset({"deposit"}))
+    _xadd(client, list(entry_fields(ghost, intent_body(new_deposit(9, 3))).items()))
+    return len(bodies) + 3
+
+
+def _admitted_in_process(client: redis.Redis, keyring: Keyring):
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XRANGE", lambda reply, **_: reply)
+    results = [admit_entry(eid.decode(), _fields(flat), keyring)
+               for eid, flat in raw.xrange(c.STREAM_INTENTS)]
+    return ([r for r in results if isinstance(r, Candidate)],
+            [r for r in results if isinstance(r, DeadLetter)])
+
+
+@pytest.fixture
+def admitter(settings: Settings):
+    handle = Admitter(load_settings(admission_restart_ms=0), CONSUMER)
+    yield handle
+    handle.close()
+
+
+def test_the_child_admits_every_kind_of_entry_exactly_as_the_writer_would(
+        redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    n = _every_kind_of_entry(redis_client, keyring)
+    assert admitter.ask(keyring)
+    entries, candidates, dead = admitter.collect()
+    assert (candidates, dead) == _admitted_in_process(redis_client, keyring)
+    assert [e for e, _ in entries] == [eid.decode() for eid, _ in
+                                       redis_client.xrange(c.STREAM_INTENTS)]
+    reasons = sorted(x.pre_reason or "ok" for x in candidates) + sorted(d.reason for d in dead)
+    assert reasons == ["forbidden_kind", "invalid", "ok", "ok", "ok",
+                       "bad_signature", "malformed", "unknown_kid"]
+    pending = redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
+    assert pending["pending"] == n and {x["name"] for x in pending["consumers"]} == {
+        CONSUMER.encode()}, "what the child read is pending under the writer's consumer"
+    assert admitter.ask(keyring)
+    assert admitter.collect() == ([], [], []), "nothing new: an empty batch, no error"
+
+
+def test_a_reloaded_keyring_reaches_the_child(
+        redis_client: redis.Redis, keyring: Keyring, keyring_path, admitter: Admitter) -> None:
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    new_key = Key("cashier-2", b"cashier-two-secret-00001", frozenset({"deposit"}))
+    body = intent_body(new_deposit(7, 100))
+    _xadd(redis_client, list(entry_fields(new_key, body).items()))
+    assert admitter.ask(keyring)
+    _, candidates, dead = admitter.collect()
+    assert not candidates and [d.reason for d in dead] == ["unknown_kid"]
+
+    raw = json.loads(keyring_path.read_text())
+    raw["cashier-2"] = {"secret": "cashier-two-secret-00001", "kinds": ["deposit"]}
+    reloaded = Keyring.from_mapping(raw)
+    _xadd(redis_client, list(entry_fields(new_key, body).items()))
+    assert admitter.ask(reloaded)
+    _, candidates, dead = admitter.collect()
+    assert [(x.kid, x.pre_reason) for x in candidates] == [("cashier-2", None)] and not dead
+
+
+def test_a_killed_child_fails_one_read_and_a_new_one_takes_over(
+        redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    assert admitter.ask(keyring)
+    assert admitter.collect() == ([], [], [])
+    first = admitter.pid
+    os.kill(first, signal.SIGKILL)
+    os.waitpid(first, 0)
+    assert not admitter.ask(keyring) or admitter.collect() is None, "the failure is reported"
+    _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
+                                          intent_body(new_deposit(7, 5))).items()))
+    assert admitter.ask(keyring), "a new child is started (restart delay 0 here)"
+    entries, candidates, _ = admitter.collect()
+    assert admitter.pid not in (None, first)
+    assert len(entries) == len(candidates) == 1

@@ -1,0 +1,162 @@
+"""The admission child process (``python -m workers.admitter``) and the writer's handle.
+
+See workers/admission.py for why and for the frames. The child reads only when the writer
+asks (one batch per request), so it never reads while the writer is not leading, and at
+most one batch is in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import msgspec
+import redis
+
+from producer.signing import Key, Keyring
+from workers.admission import (
+    Hello, Reply, Request, merge, raw_keyring, read_frame, split, write_frame,
+)
+from workers.decision import Candidate
+from workers.intake import DeadLetter
+from workers.logs import configure_logging, get_logger
+from workers.settings import Settings
+from workers.streams import Entry
+
+_ENCODER = msgspec.msgpack.Encoder()
+_REPLIES = msgspec.msgpack.Decoder(Reply)
+
+
+class Admitter:
+    """The writer's handle: ``ask`` before the commit's other work, ``collect`` after it.
+
+    Any failure (the child cannot start, dies, hangs past ``admission_reply_timeout_ms``
+    or answers nonsense) returns None and stops the child; the writer then reads in
+    process, and a new child is started ``admission_restart_ms`` later.
+    """
+
+    def __init__(self, settings: Settings, consumer: str) -> None:
+        self._s = settings
+        self._consumer = consumer
+        self._proc: subprocess.Popen | None = None
+        self._sent: Keyring | None = None
+        self._asked_with: Keyring | None = None
+        self._down_until = 0.0
+        self._log = get_logger("betstream.admission")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def asked(self) -> bool:
+        """A batch was asked for and not yet collected."""
+        return self._asked_with is not None
+
+    def ask(self, keyring: Keyring) -> bool:
+        """Ask the child to read and admit the next batch; False: read in process."""
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            proc = self._proc or self._start()
+            changed = keyring is not self._sent
+            request = Request(raw_keyring(keyring) if changed else None)
+            write_frame(proc.stdin.fileno(), _ENCODER.encode(request))
+        except (OSError, ValueError) as exc:
+            self._fail("ask", exc)
+            return False
+        self._sent = self._asked_with = keyring
+        return True
+
+    def collect(self) -> tuple[list[Entry], list[Candidate], list[DeadLetter]] | None:
+        """The batch asked for (maybe empty), or None if the child failed it."""
+        proc = self._proc
+        if proc is None or self._asked_with is None:
+            return None
+        keyring, self._asked_with = self._asked_with, None
+        try:
+            fd = proc.stdout.fileno()
+            ready, _, _ = select.select([fd], [], [], self._s.admission_reply_timeout_ms / 1000)
+            if not ready:
+                raise TimeoutError("no reply in time")
+            frame = read_frame(fd)
+            if frame is None:
+                raise EOFError(f"child exited ({proc.poll()})")
+            reply = _REPLIES.decode(frame)
+            if reply.error is not None:
+                return [], [], []  # Redis failed the read: nothing read, next loop retries
+            return merge(reply, keyring)
+        except (OSError, ValueError, EOFError, TimeoutError, msgspec.MsgspecError) as exc:
+            self._fail("collect", exc)
+            return None
+
+    def _start(self) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.admitter"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self._proc, self._sent = proc, None
+        hello = Hello(self._s.model_dump_json(), self._consumer)
+        write_frame(proc.stdin.fileno(), _ENCODER.encode(hello))
+        self._log.info("admission.started", pid=proc.pid)
+        return proc
+
+    def _fail(self, step: str, exc: BaseException) -> None:
+        self._log.warning("admission.failed", step=step, error=str(exc)[:200],
+                          restart_in_ms=self._s.admission_restart_ms)
+        self.close()
+        self._down_until = time.monotonic() + self._s.admission_restart_ms / 1000
+
+    def close(self) -> None:
+        proc, self._proc, self._asked_with = self._proc, None, None
+        if proc is None:
+            return
+        proc.kill()  # it holds nothing: entries it read stay pending under the writer
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            pipe.close()
+
+
+def _keyring(raw: dict) -> Keyring:
+    return Keyring({kid: Key(kid, secret, frozenset(kinds), retire_at)
+                    for kid, (secret, kinds, retire_at) in raw.items()})
+
+
+def main() -> int:
+    """Child: read a batch as the writer's consumer and admit it, once per request.
+
+    Frames use the original stdout; fd 1 then points at stderr so that nothing printed
+    by a library can corrupt them. Exits when the writer closes its end (or dies).
+    """
+    from workers.connections import redis_client
+    from workers.streams import IntentStream
+
+    rfd, wfd = 0, os.dup(1)
+    os.dup2(2, 1)
+    parent = os.getppid()
+    hello = msgspec.msgpack.decode(read_frame(rfd) or b"", type=Hello)
+    settings = Settings.model_validate_json(hello.settings_json)
+    configure_logging(settings.log_format, settings.log_level)
+    stream = IntentStream(redis_client(settings.redis_url), settings, hello.consumer)
+    keyring = Keyring({})
+    requests = msgspec.msgpack.Decoder(Request)
+    while (frame := read_frame(rfd)) is not None:
+        request = requests.decode(frame)
+        if request.keyring is not None:
+            keyring = _keyring(request.keyring)
+        if os.getppid() != parent:
+            return 0  # the writer died (SIGKILL): read nothing more under its name
+        try:
+            reply = split(stream.read_new_now(), keyring)
+        except redis.RedisError as exc:
+            reply = Reply([], [], [], error=str(exc)[:200])
+        try:
+            write_frame(wfd, _ENCODER.encode(reply))
+        except BrokenPipeError:
+            return 0  # the writer is gone; what we read stays pending for the next leader
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
