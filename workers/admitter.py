@@ -57,7 +57,10 @@ class Admitter:
         return self._asked_with is not None
 
     def ask(self, keyring: Keyring) -> bool:
-        """Ask the child to read and admit the next batch; False: read in process."""
+        """Ask the child to read and admit the next batch; False: read in process.
+        At most one request is in flight: asking again before collecting changes nothing."""
+        if self._asked_with is not None:
+            return True
         if time.monotonic() < self._down_until:
             return False
         try:

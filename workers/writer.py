@@ -122,7 +122,7 @@ class Writer:
             self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
             admitted = early = None
             if self._ahead is None and self.admitter is not None and self.admitter.asked:
-                self._collect_ahead(again=False)  # asked ahead: never leave it waiting
+                self._collect_ahead()  # asked, then interrupted: never leave it waiting
             if self._ahead is not None:  # read (and admitted) while the last batch committed
                 entries, admitted, early = self._ahead
                 self._ahead = None
@@ -166,7 +166,7 @@ class Writer:
                 self._read_ahead()  # first: Redis claims its nonces while we finish
             self._finish_unfinished(stop)
             if asked:
-                self._collect_ahead(again=True)
+                self._collect_ahead()
 
         def run() -> Committed:
             overlap = read_ahead and (self._ahead is None or self._unfinished is not None)
@@ -224,28 +224,18 @@ class Writer:
             self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
 
     def _ask_ahead(self) -> bool:
-        if self.admitter is None:
-            return False
-        return self.admitter.asked or self.admitter.ask(self.pipeline.keyring)
+        return self.admitter is not None and self.admitter.ask(self.pipeline.keyring)
 
-    def _collect_ahead(self, again: bool) -> None:
-        """The batch the admission child read ahead; if it failed, read in process.
-
-        With ``again``, a full batch makes us ask for the next one at once: the child then
-        reads and admits it while this thread decides, not only while a commit runs. The
-        answer is collected by the next commit, or before the next read if none comes.
-        """
+    def _collect_ahead(self) -> None:
+        """The batch the admission child read ahead; if it failed, read in process."""
         got = self.admitter.collect()
         if got is None:
-            if again:
-                self._read_ahead()
+            self._read_ahead()
             return
         entries, candidates, dead = got
         if entries:
             admitted = (candidates, dead)
             self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
-        if again and len(entries) >= self._s.batch_size_max:
-            self.admitter.ask(self.pipeline.keyring)
 
     def _reclaim_due(self) -> bool:
         """Every lease period, take over entries another consumer has left idle that long.

@@ -124,3 +124,16 @@ def test_a_killed_child_fails_one_read_and_a_new_one_takes_over(
     entries, candidates, _ = admitter.collect()
     assert admitter.pid not in (None, first)
     assert len(entries) == len(candidates) == 1
+
+
+def test_asking_twice_before_collecting_reads_one_batch(
+        redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
+    """A retried step may ask again: one batch stays in flight, none is left in the pipe."""
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
+                                          intent_body(new_deposit(7, 5))).items()))
+    assert admitter.ask(keyring) and admitter.ask(keyring) and admitter.asked
+    entries, _, _ = admitter.collect()
+    assert len(entries) == 1 and not admitter.asked
+    assert admitter.ask(keyring)
+    assert admitter.collect() == ([], [], []), "no second reply was waiting"
