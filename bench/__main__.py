@@ -75,7 +75,9 @@ def tables(results: dict[str, Any]) -> list[Table]:
                   f"{best / r['per_s']:.1f}x")
     w = results["throughput"]["betstream"]
     t.caption = (f"betstream writer: {w['batches']} batches, {w['accepted']:,} accepted, "
-                 f"{w['writer_cpu_s']} CPU s, peak RSS {w['writer_rss_mb']} MB")
+                 f"{w['writer_cpu_s']} CPU s, peak RSS {w['writer_rss_mb']} MB; its admission "
+                 f"child: {w.get('admission_cpu_s', 0)} CPU s, "
+                 f"peak RSS {w.get('admission_rss_mb', 0)} MB")
     lat = Table(title="latency from stream ingress (ms)")
     for col in ("offered/s", "intents", "commit p50", "p99", "p999", "confirm p50", "p99",
                 "p999"):

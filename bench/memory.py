@@ -10,7 +10,7 @@ import argparse
 import json
 
 from bench.harness import private_env, wait
-from bench.throughput import proc_stats
+from bench.throughput import children_stats, proc_stats
 from workers.streams import backlog
 
 
@@ -35,12 +35,18 @@ def main() -> None:
                 p.wait(3600)
             wait(lambda: backlog(client) == (0, 0), 3600, "the wave to drain", interval_s=0.5)
             cpu, rss = proc_stats(writer.pid)
+            child_cpu, child_rss = children_stats(writer.pid)
             redis_mb = client.info("memory")["used_memory"] / 2**20
             rows.append({"intents": wave * args.wave_size, "writer_rss_mb": round(rss / 2**20, 1),
-                         "writer_cpu_s": cpu, "redis_used_mb": round(redis_mb, 1)})
+                         "writer_cpu_s": cpu, "admission_rss_mb": round(child_rss / 2**20, 1),
+                         "admission_cpu_s": child_cpu, "redis_used_mb": round(redis_mb, 1)})
             print(json.dumps(rows[-1]), flush=True)
         first, last = rows[0]["writer_rss_mb"], rows[-1]["writer_rss_mb"]
-        print(json.dumps({"rss_growth_pct": round(100 * (last - first) / first, 1)}))
+        child_first, child_last = rows[0]["admission_rss_mb"], rows[-1]["admission_rss_mb"]
+        print(json.dumps({"rss_growth_pct": round(100 * (last - first) / first, 1),
+                          "admission_rss_growth_pct": round(
+                              100 * (child_last - child_first) / child_first, 1)
+                          if child_first else None}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,20 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, rss_kb * 1024
 
 
+def children_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) summed over a process's live children: the writer's
+    admission child does part of the writer's work and must be counted with it."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    cpu, rss = 0.0, 0
+    for child in (children.read_text().split() if children.exists() else []):
+        try:
+            c_cpu, c_rss = proc_stats(int(child))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
+        cpu, rss = cpu + c_cpu, rss + c_rss
+    return cpu, rss
+
+
 def prefill(env: Env, intents: int, producers: int = 2, users: int = 10_000) -> None:
     """``intents`` signed intents from ``producers`` processes: deposits first, then bets."""
     users = max(producers, min(users, intents // 4))
@@ -53,22 +67,26 @@ def measure_writer(env: Env, intents: int, **settings: str) -> dict[str, float]:
     total = client.xlen("betstream:intents")
     writer = env.start("writer", **{**DRAIN_WINDOW, **settings})
     started = time.perf_counter()
-    peak_rss = 0
+    peak_rss = peak_child_rss = 0
 
     def done() -> bool:
-        nonlocal peak_rss
+        nonlocal peak_rss, peak_child_rss
         peak_rss = max(peak_rss, proc_stats(writer.pid)[1])
+        peak_child_rss = max(peak_child_rss, children_stats(writer.pid)[1])
         return backlog(client) == (0, 0)
 
     wait(done, 900, "the writer to drain", interval_s=0.02)
     seconds = time.perf_counter() - started
     cpu, _ = proc_stats(writer.pid)
+    child_cpu, _ = children_stats(writer.pid)
     batches = env.query("SELECT COUNT(*), AVG(rows) FROM batches")[0]
     accepted = env.query("SELECT COUNT(*) FROM outcomes WHERE status = 'accepted'")[0][0]
     return {"intents": total, "accepted": accepted, "seconds": round(seconds, 2),
             "per_s": round(total / seconds),
             "batches": batches[0], "writer_cpu_s": round(cpu, 2),
-            "writer_rss_mb": round(peak_rss / 2**20, 1)}
+            "writer_rss_mb": round(peak_rss / 2**20, 1),
+            "admission_cpu_s": round(child_cpu, 2),
+            "admission_rss_mb": round(peak_child_rss / 2**20, 1)}
 
 
 def main() -> None:
