@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     confirm_monitoring_s: int = Field(5, ge=1)
     confirm_heartbeat_grace_s: int = Field(10, ge=1)
     confirm_guard_ttl_s: int = Field(3_600, ge=60)  # a published job is not re-published
+    # Under light load every batch is one confirmation job, and RQ's per-job cost caps the
+    # confirmer. When at least confirm_jobs_waiting_max jobs wait, the writer waits
+    # confirm_linger_ms before reading a batch that would not be full: fewer, bigger jobs.
+    confirm_jobs_waiting_max: int = Field(2, ge=1, le=1_000_000)
+    confirm_linger_ms: int = Field(50, ge=0, le=10_000)
 
     # Gateway (WebSocket confirmations, bet lookups, health, metrics).
     gateway_host: str = "127.0.0.1"

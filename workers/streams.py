@@ -139,8 +139,9 @@ class IntentStream:
                                                *(intent_id for _, _, intent_id in claims)])
         return [None if h in (0, b"", None) else _text(h) for h in holders]
 
-    def finish(self, work: Finish) -> None:
-        """After COMMIT: dead-letter, enqueue the confirmations and ack, in one MULTI."""
+    def finish(self, work: Finish) -> int:
+        """After COMMIT: dead-letter, enqueue the confirmations and ack, in one MULTI.
+        Returns how many confirmation jobs are waiting (read in the same round trip)."""
         s = self._settings
         pipe = self._redis.pipeline(transaction=True)
         if work.messages:  # first: RQ's enqueue calls pipe.multi(), only valid while empty
@@ -150,7 +151,8 @@ class IntentStream:
                       approximate=True)
         if work.ack_ids:
             pipe.xack(c.STREAM_INTENTS, c.GROUP_WRITERS, *work.ack_ids)
-        pipe.execute()
+        pipe.llen(self._confirmations.key)
+        return int(pipe.execute()[-1])
 
 
 def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:

@@ -64,6 +64,8 @@ class Writer:
         self._reclaimed_at = time.monotonic()
         self._ahead: tuple[list[Entry], Admitted, EarlyClaims | None] | None = None
         self._unfinished: Committed | None = None  # committed; acked during the next commit
+        self._confirm_jobs_waiting = 0  # as of our last finish
+        self._last_read_full = False  # the last batch read was a full one (a backlog)
         self.admitter = Admitter(settings, self.consumer) if settings.admission_process else None
 
     def _ensure_store(self, stop: threading.Event) -> bool:
@@ -134,9 +136,11 @@ class Writer:
                     continue
                 after = entries[-1][0]
             else:
+                self._linger(stop)
                 entries = self._retry("read_new", self.stream.read_new, stop, leading=True)
             if after is None and self._reclaim_due():  # idle or not: a busy stream must
                 after = "0"  # not starve entries stranded by a fenced-out writer: ours now
+            self._last_read_full = bool(entries) and len(entries) >= self._s.batch_size_max
             if entries:
                 self.process(entries, stop, admitted, read_ahead=self._backlogged(entries, after),
                              early=early)
@@ -183,8 +187,20 @@ class Writer:
             self._finish(committed, stop)
 
     def _finish(self, committed: Committed, stop: threading.Event) -> None:
-        self._retry("finish", lambda: self.stream.finish(committed.finish), stop, leading=True)
+        waiting = self._retry("finish", lambda: self.stream.finish(committed.finish), stop,
+                              leading=True)
+        self._confirm_jobs_waiting = waiting or 0
         self._hooks.on_batch(committed.report)
+
+    def _linger(self, stop: threading.Event) -> None:
+        """Before reading a batch that is not waiting in full: if the confirmer is behind,
+        wait a moment so that the batch, and its confirmation job, is bigger. Each batch is
+        one RQ job, whose per-job cost caps the confirmer (~40-100 jobs/s here); a faster
+        writer made smaller batches and queued confirmations for seconds at 3,000/s. A
+        full batch (a backlog) never waits."""
+        if (not self._last_read_full
+                and self._confirm_jobs_waiting >= self._s.confirm_jobs_waiting_max):
+            stop.wait(self._s.confirm_linger_ms / 1000)
 
     def _finish_unfinished(self, stop: threading.Event) -> None:
         """Ack and confirm the committed batch whose finish was deferred, if any."""
