@@ -56,7 +56,7 @@ class Admitter:
         """A batch was asked for and not yet collected."""
         return self._asked_with is not None
 
-    def ask(self, keyring: Keyring) -> bool:
+    def ask(self, keyring: Keyring, lease_owner: str) -> bool:
         """Ask the child to read and admit the next batch; False: read in process.
         At most one request is in flight: asking again before collecting changes nothing."""
         if self._asked_with is not None:
@@ -66,7 +66,7 @@ class Admitter:
         try:
             proc = self._proc or self._start()
             changed = keyring is not self._sent
-            request = Request(raw_keyring(keyring) if changed else None)
+            request = Request(lease_owner, raw_keyring(keyring) if changed else None)
             write_frame(proc.stdin.fileno(), _ENCODER.encode(request))
         except (OSError, ValueError) as exc:
             self._fail("ask", exc)
@@ -151,7 +151,7 @@ def main() -> int:
         if os.getppid() != parent:
             return 0  # the writer died (SIGKILL): read nothing more under its name
         try:
-            reply = split(stream.read_new_now(), keyring)
+            reply = split(stream.read_new_now(request.lease_owner), keyring)
         except redis.RedisError as exc:
             reply = Reply([], [], [], error=str(exc)[:200])
         try:

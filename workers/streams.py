@@ -23,6 +23,17 @@ REPEATED_FIELD_PREFIX: Final = b"repeated:"  # marks a field name an entry gives
 UNREAD_COUNT_MAX: Final = 1_000  # entries counted (at least) when XINFO's lag is unknown
 
 
+# Read new entries only while ARGV[1] holds the writer lease, in one step. A writer that
+# lost the lead (frozen, then woken) must not pull entries into its pending list after
+# the new leader claimed everything: they would wait a lease period there and then be
+# decided after later entries (a settlement before its bet).
+_READ_IF_LEADING: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+                  'STREAMS', KEYS[2], '>')
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """Everything the post-commit MULTI does for one batch."""
@@ -52,6 +63,7 @@ class IntentStream:
         self.consumer = consumer
         self._confirmations = confirmation_queue(client)
         self._claim = client.register_script(_CLAIM_NONCES)
+        self._read_if_leading = client.register_script(_READ_IF_LEADING)
         # Same connections, but XREADGROUP replies unparsed: redis-py would fold a field
         # given twice into one dict key (last wins) and the intake could not tell.
         self._raw = redis.Redis(connection_pool=client.connection_pool)
@@ -103,19 +115,19 @@ class IntentStream:
     def read_new(self) -> list[Entry]:
         return self._read(">", block_ms=self._settings.batch_wait_ms)
 
-    def read_new_now(self) -> list[Entry]:
-        """New entries already there, without blocking (read-ahead during a commit)."""
-        return self._read(">", block_ms=None)
+    def read_new_now(self, lease_owner: str | None = None) -> list[Entry]:
+        """New entries already there, without blocking (read-ahead during a commit); with
+        ``lease_owner``, only if that writer still holds the lease (nothing otherwise)."""
+        if lease_owner is None:
+            return self._read(">", block_ms=None)
+        return _entries(self._read_if_leading(
+            keys=[c.KEY_WRITER_LEASE, c.STREAM_INTENTS],
+            args=[lease_owner, c.GROUP_WRITERS, self.consumer, self._settings.batch_size_max]))
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
-        reply = self._raw.xreadgroup(
+        return _entries(self._raw.xreadgroup(
             c.GROUP_WRITERS, self.consumer, {c.STREAM_INTENTS: start},
-            count=self._settings.batch_size_max, block=block_ms)
-        if not reply:
-            return []
-        streams = reply.items() if isinstance(reply, dict) else reply  # RESP3 map / RESP2
-        _, entries = next(iter(streams))
-        return [(_text(eid), _fields(flat)) for eid, flat in entries]
+            count=self._settings.batch_size_max, block=block_ms))
 
     def trim(self, retention_ms: int, now_ms: int) -> int:
         """Drop entries older than ``retention_ms`` that are acknowledged: never one that is
@@ -153,6 +165,15 @@ class IntentStream:
             pipe.xack(c.STREAM_INTENTS, c.GROUP_WRITERS, *work.ack_ids)
         pipe.llen(self._confirmations.key)
         return int(pipe.execute()[-1])
+
+
+def _entries(reply: object) -> list[Entry]:
+    """An unparsed XREADGROUP reply (one stream) as entries in stream order."""
+    if not reply:
+        return []
+    streams = reply.items() if isinstance(reply, dict) else reply  # RESP3 map / RESP2
+    _, entries = next(iter(streams))
+    return [(_text(eid), _fields(flat)) for eid, flat in entries]
 
 
 def _fields(flat: list[bytes] | None) -> dict[bytes, bytes] | None:

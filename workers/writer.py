@@ -201,6 +201,12 @@ class Writer:
         if (not self._last_read_full
                 and self._confirm_jobs_waiting >= self._s.confirm_jobs_waiting_max):
             stop.wait(self._s.confirm_linger_ms / 1000)
+            # Frozen during that wait past the lease (SIGSTOP, a paused VM), we must not
+            # read: the entries would land in our pending list after the new leader
+            # claimed everything, and be decided late, out of order (found by the
+            # split-brain torture test). So the lease is checked again before the read.
+            self._retry("renew_lease", lambda: self._keep_lease(force=True), stop,
+                        leading=True)
 
     def _finish_unfinished(self, stop: threading.Event) -> None:
         """Ack and confirm the committed batch whose finish was deferred, if any."""
@@ -232,7 +238,7 @@ class Writer:
     def _read_ahead(self) -> None:
         """The next batch, without waiting for one: an idle stream must not delay this one."""
         try:
-            entries = self.stream.read_new_now()
+            entries = self.stream.read_new_now(self.lease.owner)
         except redis.RedisError:
             return  # the next loop reads again, with retries
         if entries:
@@ -240,7 +246,8 @@ class Writer:
             self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
 
     def _ask_ahead(self) -> bool:
-        return self.admitter is not None and self.admitter.ask(self.pipeline.keyring)
+        return (self.admitter is not None
+                and self.admitter.ask(self.pipeline.keyring, self.lease.owner))
 
     def _collect_ahead(self) -> None:
         """The batch the admission child read ahead; if it failed, read in process."""
@@ -281,8 +288,8 @@ class Writer:
         except redis.RedisError:
             pass  # retention waits for the next interval; the batch path reports Redis faults
 
-    def _keep_lease(self) -> None:
-        if time.monotonic() - self._renewed_at < self._s.lease_renew_ms / 1000:
+    def _keep_lease(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._renewed_at < self._s.lease_renew_ms / 1000:
             return
         if not self.lease.renew():
             raise LeaseLost(f"lease {self.lease.owner} expired or was taken")

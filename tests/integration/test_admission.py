@@ -27,6 +27,7 @@ from workers.settings import Settings, load_settings
 from workers.streams import IntentStream, _fields
 
 CONSUMER = "writer-under-test"
+OWNER = "writer-under-test:0001"  # its lease token
 
 
 def _xadd(client: redis.Redis, pairs: list[tuple[str, bytes | str]]) -> str:
@@ -65,7 +66,8 @@ def _admitted_in_process(client: redis.Redis, keyring: Keyring):
 
 
 @pytest.fixture
-def admitter(settings: Settings):
+def admitter(settings: Settings, redis_client: redis.Redis):
+    redis_client.set(c.KEY_WRITER_LEASE, OWNER)  # the writer leads
     handle = Admitter(load_settings(admission_restart_ms=0), CONSUMER)
     yield handle
     handle.close()
@@ -75,7 +77,7 @@ def test_the_child_admits_every_kind_of_entry_exactly_as_the_writer_would(
         redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
     n = _every_kind_of_entry(redis_client, keyring)
-    assert admitter.ask(keyring)
+    assert admitter.ask(keyring, OWNER)
     entries, candidates, dead = admitter.collect()
     assert (candidates, dead) == _admitted_in_process(redis_client, keyring)
     assert [e for e, _ in entries] == [eid.decode() for eid, _ in
@@ -86,7 +88,7 @@ def test_the_child_admits_every_kind_of_entry_exactly_as_the_writer_would(
     pending = redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
     assert pending["pending"] == n and {x["name"] for x in pending["consumers"]} == {
         CONSUMER.encode()}, "what the child read is pending under the writer's consumer"
-    assert admitter.ask(keyring)
+    assert admitter.ask(keyring, OWNER)
     assert admitter.collect() == ([], [], []), "nothing new: an empty batch, no error"
 
 
@@ -96,7 +98,7 @@ def test_a_reloaded_keyring_reaches_the_child(
     new_key = Key("cashier-2", b"cashier-two-secret-00001", frozenset({"deposit"}))
     body = intent_body(new_deposit(7, 100))
     _xadd(redis_client, list(entry_fields(new_key, body).items()))
-    assert admitter.ask(keyring)
+    assert admitter.ask(keyring, OWNER)
     _, candidates, dead = admitter.collect()
     assert not candidates and [d.reason for d in dead] == ["unknown_kid"]
 
@@ -104,7 +106,7 @@ def test_a_reloaded_keyring_reaches_the_child(
     raw["cashier-2"] = {"secret": "cashier-two-secret-00001", "kinds": ["deposit"]}
     reloaded = Keyring.from_mapping(raw)
     _xadd(redis_client, list(entry_fields(new_key, body).items()))
-    assert admitter.ask(reloaded)
+    assert admitter.ask(reloaded, OWNER)
     _, candidates, dead = admitter.collect()
     assert [(x.kid, x.pre_reason) for x in candidates] == [("cashier-2", None)] and not dead
 
@@ -112,15 +114,15 @@ def test_a_reloaded_keyring_reaches_the_child(
 def test_a_killed_child_fails_one_read_and_a_new_one_takes_over(
         redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
-    assert admitter.ask(keyring)
+    assert admitter.ask(keyring, OWNER)
     assert admitter.collect() == ([], [], [])
     first = admitter.pid
     os.kill(first, signal.SIGKILL)
     os.waitpid(first, 0)
-    assert not admitter.ask(keyring) or admitter.collect() is None, "the failure is reported"
+    assert not admitter.ask(keyring, OWNER) or admitter.collect() is None, "the failure is reported"
     _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
                                           intent_body(new_deposit(7, 5))).items()))
-    assert admitter.ask(keyring), "a new child is started (restart delay 0 here)"
+    assert admitter.ask(keyring, OWNER), "a new child is started (restart delay 0 here)"
     entries, candidates, _ = admitter.collect()
     assert admitter.pid not in (None, first)
     assert len(entries) == len(candidates) == 1
@@ -132,8 +134,26 @@ def test_asking_twice_before_collecting_reads_one_batch(
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
     _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
                                           intent_body(new_deposit(7, 5))).items()))
-    assert admitter.ask(keyring) and admitter.ask(keyring) and admitter.asked
+    assert admitter.ask(keyring, OWNER) and admitter.ask(keyring, OWNER) and admitter.asked
     entries, _, _ = admitter.collect()
     assert len(entries) == 1 and not admitter.asked
-    assert admitter.ask(keyring)
+    assert admitter.ask(keyring, OWNER)
     assert admitter.collect() == ([], [], []), "no second reply was waiting"
+
+
+def test_a_writer_that_lost_the_lease_reads_nothing(
+        redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
+    """A frozen writer woken after a takeover must not pull entries into its pending list
+    after the new leader claimed everything (they would be decided late, out of order):
+    the lease check and the read are one script."""
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
+                                          intent_body(new_deposit(7, 5))).items()))
+    redis_client.set(c.KEY_WRITER_LEASE, "another-writer:0002")
+    assert admitter.ask(keyring, OWNER)
+    assert admitter.collect() == ([], [], [])
+    in_process = IntentStream(redis_client, load_settings(), CONSUMER)
+    assert in_process.read_new_now(OWNER) == []
+    assert redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"] == 0
+    redis_client.set(c.KEY_WRITER_LEASE, OWNER)
+    assert len(in_process.read_new_now(OWNER)) == 1, "once it leads again, it reads"
