@@ -27,7 +27,7 @@ import msgspec
 from producer.fastparse import FastIntent
 from producer.signing import Keyring
 from workers.decision import Candidate
-from workers.intake import DeadLetter, ingress_ms
+from workers.intake import ADMITTED_ELSEWHERE, DeadLetter, admit_entry, ingress_ms
 from workers.streams import Entry
 
 FRAME_HEADER_BYTES: Final = 4
@@ -87,8 +87,6 @@ def raw_keyring(keyring: Keyring) -> RawKeyring:
 
 def split(entries: list[Entry], keyring: Keyring) -> Reply:
     """The child's work: admit each entry; send fast candidates as such, the rest raw."""
-    from workers.pipeline import admit_entry  # local: the child needs no committer code
-
     fast, raw = [], []
     for index, (entry_id, fields) in enumerate(entries):
         result = admit_entry(entry_id, fields, keyring)
@@ -103,8 +101,6 @@ def split(entries: list[Entry], keyring: Keyring) -> Reply:
 def merge(reply: Reply, keyring: Keyring) -> tuple[list[Entry], list[Candidate],
                                                     list[DeadLetter]]:
     """The writer's side: the same (candidates, dead letters) ``admit`` gives, in order."""
-    from workers.pipeline import admit_entry
-
     results: list[Candidate | DeadLetter | None] = [None] * len(reply.ids)
     ids = reply.ids
     for index, sha, kid, intent in reply.fast:
@@ -117,8 +113,3 @@ def merge(reply: Reply, keyring: Keyring) -> tuple[list[Entry], list[Candidate],
     entries: list[Entry] = [(entry_id, ADMITTED_ELSEWHERE) for entry_id in ids]
     candidates = [r for r in results if isinstance(r, Candidate)]
     return entries, candidates, [r for r in results if isinstance(r, DeadLetter)]
-
-
-# The fields of an entry admitted by the child: admitting it again would be a programmer
-# error (the pipeline checks), never a silent "malformed" dead letter.
-ADMITTED_ELSEWHERE: Final[dict[bytes, bytes]] = {}

@@ -24,6 +24,7 @@ from producer.fastparse import FastIntent, parse_intent_fast
 from producer.errors import AuthError, ContractError
 from producer.signing import Keyring, verify
 from workers.decision import Candidate
+from workers.invariants import require
 
 RAW_FIELD_BYTES_MAX: Final = 512  # how much of a rejected field the dead-letter entry keeps
 _ENTRY_KEYS: Final = frozenset(name.encode() for name in c.ENTRY_FIELDS)
@@ -44,6 +45,21 @@ class DeadLetter:
 def ingress_ms(entry_id: str) -> int:
     """A stream entry id is ``<ms>-<seq>``: the ms part is when Redis accepted it."""
     return int(entry_id.split("-", 1)[0])
+
+
+# The fields of an entry the admission child admitted (workers/admission.py): admitting
+# it again would be a programmer error, never a silent "malformed" dead letter.
+ADMITTED_ELSEWHERE: Final[dict[bytes, bytes]] = {}
+
+
+def admit_entry(entry_id: str, fields: dict[bytes, bytes] | None,
+                keyring: Keyring) -> Candidate | DeadLetter:
+    """One entry as read from the stream (fields None: deleted before it was read)."""
+    require(fields is not ADMITTED_ELSEWHERE, "an entry the admission child admitted was "
+            "about to be admitted again without its fields")
+    if fields is None:
+        return DeadLetter(entry_id, "deleted", "entry was deleted before processing")
+    return admit(entry_id, fields, keyring)
 
 
 def admit(entry_id: str, fields: dict[bytes, bytes], keyring: Keyring) -> Candidate | DeadLetter:

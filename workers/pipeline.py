@@ -19,13 +19,11 @@ import redis
 
 from producer.contract import now_ms
 from producer.signing import Keyring
-from workers.admission import ADMITTED_ELSEWHERE
 from workers.batch import BatchWrite, OutcomeRow, build_batch
 from workers.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers.dedupe import Repeat, split_repeats
 from workers.hooks import BatchReport
-from workers.intake import DeadLetter, admit, freshness_reason, ingress_ms
-from workers.invariants import require
+from workers.intake import DeadLetter, admit_entry, freshness_reason, ingress_ms
 from workers.settings import Settings
 from workers.store import Store
 from workers.streams import Entry, Finish, IntentStream
@@ -182,16 +180,6 @@ class BatchPipeline:
 
     def _remember(self, book: Book) -> None:
         self.balances.update(book.balances)
-
-
-def admit_entry(entry_id: str, fields: dict[bytes, bytes] | None,
-                keyring: Keyring) -> Candidate | DeadLetter:
-    """One entry as read from the stream (fields None: deleted before it was read)."""
-    require(fields is not ADMITTED_ELSEWHERE, "an entry the admission child admitted was "
-            "about to be admitted again without its fields")
-    if fields is None:
-        return DeadLetter(entry_id, "deleted", "entry was deleted before processing")
-    return admit(entry_id, fields, keyring)
 
 
 def _undecided(cand: Candidate) -> bool:

@@ -21,8 +21,7 @@ from producer.contract import encode_body, intent_body, new_bet, new_deposit
 from producer.signing import Key, Keyring
 from workers.admitter import Admitter
 from workers.decision import Candidate
-from workers.intake import DeadLetter
-from workers.pipeline import admit_entry
+from workers.intake import DeadLetter, admit_entry
 from workers.settings import Settings, load_settings
 from workers.streams import IntentStream, _fields
 
