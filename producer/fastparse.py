@@ -3,10 +3,11 @@
 The writer parses every body. The pydantic path (JSON decode, then generic validation,
 then a model) cost ~12 us per bet on this machine; one msgspec decode into a typed,
 constrained struct costs ~1 us. The structs below state the rules of wire contract v1
-as msgspec constraints plus one regex over the text fields, *narrower* where an exact equivalent would be slow or subtle
-(text is printable ASCII without ``"`` or ``\\``, nonces likewise): anything they do not
-accept goes through :func:`producer.contract.parse_intent`, which decides, so rejections
-(rare) keep pydantic's exact messages and unusual-but-valid bodies are still accepted.
+as msgspec constraints plus one regex over the text fields, *narrower* where an exact
+equivalent would be slow or subtle (text is printable ASCII without ``"`` or ``\\``,
+nonces likewise): anything they do not accept goes through
+:func:`producer.contract.parse_intent`, which decides, so rejections (rare) keep
+pydantic's exact messages and unusual-but-valid bodies are still accepted.
 
 msgspec keeps the *last* value of a repeated key, where the contract refuses the body.
 Because the fast structs admit no ``"`` inside any string, every key and every string
@@ -131,8 +132,9 @@ def parse_intent_fast(body: bytes) -> Intent | FastIntent:
             intent = _DECODER.decode(body)
         except (msgspec.MsgspecError, ValueError, RecursionError):  # ValueError: bad UTF-8
             intent = None  # not for the fast path: the slow path decides
-        if intent is not None and body.count(b'"') == _QUOTES[type(intent)] and (
-                _text_ok(intent)) and (type(intent) is not FastBet or _odds_in_range(intent.odds)):
+        if (intent is not None and body.count(b'"') == _QUOTES[type(intent)]
+                and _text_ok(intent)
+                and (type(intent) is not FastBet or _odds_in_range(intent.odds))):
             return intent
     return parse_intent(body)  # decides: rejections keep pydantic's exact messages
 

@@ -11,9 +11,8 @@ any RQ worker decompresses it the same way.
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 import zlib
+from typing import Any, Final
 
 import msgspec
 from rq.job import Job

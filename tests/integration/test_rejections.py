@@ -663,8 +663,9 @@ def test_replays_and_resends_across_batches_read_ahead(
     from workers.pipeline import BatchPipeline
     early_claims = []
     claim_early = BatchPipeline.claim_early
-    monkeypatch.setattr(BatchPipeline, "claim_early",
-                        lambda self, admitted: early_claims.append(1) or claim_early(self, admitted))
+    monkeypatch.setattr(
+        BatchPipeline, "claim_early",
+        lambda self, admitted: early_claims.append(1) or claim_early(self, admitted))
     w = start_writer(batch_size_max=4)
     users = [new_user() for _ in range(4)]
     deposits = [body("deposit", u, amount=1_000) for u in users]
