@@ -23,17 +23,6 @@ REPEATED_FIELD_PREFIX: Final = b"repeated:"  # marks a field name an entry gives
 UNREAD_COUNT_MAX: Final = 1_000  # entries counted (at least) when XINFO's lag is unknown
 
 
-# Read new entries only while ARGV[1] holds the writer lease, in one step. A writer that
-# lost the lead (frozen, then woken) must not pull entries into its pending list after
-# the new leader claimed everything: they would wait a lease period there and then be
-# decided after later entries (a settlement before its bet).
-_READ_IF_LEADING: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
-                  'STREAMS', KEYS[2], '>')
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Finish:
     """Everything the post-commit MULTI does for one batch."""
@@ -63,7 +52,6 @@ class IntentStream:
         self.consumer = consumer
         self._confirmations = confirmation_queue(client)
         self._claim = client.register_script(_CLAIM_NONCES)
-        self._read_if_leading = client.register_script(_READ_IF_LEADING)
         # Same connections, but XREADGROUP replies unparsed: redis-py would fold a field
         # given twice into one dict key (last wins) and the intake could not tell.
         self._raw = redis.Redis(connection_pool=client.connection_pool)
@@ -117,12 +105,29 @@ class IntentStream:
 
     def read_new_now(self, lease_owner: str | None = None) -> list[Entry]:
         """New entries already there, without blocking (read-ahead during a commit); with
-        ``lease_owner``, only if that writer still holds the lease (nothing otherwise)."""
+        ``lease_owner``, only if that writer still holds the lease (nothing otherwise).
+
+        A writer that lost the lead (frozen, then woken) must not pull entries into its
+        pending list after the new leader claimed everything: they would wait a lease
+        period there and then be decided after later entries (a settlement before its
+        bet). So the lease is WATCHed and the read runs in MULTI only if we hold it; any
+        change to the lease meanwhile (taken, expired, or our own renewal) aborts the read,
+        which the next loop repeats. A Lua script did the same at twice the cost: Redis
+        copies a 4,000-entry reply into Lua tables and back (~15 vs ~7 ms here)."""
         if lease_owner is None:
             return self._read(">", block_ms=None)
-        return _entries(self._read_if_leading(
-            keys=[c.KEY_WRITER_LEASE, c.STREAM_INTENTS],
-            args=[lease_owner, c.GROUP_WRITERS, self.consumer, self._settings.batch_size_max]))
+        with self._raw.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(c.KEY_WRITER_LEASE)
+                if _text(pipe.get(c.KEY_WRITER_LEASE) or b"") != lease_owner:
+                    return []
+                pipe.multi()
+                pipe.xreadgroup(c.GROUP_WRITERS, self.consumer, {c.STREAM_INTENTS: ">"},
+                                count=self._settings.batch_size_max)
+                (reply,) = pipe.execute()
+            except redis.WatchError:
+                return []
+        return _entries(reply)
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         return _entries(self._raw.xreadgroup(

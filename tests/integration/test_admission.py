@@ -144,7 +144,7 @@ def test_a_writer_that_lost_the_lease_reads_nothing(
         redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
     """A frozen writer woken after a takeover must not pull entries into its pending list
     after the new leader claimed everything (they would be decided late, out of order):
-    the lease check and the read are one script."""
+    the read runs only while the lease is ours (WATCH, then MULTI)."""
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
     _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
                                           intent_body(new_deposit(7, 5))).items()))
@@ -156,3 +156,24 @@ def test_a_writer_that_lost_the_lease_reads_nothing(
     assert redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"] == 0
     redis_client.set(c.KEY_WRITER_LEASE, OWNER)
     assert len(in_process.read_new_now(OWNER)) == 1, "once it leads again, it reads"
+
+
+def test_a_lease_taken_between_the_check_and_the_read_aborts_the_read(
+        redis_client: redis.Redis, keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease is checked, then taken over before the read runs: the read must not
+    happen (EXEC aborts on the WATCHed lease), so nothing lands in our pending list."""
+    stream = IntentStream(redis_client, load_settings(), CONSUMER)
+    stream.ensure_group()
+    _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
+                                          intent_body(new_deposit(7, 5))).items()))
+    redis_client.set(c.KEY_WRITER_LEASE, OWNER)
+    get = redis.client.Pipeline.get
+
+    def get_then_lose_the_lease(pipe: redis.client.Pipeline, name: str) -> object:
+        held = get(pipe, name)  # we still hold it here ...
+        redis_client.set(c.KEY_WRITER_LEASE, "another-writer:0002")  # ... and now not
+        return held
+
+    monkeypatch.setattr(redis.client.Pipeline, "get", get_then_lose_the_lease)
+    assert stream.read_new_now(OWNER) == []
+    assert redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"] == 0
