@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
 import redis
@@ -32,6 +32,8 @@ BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache start
 Admitted: TypeAlias = tuple[list[Candidate], list[DeadLetter]]
 Claim: TypeAlias = tuple[str, str, str]  # (kid, nonce, intent id)
 EarlyClaims: TypeAlias = "Future[dict[Claim, str | None]]"
+# Runs while a batch commits; it is handed the batch's own side work to fit in.
+Meanwhile: TypeAlias = Callable[[Callable[[], None]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +67,13 @@ class BatchPipeline:
                 self.balances.pop(account, None)
 
     def run(self, entries: Sequence[Entry], epoch: int, admitted: Admitted | None = None,
-            meanwhile: Callable[[], None] | None = None,
-            early: EarlyClaims | None = None) -> Committed:
+            meanwhile: Meanwhile | None = None, early: EarlyClaims | None = None) -> Committed:
         """Decide and durably commit one batch; returns what to ack and publish.
 
         ``admitted`` is ``admit(entries)`` done earlier (it is pure), ``early`` its nonce
         claims started then (``claim_early``). ``meanwhile`` runs on this thread while the
-        commit runs on the committer thread; it must not raise.
+        commit runs on the committer thread; it must not raise, and it must call the
+        function it is given (which prepares this batch's confirmations) once.
         """
         candidates, dead = admitted if admitted is not None else self.admit(entries)
         stored = self._store.lookup([c.id for c in candidates], [c.entry_id for c in candidates])
@@ -79,25 +81,30 @@ class BatchPipeline:
         fresh = self._check_nonces(self._check_freshness(fresh), early)
         book = self._book(fresh)
         decisions = decide_batch(fresh, book)
-        outcomes: list[OutcomeRow] = []
-        commit_ms = 0.0
-        if decisions:
-            batch = build_batch(decisions, self._store.heads, epoch, now_ms())
-            try:
-                commit_ms = self._commit(batch, meanwhile)
-            except Exception:
-                self.forget(list(book.balances))
-                raise
-            outcomes = batch.outcomes
-            self._remember(book)
-        messages, ingress = _messages(outcomes, repeats)
-        finish = Finish([eid for eid, _ in entries], dead, messages, ingress)
-        return Committed(finish, _report(entries, outcomes, ingress, dead, repeats, commit_ms))
+        if not decisions:
+            return _committed(entries, [], dead, repeats)
+        batch = build_batch(decisions, self._store.heads, epoch, now_ms())
+        prepared: list[Committed] = []
 
-    def _commit(self, batch: BatchWrite, meanwhile: Callable[[], None] | None) -> float:
+        def prepare() -> None:  # pure: what to publish once (and only if) this is durable
+            prepared.append(_committed(entries, batch.outcomes, dead, repeats))
+
+        try:
+            commit_ms = self._commit(batch, meanwhile, prepare)
+        except Exception:
+            self.forget(list(book.balances))
+            raise
+        self._remember(book)
+        committed = prepared[0] if prepared else _committed(entries, batch.outcomes, dead,
+                                                            repeats)
+        return Committed(committed.finish, replace(committed.report, commit_ms=commit_ms))
+
+    def _commit(self, batch: BatchWrite, meanwhile: Meanwhile | None,
+                prepare: Callable[[], None]) -> float:
         """SQLite steps release the GIL: with ``meanwhile``, the commit runs on its own
-        thread so the two overlap. Either way this returns only once it is durable, with
-        the commit's own duration in ms (what the breaker watches, not ``meanwhile``'s)."""
+        thread so the two overlap (and the batch's confirmations are prepared then too).
+        Either way this returns only once it is durable, with the commit's own duration
+        in ms (what the breaker watches, not ``meanwhile``'s)."""
         def timed() -> float:
             started = time.perf_counter()
             self._store.commit(batch)
@@ -109,7 +116,7 @@ class BatchPipeline:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="committer")
         future = self._committer.submit(timed)
         try:
-            meanwhile()
+            meanwhile(prepare)
         finally:
             took_ms = future.result()  # the commit's own error, if any, is what propagates
         return took_ms
@@ -214,6 +221,14 @@ def _messages(outcomes: Sequence[OutcomeRow],
             messages.append(original.message(duplicate=rep.duplicate))
             ingress.append(rep.candidate.ingress_ms)
     return messages, ingress
+
+
+def _committed(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow],
+               dead: Sequence[DeadLetter], repeats: Sequence[Repeat]) -> Committed:
+    """What to ack and publish for a batch, and its report (commit_ms filled in later)."""
+    messages, ingress = _messages(outcomes, repeats)
+    finish = Finish([eid for eid, _ in entries], dead, messages, ingress)
+    return Committed(finish, _report(entries, outcomes, ingress, dead, repeats, 0.0))
 
 
 def _report(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow], ingress: Sequence[int],

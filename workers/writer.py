@@ -164,10 +164,11 @@ class Writer:
         if not read_ahead:
             self._finish_unfinished(stop)
 
-        def meanwhile() -> None:
-            asked = self._ahead is None and self._ask_ahead()  # the child reads meanwhile
+        def meanwhile(prepare: Callable[[], None]) -> None:
+            asked = self._ahead is None and self._ask_ahead()
             if self._ahead is None and not asked:
                 self._read_ahead()  # first: Redis claims its nonces while we finish
+            prepare()  # this batch's confirmations, while the child reads
             self._finish_unfinished(stop)
             if asked:
                 self._collect_ahead()
