@@ -128,3 +128,20 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+SPEED_INDEX_LOOPS = 5_000_000  # a fixed pure-Python workload: ~0.2-0.4 s on these machines
+
+
+def speed_index_ms(tries: int = 3) -> float:
+    """Milliseconds for a fixed single-threaded Python loop, best of ``tries``. Shared
+    machines drift by more than the changes being measured; this number, taken beside a
+    measurement, says how fast the machine was at that moment (lower is faster)."""
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        table: dict[int, str] = {}
+        for i in range(SPEED_INDEX_LOOPS):
+            table[i & 0xFFFF] = "x"
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)

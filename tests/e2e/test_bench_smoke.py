@@ -26,4 +26,6 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
         "betstream", "betstream, no commit overlap, batch 1000", "naive per-bet transaction", "RQ job per bet (SimpleWorker)",
         "RQ job per bet (Worker, fork)"}
     assert all(r["per_s"] > 0 for r in results["throughput"].values())
+    assert results["throughput"]["betstream"]["runs_speed_index_ms"][0] > 0, \
+        "the machine's speed is recorded beside the drain"
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
