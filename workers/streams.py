@@ -225,9 +225,14 @@ def unacked_floor_ms(client: redis.Redis) -> int | None:
     pending = client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)
     if pending["pending"]:
         floor = ingress_ms(_text(pending["min"]))
-    if group["lag"] is None or group["lag"]:  # unread, or unknown
-        delivered = ingress_ms(_text(group["last-delivered-id"]))
-        floor = delivered if floor is None else min(floor, delivered)
+    if group["lag"] is None or group["lag"]:  # unread, or unknown: the first not delivered
+        # (not the last delivered: that one may be hours older when the writer was idle, or
+        # a moment older while it waits to read, and held archival back for nothing)
+        after = f"({_text(group['last-delivered-id'])}"
+        first = client.xrange(c.STREAM_INTENTS, min=after, count=1)
+        if first:
+            undelivered = ingress_ms(_text(first[0][0]))
+            floor = undelivered if floor is None else min(floor, undelivered)
     return floor
 
 

@@ -50,3 +50,26 @@ def test_retention_never_trims_pending_or_unread_entries(redis_client: redis.Red
 
     stream.trim(retention_ms=60_000, now_ms=1010 + 60_000)
     assert redis_client.xlen("betstream:intents") == 30, "retention itself keeps younger ones"
+
+
+def test_the_unacknowledged_floor_is_the_first_entry_not_yet_delivered(
+        redis_client: redis.Redis) -> None:
+    """Archival and trimming keep what a writer may still need: entries pending, and those
+    not yet delivered. The floor is the oldest of those, not the last entry delivered: a
+    writer that was idle for an hour and is about to read new entries must not hold
+    archival back by that hour (the archive crash test failed 1 run in 3 this way when
+    the writer lingered 50 ms before reading: its cutoff fell before every batch)."""
+    from workers.streams import unacked_floor_ms
+
+    redis_client.xgroup_create("betstream:intents", "betstream:writers", id="0", mkstream=True)
+    redis_client.xadd("betstream:intents", {"v": "1"}, id="1000-0")
+    redis_client.xreadgroup("betstream:writers", "w", {"betstream:intents": ">"})
+    redis_client.xack("betstream:intents", "betstream:writers", "1000-0")
+    assert unacked_floor_ms(redis_client) is None, "everything acknowledged"
+    redis_client.xadd("betstream:intents", {"v": "1"}, id="3600000-0")  # an hour later
+    redis_client.xadd("betstream:intents", {"v": "1"}, id="3600005-0")
+    assert unacked_floor_ms(redis_client) == 3_600_000, "the first not delivered"
+    redis_client.xreadgroup("betstream:writers", "w", {"betstream:intents": ">"}, count=1)
+    assert unacked_floor_ms(redis_client) == 3_600_000, "now pending: still the floor"
+    redis_client.xack("betstream:intents", "betstream:writers", "3600000-0")
+    assert unacked_floor_ms(redis_client) == 3_600_005
