@@ -24,6 +24,7 @@ from workers.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_
 from workers.dedupe import Repeat, split_repeats
 from workers.hooks import BatchReport
 from workers.intake import DeadLetter, admit_entry, freshness_reason, ingress_ms
+from workers.invariants import require
 from workers.settings import Settings
 from workers.store import Store
 from workers.streams import Entry, Finish, IntentStream
@@ -95,15 +96,15 @@ class BatchPipeline:
             self.forget(list(book.balances))
             raise
         self._remember(book)
-        committed = prepared[0] if prepared else _committed(entries, batch.outcomes, dead,
-                                                            repeats)
+        require(len(prepared) == 1, "a batch's confirmations must be prepared exactly once")
+        committed = prepared[0]
         return Committed(committed.finish, replace(committed.report, commit_ms=commit_ms))
 
     def _commit(self, batch: BatchWrite, meanwhile: Meanwhile | None,
                 prepare: Callable[[], None]) -> float:
         """SQLite steps release the GIL: with ``meanwhile``, the commit runs on its own
-        thread so the two overlap (and the batch's confirmations are prepared then too).
-        Either way this returns only once it is durable, with the commit's own duration
+        thread so the two overlap (and the batch's confirmations are prepared then too;
+        without it, after the commit). Either way this returns only once it is durable, with the commit's own duration
         in ms (what the breaker watches, not ``meanwhile``'s)."""
         def timed() -> float:
             started = time.perf_counter()
@@ -111,7 +112,9 @@ class BatchPipeline:
             return (time.perf_counter() - started) * 1000
 
         if meanwhile is None:
-            return timed()
+            took_ms = timed()
+            prepare()
+            return took_ms
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="committer")
         future = self._committer.submit(timed)
