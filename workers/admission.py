@@ -41,7 +41,7 @@ class Hello(msgspec.Struct, frozen=True):
 
 
 class Request(msgspec.Struct, frozen=True):
-    lease_owner: str  # read only while this writer holds the lease (one script)
+    lease_owner: str  # read only while this writer holds the lease (WATCH, MULTI)
     keyring: RawKeyring | None = None  # sent when it changed (SIGHUP reload)
 
 

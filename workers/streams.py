@@ -103,9 +103,9 @@ class IntentStream:
     def read_new(self) -> list[Entry]:
         return self._read(">", block_ms=self._settings.batch_wait_ms)
 
-    def read_new_now(self, lease_owner: str | None = None) -> list[Entry]:
-        """New entries already there, without blocking (read-ahead during a commit); with
-        ``lease_owner``, only if that writer still holds the lease (nothing otherwise).
+    def read_new_now(self, lease_owner: str) -> list[Entry]:
+        """New entries already there, without blocking (read-ahead during a commit), only
+        if ``lease_owner`` still holds the writer lease (nothing otherwise).
 
         A writer that lost the lead (frozen, then woken) must not pull entries into its
         pending list after the new leader claimed everything: they would wait a lease
@@ -114,8 +114,6 @@ class IntentStream:
         change to the lease meanwhile (taken, expired, or our own renewal) aborts the read,
         which the next loop repeats. A Lua script did the same at twice the cost: Redis
         copies a 4,000-entry reply into Lua tables and back (~15 vs ~7 ms here)."""
-        if lease_owner is None:
-            return self._read(">", block_ms=None)
         with self._raw.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(c.KEY_WRITER_LEASE)
@@ -228,8 +226,7 @@ def unacked_floor_ms(client: redis.Redis) -> int | None:
     if group["lag"] is None or group["lag"]:  # unread, or unknown: the first not delivered
         # (not the last delivered: that one may be hours older when the writer was idle, or
         # a moment older while it waits to read, and held archival back for nothing)
-        after = f"({_text(group['last-delivered-id'])}"
-        first = client.xrange(c.STREAM_INTENTS, min=after, count=1)
+        first = _undelivered(client, group, count=1)
         if first:
             undelivered = ingress_ms(_text(first[0][0]))
             floor = undelivered if floor is None else min(floor, undelivered)
@@ -248,9 +245,16 @@ def backlog(client: redis.Redis) -> tuple[int, int] | None:
     group = _writers_group(client)
     if group is None:
         return None
-    lag, after = group["lag"], f"({_text(group['last-delivered-id'])}"
+    lag = group["lag"]
     if lag is None:
-        lag = len(client.xrange(c.STREAM_INTENTS, min=after, count=UNREAD_COUNT_MAX))
-    elif lag and not client.xrange(c.STREAM_INTENTS, min=after, count=1):
+        lag = len(_undelivered(client, group, count=UNREAD_COUNT_MAX))
+    elif lag and not _undelivered(client, group, count=1):
         lag = 0
     return int(group["pending"]), int(lag)
+
+
+def _undelivered(client: redis.Redis, group: dict, count: int) -> list:
+    """Up to ``count`` stream entries after the group's last delivered one (not yet read
+    by any writer), oldest first."""
+    after = f"({_text(group['last-delivered-id'])}"
+    return client.xrange(c.STREAM_INTENTS, min=after, count=count)
