@@ -23,10 +23,10 @@ from bench.harness import Env, private_env, speed_index_ms
 from bench.throughput import measure_writer, prefill
 
 SIZES = {  # intents per system: the slow peers get fewer, their rate is what is compared
-    "full": {"betstream": 300_000, "betstream_runs": 3, "naive": 20_000, "rq_simple": 5_000, "rq_default": 1_000,
-             "latency_s": 30.0, "latency_rate": 3_000.0},
-    "smoke": {"betstream": 3_000, "betstream_runs": 1, "naive": 600, "rq_simple": 200, "rq_default": 50,
-              "latency_s": 2.0, "latency_rate": 500.0},
+    "full": {"betstream": 300_000, "betstream_runs": 3, "naive": 20_000, "rq_simple": 5_000,
+             "rq_default": 1_000, "latency_s": 30.0, "latency_rate": 3_000.0},
+    "smoke": {"betstream": 3_000, "betstream_runs": 1, "naive": 600, "rq_simple": 200,
+              "rq_default": 50, "latency_s": 2.0, "latency_rate": 500.0},
 }
 
 
