@@ -64,7 +64,7 @@ class BatchWrite:
     committed_at: int
     outcomes: list[OutcomeRow]
     ledger: list[LedgerRow]
-    new_bets: list[tuple[int, str, int, str, str, str, int, str]]
+    new_bets: list[tuple[int, str, int, str, str, str, int]]  # placed bets: status 'open'
     settled_bets: list[tuple[str, int, int]]  # (status, settled_seq, the bet's seq)
     # (account, delta, created_at) for every account the batch posts to, even when its
     # postings net to 0 (a new user who deposits and stakes it all still gets a row)
@@ -111,7 +111,6 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
     )
 
 
-def _bet_row(bet: BetState, cand: Candidate) -> tuple[int, str, int, str, str, str, int, str]:
+def _bet_row(bet: BetState, cand: Candidate) -> tuple[int, str, int, str, str, str, int]:
     intent = cand.intent
-    return (bet.seq, bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake,
-            "open")
+    return (bet.seq, bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake)

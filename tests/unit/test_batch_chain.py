@@ -113,7 +113,7 @@ def test_ledger_rows_continue_the_entry_ids_and_follow_double_entry(write: Batch
 def test_bet_rows_open_then_settle_in_the_same_batch(write: BatchWrite) -> None:
     """A bet placed and settled in one batch is inserted 'open' (keyed by the seq that placed
     it) and then marked settled by that seq."""
-    assert write.new_bets == [(43, uid(2), 7, "final", "home", "2.50", 250, "open")]
+    assert write.new_bets == [(43, uid(2), 7, "final", "home", "2.50", 250)]
     assert write.settled_bets == [("won", 45, 43)]
 
 
