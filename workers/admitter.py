@@ -23,6 +23,7 @@ from workers.admission import (
 from workers.decision import Candidate
 from workers.intake import DeadLetter
 from workers.logs import configure_logging, get_logger
+from workers.runtime import tune_runtime
 from workers.settings import Settings
 from workers.streams import Entry
 
@@ -143,6 +144,7 @@ def main() -> int:
     configure_logging(settings.log_format, settings.log_level)
     stream = IntentStream(redis_client(settings.redis_url), settings, hello.consumer)
     keyring = Keyring({})
+    tune_runtime(settings.writer_gc_gen0_threshold, settings.writer_switch_interval_us)
     requests = msgspec.msgpack.Decoder(Request)
     while (frame := read_frame(rfd)) is not None:
         request = requests.decode(frame)

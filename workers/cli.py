@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ import redis
 
 from producer.errors import BetstreamError, ConfigError
 from workers.logs import configure_logging, get_logger
+from workers.runtime import tune_runtime
 from workers.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -69,17 +69,6 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     writer.close()
     get_logger("betstream.writer").info("writer.stopped", consumer=consumer)
     return EXIT_OK
-
-
-def tune_runtime(gen0_threshold: int, switch_interval_us: int) -> None:
-    """Fewer cyclic-GC passes on the hot path: what exists now (modules, settings, the
-    keyring) is frozen out of every collection, and young collections run less often.
-    A shorter GIL switch interval lets the committer thread resume soon after each step."""
-    sys.setswitchinterval(switch_interval_us / 1_000_000)
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:

@@ -31,10 +31,12 @@ class Settings(BaseSettings):
     # where 4000 wrote ~half the WAL pages per intent of 1000 (docs/performance.md).
     batch_size_max: int = Field(4000, ge=1, le=100_000)
     batch_wait_ms: int = Field(20, ge=1, le=10_000)
-    # The writer allocates a few objects per intent per step, so CPython's cyclic GC ran a
-    # young collection every 700 allocations (~6 % of writer CPU). Startup objects are
-    # frozen out of the GC and young collections wait this many allocations instead.
-    writer_gc_gen0_threshold: int = Field(50_000, ge=100, le=10_000_000)
+    # A batch keeps tens of GC-tracked objects per intent alive until it is finished, so
+    # CPython's young collections (every 700 net allocations; 50,000 until round 4) ran
+    # several times per batch and found them all alive. Startup objects are frozen out of
+    # the GC, and a collection waits for this many net new objects: in steady state
+    # reference counting frees each batch first (workers/runtime.py). Writer and its child.
+    writer_gc_gen0_threshold: int = Field(1_000_000, ge=100, le=10_000_000)
     # Read and admit the next batch while this one commits on the committer thread.
     commit_overlap: bool = True
     # ... and do that reading and admitting in a child process, on the other core (the
