@@ -83,12 +83,13 @@ class BatchPipeline:
         book = self._book(fresh)
         decisions = decide_batch(fresh, book)
         if not decisions:
-            return _committed(entries, [], dead, repeats)
+            return _committed(entries, [], [], dead, repeats)
         batch = build_batch(decisions, self._store.heads, epoch, now_ms())
         prepared: list[Committed] = []
 
         def prepare() -> None:  # pure: what to publish once (and only if) this is durable
-            prepared.append(_committed(entries, batch.outcomes, dead, repeats))
+            ingress = [d.candidate.ingress_ms for d in decisions]  # one per outcome, in order
+            prepared.append(_committed(entries, batch.outcomes, ingress, dead, repeats))
 
         try:
             commit_ms = self._commit(batch, meanwhile, prepare)
@@ -212,11 +213,11 @@ def _early_result(early: EarlyClaims | None) -> dict[Claim, str | None]:
         return {}
 
 
-def _messages(outcomes: Sequence[OutcomeRow],
+def _messages(outcomes: Sequence[OutcomeRow], ingress: list[int],
               repeats: Sequence[Repeat]) -> tuple[list[dict], list[int]]:
-    """New outcomes, then repeats with their original outcome (stored, or decided now)."""
-    messages = [o.message() for o in outcomes]
-    ingress = [ingress_ms(o.entry_id) for o in outcomes]
+    """New outcomes, then repeats with their original outcome (stored, or decided now).
+    ``ingress``: the new outcomes' ingress times; returned with the repeats' after them."""
+    messages, ingress = [o.message() for o in outcomes], list(ingress)
     decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
     for rep in repeats:
         original = rep.outcome or decided.get(rep.candidate.id)
@@ -226,10 +227,10 @@ def _messages(outcomes: Sequence[OutcomeRow],
     return messages, ingress
 
 
-def _committed(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow],
+def _committed(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow], ingress: list[int],
                dead: Sequence[DeadLetter], repeats: Sequence[Repeat]) -> Committed:
     """What to ack and publish for a batch, and its report (commit_ms filled in later)."""
-    messages, ingress = _messages(outcomes, repeats)
+    messages, ingress = _messages(outcomes, ingress, repeats)
     finish = Finish([eid for eid, _ in entries], dead, messages, ingress)
     return Committed(finish, _report(entries, outcomes, ingress, dead, repeats, 0.0))
 
