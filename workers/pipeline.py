@@ -214,15 +214,16 @@ def _early_result(early: EarlyClaims | None) -> dict[Claim, str | None]:
 
 
 def _messages(outcomes: Sequence[OutcomeRow], ingress: list[int],
-              repeats: Sequence[Repeat]) -> tuple[list[dict], list[int]]:
-    """New outcomes, then repeats with their original outcome (stored, or decided now).
-    ``ingress``: the new outcomes' ingress times; returned with the repeats' after them."""
-    messages, ingress = [o.message() for o in outcomes], list(ingress)
+              repeats: Sequence[Repeat]) -> tuple[list[tuple], list[int]]:
+    """New outcomes, then repeats with their original outcome (stored, or decided now), as
+    message rows. ``ingress``: the new outcomes' ingress times; returned with the
+    repeats' after them."""
+    messages, ingress = [o.message_row() for o in outcomes], list(ingress)
     decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
     for rep in repeats:
         original = rep.outcome or decided.get(rep.candidate.id)
         if original is not None:
-            messages.append(original.message(duplicate=rep.duplicate))
+            messages.append(original.message_row(duplicate=rep.duplicate))
             ingress.append(rep.candidate.ingress_ms)
     return messages, ingress
 

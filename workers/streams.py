@@ -29,7 +29,7 @@ class Finish:
 
     ack_ids: Sequence[str]
     dead: Sequence[DeadLetter]
-    messages: Sequence[dict[str, object]]
+    messages: Sequence[tuple]  # confirmations as rows in MESSAGE_FIELDS order
     ingress_ms: Sequence[int] = ()  # per message, for the ingress-to-confirmation latency
 
 

@@ -11,6 +11,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from tests.support import confirmations
+from workers.batch import MESSAGE_FIELDS
 from workers.confirmer import ConfirmerWorker, confirmation_queue, enqueue_delivery
 from workers.settings import Settings
 
@@ -19,9 +20,14 @@ GOOD = {"id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3b", "kind": "deposit", "user_i
         "duplicate": False, "detail": None}
 
 
+def _row(message: dict) -> tuple:
+    return tuple(message[name] for name in MESSAGE_FIELDS)
+
+
 def _enqueue(client: redis.Redis, settings: Settings, messages: list[dict]) -> Job:
     pipe = client.pipeline(transaction=True)
-    enqueue_delivery(confirmation_queue(client), pipe, settings, messages, [0] * len(messages))
+    enqueue_delivery(confirmation_queue(client), pipe, settings, [_row(m) for m in messages],
+                     [0] * len(messages))
     pipe.execute()
     (job_id,) = confirmation_queue(client).job_ids
     return Job.fetch(job_id, connection=client, serializer=JSONSerializer)
@@ -36,7 +42,7 @@ def test_job_payload_is_json_and_publishing_twice_is_guarded(
         redis_client: redis.Redis, settings: Settings) -> None:
     job = _enqueue(redis_client, settings, [GOOD])
     stored = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job.id}", "data")))
-    assert [GOOD] in stored[2], "the job's arguments are plain JSON (no pickle)"
+    assert stored[2][:2] == [list(MESSAGE_FIELDS), [list(_row(GOOD))]], "plain JSON, no pickle"
     _work(redis_client)
     assert [m["id"] for m in confirmations(redis_client)] == [GOOD["id"]]
     redis_client.hdel(f"rq:job:{job.id}", "status")
@@ -47,7 +53,7 @@ def test_job_payload_is_json_and_publishing_twice_is_guarded(
 
 def test_a_failing_job_is_retried_with_backoff_then_kept_visible(
         redis_client: redis.Redis, settings: Settings) -> None:
-    broken = {k: v for k, v in GOOD.items() if k != "user_id"}  # the job will raise KeyError
+    broken = {**GOOD, "user_id": "nobody"}  # the job will raise ValueError
     one_retry = settings.model_copy(update={"confirm_retries_max": 1})
     job = _enqueue(redis_client, one_retry, [broken])
     queue = confirmation_queue(redis_client)
@@ -61,3 +67,14 @@ def test_a_failing_job_is_retried_with_backoff_then_kept_visible(
     _work(redis_client)
     assert job.id in queue.failed_job_registry.get_job_ids(), "visible once retries run out"
     assert confirmations(redis_client) == [], "nothing half-published"
+
+
+def test_a_job_queued_by_an_earlier_writer_is_still_published(
+        redis_client: redis.Redis, settings: Settings) -> None:
+    """Jobs enqueued before an upgrade carry one JSON object per confirmation."""
+    confirmation_queue(redis_client).enqueue_call(
+        "workers.confirmer.deliver", args=([GOOD], [0], {"stream_len_max": 100,
+                                                        "user_len_max": 10, "user_ttl_s": 60,
+                                                        "guard_ttl_s": 60}))
+    _work(redis_client)
+    assert confirmations(redis_client) == [GOOD]

@@ -11,6 +11,7 @@ from rq.serializers import JSONSerializer
 
 from tests.conftest import wait_for
 from tests.support import confirmations, deliver_confirmations
+from workers.batch import MESSAGE_FIELDS
 from workers.confirmer import ConfirmerWorker, confirmation_queue, enqueue_delivery
 from workers.settings import Settings
 
@@ -24,7 +25,7 @@ def test_a_job_dequeued_by_a_worker_that_died_goes_back_within_the_grace(
         redis_client: redis.Redis, settings: Settings) -> None:
     queue = confirmation_queue(redis_client)
     pipe = redis_client.pipeline(transaction=True)
-    enqueue_delivery(queue, pipe, settings, [GOOD], [0])
+    enqueue_delivery(queue, pipe, settings, [tuple(GOOD[f] for f in MESSAGE_FIELDS)], [0])
     pipe.execute()
     # what RQ's dequeue does first; the worker is SIGKILLed before it registers the job
     assert redis_client.lmove(queue.key, queue.intermediate_queue.key)
