@@ -1,4 +1,4 @@
-"""Read and admit the batch read ahead in a child process, beside the writer's commit.
+"""Read and admit the batch read ahead in a child process, beside the writer's work.
 
 Why: the writer process is bound by the GIL (held ~86 % of a drain's wall time), and
 reading plus admitting the next batch (XREADGROUP, HMAC, parsing) was over half of its

@@ -32,7 +32,7 @@ _REPLIES = msgspec.msgpack.Decoder(Reply)
 
 
 class Admitter:
-    """The writer's handle: ``ask`` before the commit's other work, ``collect`` after it.
+    """The writer's handle: ``ask`` before a batch is decided, ``collect`` while it commits.
 
     Any failure (the child cannot start, dies, hangs past ``admission_reply_timeout_ms``
     or answers nonsense) returns None and stops the child; the writer then reads in

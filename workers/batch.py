@@ -1,7 +1,7 @@
 """Turn a batch of decisions into the rows one SQLite transaction writes. Pure.
 
 Sequence numbers, ledger entry ids and the batch hash are assigned here from the store's
-current heads, so the write itself is a handful of ``executemany`` calls.
+current heads, so the write itself is a handful of multi-row statements.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Final
 from producer.errors import ConfigError, FencedOut, InvariantViolation, StoreError
 from workers.batch import BatchWrite, Heads, OutcomeRow, Stored
 from workers.chain import GENESIS_HASH
-from workers.decision import ACCEPTED, BetState
+from workers.decision import BetState
 from workers.invariants import require
 from workers.migrations import upgrade
 
@@ -254,15 +254,16 @@ class Store:
         self.heads = batch.after
 
     def _write(self, batch: BatchWrite) -> None:
-        # Multi-row statements throughout: one sqlite3_step (and one GIL hand-off) each.
+        # Multi-row statements (one sqlite3_step and one GIL hand-off each), except for the
+        # few settlements.
         self._post_balances(batch.balance_deltas)
-        x = self._conn.executemany
         self._insert("transaction_ledger(entry_id, txn_id, user_id, amount, ref_type, ref_id, "
                      "created_at, batch_no)", batch.ledger, consts=(batch.batch_no,))
         self._insert("bets(seq, id, user_id, market, selection, odds, stake, status)",
                      batch.new_bets, consts=("open",))
-        cur = x("UPDATE bets SET status = ?, settled_seq = ? WHERE seq = ? AND status = 'open'",
-                batch.settled_bets)
+        cur = self._conn.executemany(
+            "UPDATE bets SET status = ?, settled_seq = ? WHERE seq = ? AND status = 'open'",
+            batch.settled_bets)
         require(cur.rowcount == len(batch.settled_bets) or not batch.settled_bets,
                 "a settled bet was not open on disk")
         self._insert_outcomes(batch)
@@ -282,15 +283,17 @@ class Store:
         (Not an upsert: SQLite checks CHECK constraints on the would-be inserted row.)
         """
         for chunk in _chunks(deltas, SQL_VARIABLES_MAX // 2):
-            if self._add_deltas(chunk) == len(chunk):
+            updated = self._add_deltas(chunk)
+            if updated == len(chunk):
                 continue
             ids = [acc for acc, _, _ in chunk]
             sql = f"SELECT id FROM users WHERE id IN ({_marks(ids)})"
             known = {row[0] for row in self._conn.execute(sql, ids)}
             new = [d for d in chunk if d[0] not in known]
-            require(bool(new), "a balance update missed an account that exists")
             self._insert("users(id, balance, created_at)", [(acc, 0, at) for acc, _, at in new])
-            require(self._add_deltas(new) == len(new), "a balance update missed its account")
+            # Each account once: every delta applied exactly once, or the batch rolls back.
+            require(updated + (self._add_deltas(new) if new else 0) == len(chunk) == len(set(ids)),
+                    "a balance update missed an account or met one twice")
 
     def _add_deltas(self, chunk: Sequence[tuple[int, int, int]]) -> int:
         """``balance += delta`` for each (account, delta, _); returns the rows updated."""
@@ -300,20 +303,14 @@ class Store:
             [v for acc, delta, _ in chunk for v in (acc, delta)]).rowcount
 
     def _insert_outcomes(self, batch: BatchWrite) -> None:
-        """Plain acceptances (nearly all) bind 7 values each; the batch's constants and
-        the acceptance's status, reason and detail are bound once per statement."""
-        plain, other = [], []
-        for o in batch.outcomes:
-            if o.reason is None and o.detail is None and o.status == ACCEPTED:
-                plain.append((o.seq, o.id, o.entry_id, o.kind, o.user_id, o.balance, o.body_sha))
-            else:
-                other.append((o.seq, o.id, o.entry_id, o.kind, o.user_id, o.status, o.reason,
-                              o.detail, o.balance, o.body_sha))
-        self._insert("outcomes(seq, id, entry_id, kind, user_id, balance, body_sha, status, "
-                     "reason, detail, batch_no, committed_at)", plain,
-                     consts=(ACCEPTED, None, None, batch.batch_no, batch.committed_at))
+        """In seq order, so the rows append to the table's B-tree. (Plain acceptances as a
+        shape of their own bound 5 fewer values each, but split a batch with rejections
+        out of order: +8 % outcome pages at 10 % rejections; not kept.) build_batch gives
+        every outcome the batch's batch_no and committed_at, bound once here."""
         self._insert("outcomes(seq, id, entry_id, kind, user_id, status, reason, detail, "
-                     "balance, body_sha, batch_no, committed_at)", other,
+                     "balance, body_sha, batch_no, committed_at)",
+                     [(o.seq, o.id, o.entry_id, o.kind, o.user_id, o.status, o.reason, o.detail,
+                       o.balance, o.body_sha) for o in batch.outcomes],
                      consts=(batch.batch_no, batch.committed_at))
 
     def _insert(self, table: str, rows: Sequence[tuple], consts: tuple = ()) -> None:

@@ -154,9 +154,10 @@ class Writer:
                 early: EarlyClaims | None = None) -> None:
         """Commit, then ack and confirm; each step retried until it succeeds or we stop.
 
-        With ``read_ahead``, while this batch's SQLite work runs on the committer thread
-        (without the GIL), the next entries are read and admitted (their nonces claimed on
-        an I/O thread, ``early``) and the batch before is acknowledged and confirmed.
+        With ``read_ahead``, the next entries are read and admitted (by the admission child
+        from before this batch is decided, their nonces then claimed on an I/O thread,
+        ``early``), and while this batch's SQLite work runs on the committer thread
+        (without the GIL) the batch before is acknowledged and confirmed.
         Nothing is acknowledged before its own commit is durable; entries read ahead stay
         pending until theirs, and a crash meanwhile only redelivers them (their outcomes
         are found, confirmed again as duplicates).

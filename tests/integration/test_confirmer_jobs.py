@@ -44,7 +44,7 @@ def test_job_payload_is_json_and_publishing_twice_is_guarded(
     stored = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job.id}", "data")))
     assert stored[2][:2] == [list(MESSAGE_FIELDS), [list(_row(GOOD))]], "plain JSON, no pickle"
     _work(redis_client)
-    assert [m["id"] for m in confirmations(redis_client)] == [GOOD["id"]]
+    assert confirmations(redis_client) == [GOOD], "the message subscribers get, field by field"
     redis_client.hdel(f"rq:job:{job.id}", "status")
     confirmation_queue(redis_client).enqueue_job(job)  # as if it ran again after a crash
     _work(redis_client)

@@ -39,18 +39,19 @@ def test_a_job_the_writer_enqueues_is_read_by_rqs_own_job_class() -> None:
     import fakeredis
     from rq.job import Job
 
-    from workers.confirmer import confirmation_queue
+    from workers.batch import MESSAGE_FIELDS
+    from workers.confirmer import JOB_FUNC, confirmation_queue
 
     client = fakeredis.FakeRedis()
-    messages = [{"seq": i, "id": f"id-{i}", "status": "accepted"} for i in range(500)]
-    args = [messages, list(range(500)), {"stream_len_max": 100}]
+    rows = [[f"id-{i}", "bet", 7, "accepted", None, 900, i, 1_764_000_000_000, False, None]
+            for i in range(500)]
+    args = [list(MESSAGE_FIELDS), rows, list(range(500)), {"stream_len_max": 100}]
     pipe = client.pipeline(transaction=True)
-    job = confirmation_queue(client).enqueue_call("workers.confirmer.deliver", args=args,
-                                                  pipeline=pipe)
+    job = confirmation_queue(client).enqueue_call(JOB_FUNC, args=args, pipeline=pipe)
     pipe.execute()
     loaded = Job.fetch(job.id, connection=client, serializer=JobJSON)
-    assert loaded.func_name == "workers.confirmer.deliver"
+    assert loaded.func_name == "workers.confirmer.deliver_rows"
     assert list(loaded.args) == args
     stored = client.hget(job.key, "data")
-    assert json.loads(zlib.decompress(stored)) == ["workers.confirmer.deliver", None, args, {}]
+    assert json.loads(zlib.decompress(stored)) == [JOB_FUNC, None, args, {}]
     assert stored == zlib.compress(zlib.decompress(stored), JOB_ZLIB_LEVEL)  # the light level
