@@ -47,13 +47,10 @@ class OutcomeRow:
     batch_no: int
     committed_at: int
 
-    def message(self, duplicate: bool = False) -> dict[str, object]:
-        """The confirmation as published to subscribers (wire fields in DESIGN.md)."""
-        return dict(zip(MESSAGE_FIELDS, self.message_row(duplicate)))
-
     def message_row(self, duplicate: bool = False) -> tuple:
         """The confirmation's values in :data:`MESSAGE_FIELDS` order: how the writer hands a
-        batch to the confirmer (a tuple costs less to build, encode and compress)."""
+        batch to the confirmer, which publishes them as one object (a tuple costs the
+        writer less to build, encode and compress)."""
         return (self.id, self.kind, self.user_id, self.status, self.reason, self.balance,
                 self.seq, self.committed_at, duplicate, self.detail)
 

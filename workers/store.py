@@ -299,7 +299,7 @@ class Store:
         """``balance += delta`` for each (account, delta, _); returns the rows updated."""
         return self._conn.execute(
             "UPDATE users SET balance = balance + d.column2 FROM (VALUES "
-            f"{','.join(['(?,?)'] * len(chunk))}) AS d WHERE users.id = d.column1",
+            f"{_values(len(chunk), 2, 0)}) AS d WHERE users.id = d.column1",
             [v for acc, delta, _ in chunk for v in (acc, delta)]).rowcount
 
     def _insert_outcomes(self, batch: BatchWrite) -> None:
@@ -342,7 +342,7 @@ class Store:
                 pass  # the connection rolls back by itself when the statement failed hard
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=64)  # the shapes a batch uses recur every batch; a rare one is evicted
 def _values(rows: int, width: int, fixed: int) -> str:
     """``(?k+1,..,?k+w,?1,..,?k),(..)``: each row's own parameters, then the constants."""
     tail = "".join(f",?{i}" for i in range(1, fixed + 1))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from producer.contract import BetIntent, DepositIntent, SettleIntent, intent_body
 from producer.errors import InvariantViolation
 from workers.backoff import backoff_ms
-from workers.batch import BatchWrite, Heads, build_batch
+from workers.batch import MESSAGE_FIELDS, BatchWrite, Heads, build_batch
 from workers.chain import GENESIS_HASH, batch_hash
 from workers.decision import (
     ACCEPTED,
@@ -179,11 +179,11 @@ def test_unbalanced_postings_are_an_invariant_violation() -> None:
 
 def test_outcome_message_carries_the_wire_fields(write: BatchWrite) -> None:
     """Confirmations carry id, kind, user_id, status, reason, balance, seq, committed_at."""
-    msg = write.outcomes[2].message(duplicate=True)
+    msg = dict(zip(MESSAGE_FIELDS, write.outcomes[2].message_row(duplicate=True)))
     assert msg == {"id": uid(3), "kind": "bet", "user_id": 7, "status": REJECTED,
                    "reason": "insufficient_funds", "balance": 750, "seq": 44,
                    "committed_at": NOW, "duplicate": True, "detail": None}
-    assert write.outcomes[0].message()["duplicate"] is False
+    assert dict(zip(MESSAGE_FIELDS, write.outcomes[0].message_row()))["duplicate"] is False
 
 
 # --- the hash chain ------------------------------------------------------------------------
