@@ -105,8 +105,9 @@ class BatchPipeline:
                 prepare: Callable[[], None]) -> float:
         """SQLite steps release the GIL: with ``meanwhile``, the commit runs on its own
         thread so the two overlap (and the batch's confirmations are prepared then too;
-        without it, after the commit). Either way this returns only once it is durable, with the commit's own duration
-        in ms (what the breaker watches, not ``meanwhile``'s)."""
+        without it, after the commit). Either way this returns only once it is durable,
+        with the commit's own duration in ms (what the breaker watches, not
+        ``meanwhile``'s)."""
         def timed() -> float:
             started = time.perf_counter()
             self._store.commit(batch)
