@@ -30,6 +30,9 @@ JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back 
 CACHE_MB_DEFAULT: Final = 256  # page cache per connection: the hot B-tree pages stay in RAM
 SQL_VARIABLES_MAX: Final = 900  # stay below SQLite's bound on host parameters per statement
 ROWS_PER_INSERT_MAX: Final = 512  # rows per multi-row INSERT (also bounded by SQLite's limit)
+# Compiled statements kept per connection: the writer runs ~110 texts (each shape at a few
+# power-of-two lengths, see _chunks); Python's default of 128 would evict some of them.
+STATEMENTS_CACHED_MAX: Final = 256
 
 
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
@@ -41,7 +44,8 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               cached_statements=STATEMENTS_CACHED_MAX)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if not readonly:
@@ -199,11 +203,11 @@ class Store:
         cols = ("seq, id, entry_id, kind, user_id, status, reason, detail, balance, body_sha, "
                 "batch_no, committed_at")
         first = "(reason IS NULL OR reason != 'id_conflict')"
-        for chunk in _chunks(sorted(set(ids))):
+        for chunk in _chunks(sorted(set(ids)), self._vars_per_read()):
             sql = f"SELECT {cols} FROM outcomes WHERE {first} AND id IN ({_marks(chunk)})"
             for row in self._read(sql, chunk):
                 by_id[row[1]] = OutcomeRow(*row)
-        for chunk in _chunks(sorted(set(entry_ids))):
+        for chunk in _chunks(sorted(set(entry_ids)), self._vars_per_read()):
             sql = f"SELECT {cols} FROM outcomes WHERE entry_id IN ({_marks(chunk)})"
             for row in self._read(sql, chunk):
                 by_entry[row[2]] = OutcomeRow(*row)
@@ -211,20 +215,24 @@ class Store:
 
     def load_balances(self, accounts: Iterable[int]) -> dict[int, int]:
         out: dict[int, int] = {}
-        for chunk in _chunks(sorted(set(accounts))):
+        for chunk in _chunks(sorted(set(accounts)), self._vars_per_read()):
             sql = f"SELECT id, balance FROM users WHERE id IN ({_marks(chunk)})"
             out.update(self._read(sql, chunk))
         return out
 
     def load_bets(self, bet_ids: Iterable[str]) -> dict[str, BetState]:
         out: dict[str, BetState] = {}
-        for chunk in _chunks(sorted(set(bet_ids))):
+        for chunk in _chunks(sorted(set(bet_ids)), self._vars_per_read()):
             sql = ("SELECT b.id, b.user_id, b.stake, b.odds, b.status, b.seq FROM outcomes o "
                    "JOIN bets b ON b.seq = o.seq WHERE (o.reason IS NULL OR "
                    f"o.reason != 'id_conflict') AND o.id IN ({_marks(chunk)})")
             for row in self._read(sql, chunk):
                 out[row[0]] = BetState(*row)
         return out
+
+    def _vars_per_read(self) -> int:
+        """Values per IN list (and twice the accounts per balance update): a power of two."""
+        return _pow2_floor(min(SQL_VARIABLES_MAX, self._vars_max), SQL_VARIABLES_MAX)
 
     def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
         try:
@@ -282,7 +290,8 @@ class Store:
         any account is missing, so existing accounts (nearly all) cost no insert attempt.
         (Not an upsert: SQLite checks CHECK constraints on the would-be inserted row.)
         """
-        for chunk in _chunks(deltas, SQL_VARIABLES_MAX // 2):
+        accounts_max = _pow2_floor(self._vars_per_read() // 2, ROWS_PER_INSERT_MAX)
+        for chunk in _chunks(deltas, accounts_max):
             updated = self._add_deltas(chunk)
             if updated == len(chunk):
                 continue
@@ -292,7 +301,8 @@ class Store:
             new = [d for d in chunk if d[0] not in known]
             self._insert("users(id, balance, created_at)", [(acc, 0, at) for acc, _, at in new])
             # Each account once: every delta applied exactly once, or the batch rolls back.
-            require(updated + (self._add_deltas(new) if new else 0) == len(chunk) == len(set(ids)),
+            updated += sum(self._add_deltas(part) for part in _chunks(new, len(chunk)))
+            require(updated == len(chunk) == len(set(ids)),
                     "a balance update missed an account or met one twice")
 
     def _add_deltas(self, chunk: Sequence[tuple[int, int, int]]) -> int:
@@ -316,23 +326,17 @@ class Store:
     def _insert(self, table: str, rows: Sequence[tuple], consts: tuple = ()) -> None:
         """Multi-row ``INSERT ... VALUES (..),(..)``: each statement is one sqlite3_step, run
         without the GIL and without a Python round per row (executemany binds and steps
-        row by row). Chunks are powers of two so a handful of statements stay cached.
+        row by row).
 
         ``consts`` fill the table's last columns in every row: bound once per statement
         as ``?1..?k`` instead of once per row (binding holds the GIL; ~1/3 of a commit)."""
         if not rows:
             return
         width, fixed = len(rows[0]), len(consts)
-        size = max(1, min(ROWS_PER_INSERT_MAX, (self._vars_max - fixed) // width))
-        size = 1 << (size.bit_length() - 1)
-        done = 0
-        while done < len(rows):
-            while size > len(rows) - done:
-                size //= 2
-            chunk = rows[done:done + size]
-            self._conn.execute(f"INSERT INTO {table} VALUES {_values(size, width, fixed)}",
+        for chunk in _chunks(rows, _pow2_floor((self._vars_max - fixed) // width,
+                                               ROWS_PER_INSERT_MAX)):
+            self._conn.execute(f"INSERT INTO {table} VALUES {_values(len(chunk), width, fixed)}",
                                [*consts, *chain.from_iterable(chunk)])
-            done += size
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -350,9 +354,27 @@ def _values(rows: int, width: int, fixed: int) -> str:
                     + tail + ")" for r in range(rows))
 
 
-def _chunks(items: Sequence, size: int = SQL_VARIABLES_MAX) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _pow2_floor(n: int, cap: int) -> int:
+    """The largest power of two <= min(n, cap) (at least 1)."""
+    n = max(1, min(n, cap))
+    return 1 << (n.bit_length() - 1)
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    """Slices of ``size`` (a power of two), then the rest as falling powers of two.
+
+    Why: SQLite compiles each distinct statement text, and a multi-row VALUES or IN list
+    of n rows is a distinct text per n. Slicing by 900 (or 450 accounts) left a remainder
+    of a new length in most batches: fresh statements to compile every batch, which also
+    pushed others out of the connection's statement cache. Powers of two keep each
+    statement to at most ten lengths, compiled once per connection."""
+    require(size > 0 and size & (size - 1) == 0, "chunk size must be a power of two")
+    done, total = 0, len(items)
+    while done < total:
+        while size > total - done:
+            size //= 2
+        yield items[done:done + size]
+        done += size
 
 
 def _marks(chunk: Sequence) -> str:

@@ -1,8 +1,8 @@
 """The ledger file holds exactly the rows build_batch made (workers/store.py, real SQLite).
 
-The commit binds a batch's constants once per statement, writes plain acceptances and
-everything else with two statement shapes, and creates an account only when the balance
-update finds it missing. Whatever mix of batches comes in, what lands on disk must be
+The commit binds a batch's constants once per statement, slices rows into statements of
+power-of-two lengths, and creates an account only when the balance update finds it
+missing. Whatever mix of batches comes in, what lands on disk must be
 the batch as built: every outcome column, every ledger row, every bet, every balance.
 """
 
@@ -62,7 +62,7 @@ OPS = st.tuples(st.sampled_from(["deposit", "bet", "settle", "stale"]), st.sampl
 @given(st.lists(st.lists(OPS, min_size=1, max_size=12), min_size=1, max_size=4), st.booleans())
 @example([[("deposit", 1, 100, 0), ("bet", 1, 100, 0)]], False)  # a new account nets to 0
 def test_the_file_holds_exactly_the_batches_as_built(tmp_path_factory, batches, small) -> None:
-    """``small``: statements limited to 40 parameters and 3 accounts, so a batch's rows and
+    """``small``: statements limited to 40 parameters and 2 accounts, so a batch's rows and
     accounts span several statements (new accounts in a later one too)."""
     path = Path(tmp_path_factory.mktemp("ledger")) / "ledger.sqlite3"
     store = Store(path, 1000, checkpoint_interval_ms=0)
