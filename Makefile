@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed-stamp
 APT    := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast torture bench bench-memory redis-server chromium clean help
+.PHONY: run test test-fast torture bench bench-memory bench-instructions redis-server valgrind chromium clean help
 
 help:
 	@echo "make run    start redis (if needed), writer, confirmer, gateway and a demo load"
 	@echo "make test   run the whole test suite (unit, integration, end-to-end)"
 	@echo "make bench  benchmark betstream against its peers (several minutes)"
+	@echo "make bench-instructions [REV=rev]  the writer's instructions per intent (callgrind)"
 	@echo "make torture  fault-injection scenarios at full size, with a report (var/torture-report.md)"
 
 $(STAMP): pyproject.toml
@@ -35,7 +36,7 @@ chromium:
 run: $(STAMP) redis-server
 	@$(BIN)/betstream run
 
-test: $(STAMP) redis-server chromium
+test: $(STAMP) redis-server chromium valgrind
 	@$(BIN)/python -m pytest
 
 # Benchmarks (not tests): betstream against its peers; table + bench/results/<date>.json/png.
@@ -45,6 +46,16 @@ bench: $(STAMP) redis-server
 # Writer RSS from 1M to 5M intents (about 15 minutes).
 bench-memory: $(STAMP) redis-server
 	@$(BIN)/python -m bench.memory
+
+# The writer's instructions per intent under callgrind: deterministic where timings are not
+# (about 5 minutes). `make bench-instructions REV=<git rev>` also counts that revision.
+bench-instructions: $(STAMP) redis-server valgrind
+	@$(BIN)/python -m bench.instructions $(if $(REV),--compare $(REV))
+
+# Debian's valgrind when missing (bench-instructions).
+valgrind:
+	@command -v valgrind >/dev/null || { echo "installing valgrind"; \
+	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq valgrind >/dev/null; }
 
 # Torture scenarios at full size (crash storm of 100k intents, Redis restarts, disk faults,
 # hostile input, key rotation, split brain); the table lands in var/torture-report.md.

@@ -53,11 +53,14 @@ class Env:
                 "BETSTREAM_GATEWAY_SECRET_FILE": str(self.dir / "gateway-secret"),
                 "BETSTREAM_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **extra}
 
-    def start(self, *args: str, **extra: str) -> subprocess.Popen:
+    def start(self, *args: str, root: Path = ROOT, wrap: tuple[str, ...] = (),
+              **extra: str) -> subprocess.Popen:
+        """``betstream ARGS`` from the code at ``root`` (another checkout, to compare),
+        under ``wrap`` (a command prefix such as valgrind), with ``extra`` settings."""
         log = open(self.dir / f"{args[0]}-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
-                                env=self.environ(**extra), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([*wrap, sys.executable, "-m", "workers.cli", *args], cwd=root,
+                                env=self.environ(**{"PYTHONPATH": str(root), **extra}),
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
         return proc
 

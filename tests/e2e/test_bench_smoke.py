@@ -29,3 +29,16 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
     assert results["throughput"]["betstream"]["runs_speed_index_ms"][0] > 0, \
         "the machine's speed is recorded beside the drain"
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
+
+
+def test_instructions_bench_counts_the_writer_under_callgrind(tmp_path: Path) -> None:
+    """`make bench-instructions` in a tiny mode (make test installs valgrind)."""
+    done = subprocess.run([sys.executable, "-m", "bench.instructions", "--intents", "1000",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "writer instructions (callgrind)" in done.stdout
+    (report,) = tmp_path.glob("*-instructions.json")
+    row = json.loads(report.read_text())["this checkout"]
+    assert row["accepted"] == row["intents"] == 1000, "every intent drained and committed"
+    assert row["instructions"] > 1_000_000 and row["per_intent"] > 0
