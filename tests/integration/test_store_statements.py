@@ -13,16 +13,19 @@ import hashlib
 import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.contract import DepositIntent, intent_body
+from producer.contract import BetIntent, DepositIntent, SettleIntent, intent_body
+from producer.errors import InvariantViolation
 from workers.batch import build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers.store import STATEMENTS_CACHED_MAX, Store, _chunks
 
 NOW = 1_700_000_000_000
 SIZES = range(1, 1_200, 19)  # 64 batch sizes, 1 to 1,198 intents
+USERS = 700  # accounts: the first batches open them, later ones find them known
 
 
 class Recording:
@@ -44,11 +47,27 @@ class Recording:
         return getattr(self._conn, name)
 
 
-def _deposit(n: int, user: int) -> Candidate:
-    intent = DepositIntent(kind="deposit", id=str(uuid.UUID(int=n, version=4)), user_id=user,
-                           amount=100, nonce=f"nonce-{n:010d}", issued_at=1)
+def _cand(intent, n: int) -> Candidate:
     sha = hashlib.sha256(intent_body(intent)).digest()
     return Candidate.of(f"{NOW + n}-0", NOW + n, intent, sha, "k")
+
+
+def _batch(n: int, size: int, placed: list[str]) -> list[Candidate]:
+    """Deposits (to new and known accounts), bets, and settlements of earlier bets."""
+    cands = []
+    for i in range(n, n + size):
+        common = {"id": str(uuid.UUID(int=i, version=4)), "user_id": 1 + i % USERS,
+                  "nonce": f"nonce-{i:010d}", "issued_at": 1}
+        if i % 3 == 0:
+            cands.append(_cand(DepositIntent(kind="deposit", amount=1_000, **common), i))
+        elif i % 3 == 1 or not placed:
+            placed.append(common["id"])
+            cands.append(_cand(BetIntent(kind="bet", amount=10, market="m", selection="home",
+                                         odds="2.50", **common), i))
+        else:
+            cands.append(_cand(SettleIntent(kind="settle", bet_id=placed.pop(0),
+                                            outcome="won", **common), i))
+    return cands
 
 
 def test_batches_of_every_size_compile_a_bounded_set_of_statements(tmp_path: Path) -> None:
@@ -57,19 +76,22 @@ def test_batches_of_every_size_compile_a_bounded_set_of_statements(tmp_path: Pat
     store._conn = recording
     try:
         epoch = store.bump_epoch()
-        book, n = Book({a: 0 for a in SYSTEM_ACCOUNTS}), 0
-        for size in SIZES:  # half new accounts, half known ones: every statement runs
-            cands = [_deposit(n + i, 1 + (n + i) // 2) for i in range(size)]
+        book, n, placed = Book({a: 0 for a in SYSTEM_ACCOUNTS}), 0, []
+        for size in SIZES:  # as the writer: look up, load what is missing, decide, commit
+            cands = _batch(n, size, placed)
             store.lookup([c.id for c in cands], [c.entry_id for c in cands])
-            store.load_balances([c.user_id for c in cands])
+            book.balances.update(store.load_balances([c.user_id for c in cands]))
+            book.bets.update(store.load_bets([c.intent.bet_id for c in cands
+                                              if c.kind == "settle"]))
             store.commit(build_batch(decide_batch(cands, book), store.heads, epoch, NOW + n))
             n += size
     finally:
         store.close()
     texts = len(recording.texts)
-    # At most 10 lengths (512 down to 1) for each of the 9 statements whose length varies,
-    # plus a few fixed ones. Slicing by 900 and 450 instead made 411 texts here.
-    assert texts <= 9 * 10 + 10, f"{texts} distinct statements for {len(SIZES)} batch sizes"
+    # At most 10 lengths (512 down to 1) for each of the 10 statements whose length varies
+    # (4 inserts, the balance update, 5 reads), plus the fixed ones. Slicing by 900 ids and
+    # 450 accounts instead, deposits alone made 411 texts here.
+    assert texts <= 10 * 10 + 10, f"{texts} distinct statements for {len(SIZES)} batch sizes"
     assert texts < STATEMENTS_CACHED_MAX
 
 
@@ -79,4 +101,10 @@ def test_chunks_cover_the_items_in_order_in_powers_of_two(items: list[int], size
     assert [x for piece in pieces for x in piece] == items
     lengths = [len(piece) for piece in pieces]
     assert all(0 < n <= size and n & (n - 1) == 0 for n in lengths)
-    assert lengths == sorted(lengths, reverse=True)  # as few pieces as the sizes allow
+    # As few statements as power-of-two lengths allow: full ones, then one per bit of the rest.
+    assert len(pieces) == len(items) // size + bin(len(items) % size).count("1")
+
+
+def test_a_chunk_size_that_is_not_a_power_of_two_is_a_programmer_error() -> None:
+    with pytest.raises(InvariantViolation):
+        list(_chunks([1, 2, 3], 3))
