@@ -137,7 +137,8 @@ class Writer:
                 after = entries[-1][0]
             else:
                 self._linger(stop)
-                entries = self._retry("read_new", self.stream.read_new, stop, leading=True)
+                entries = self._retry("read_new", lambda: self.stream.read_new(self.lease.owner),
+                                      stop, leading=True)
             if after is None and self._reclaim_due():  # idle or not: a busy stream must
                 after = "0"  # not starve entries stranded by a fenced-out writer: ours now
             self._last_read_full = bool(entries) and len(entries) >= self._s.batch_size_max

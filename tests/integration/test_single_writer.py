@@ -266,7 +266,7 @@ def test_paused_writer_that_lost_its_lease_is_fenced_out(
         intents = [new_deposit(u, 1_000) for u in range(1, 11)]
         intents += [new_bet(u, 100, "cup", "away", "3.00") for u in range(1, 11)]
         producer.submit_many(intents)
-        entries = zombie.stream.read_new()
+        entries = zombie.stream.read_new(zombie.lease.owner)
         assert len(entries) == len(intents)
 
         # ... the zombie freezes here; its lease runs out and another writer leads.

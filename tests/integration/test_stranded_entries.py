@@ -1,25 +1,33 @@
-"""Entries a fenced-out writer read after losing the lead are not left waiting behind a
-busy stream (found by the split-brain torture scenario's analysis).
+"""Entries stranded in another consumer's pending list are not left waiting behind a busy
+stream (found by the split-brain torture scenario's analysis), and a writer that lost the
+lead no longer strands any.
 
-A writer frozen between its lease check and its XREADGROUP wakes up and reads: the
-entries it pulls in land in its own pending list after the new leader claimed everything,
-and its commit is refused. The new leader used to look for such stranded entries only when
-its stream went idle, so under sustained load they waited, out of order, until the load
-stopped (past the freshness window they would turn ``stale``)."""
+A writer frozen between its lease check and a blocking XREADGROUP used to wake up and
+read: the entries it pulled in landed in its own pending list after the new leader claimed
+everything, and its commit was refused. Every read of new entries is now guarded by the
+lease (WATCH/MULTI; the wait for entries is an XREAD that consumes nothing). Entries can
+still be stranded by an admission child that read and then failed, or by a writer of an
+earlier release: the new leader used to look for them only when its stream went idle, so
+under sustained load they waited, out of order, until the load stopped (past the
+freshness window they would turn ``stale``)."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 import redis
 
 from producer.client import Producer
 from producer.contract import new_deposit
-from producer.errors import FencedOut
+from producer import constants as c
+from producer.errors import FencedOut, LeaseLost
 from producer.signing import Keyring
 from tests.conftest import wait_for
 from tests.support import drained, query, writer_in_process
 from workers.settings import Settings, load_settings
+from workers.streams import Entry, _entries
+from workers.writer import Writer
 
 BACKLOG = 60_000  # intents: a few seconds of work for the writer, several 500 ms lease periods
 BATCH = 500
@@ -44,7 +52,7 @@ def test_entries_stranded_by_a_fenced_out_writer_are_taken_over_under_load(
         wait_for(lambda: fresh.lease.holder() == fresh.lease.owner, 10, "the new writer to lead")
         wait_for(lambda: query(s.db, "SELECT COUNT(*) FROM outcomes")[0][0] > 0, 30,
                  "the new writer to be busy with the backlog")
-        entries = zombie.stream.read_new()  # the zombie wakes up and reads
+        entries = _unguarded_read(zombie)  # as an earlier release's zombie did on waking
         assert entries, "the zombie pulled entries into its own pending list"
         try:
             zombie.process(entries, threading.Event())
@@ -66,3 +74,42 @@ def test_entries_stranded_by_a_fenced_out_writer_are_taken_over_under_load(
             thread.join(10)
         zombie_store.close()
         fresh_store.close()
+
+
+def _unguarded_read(writer: Writer) -> list[Entry]:
+    return _entries(writer.stream._raw.xreadgroup(
+        c.GROUP_WRITERS, writer.stream.consumer, {c.STREAM_INTENTS: ">"}, count=BATCH))
+
+
+def _pending_under(client: redis.Redis, consumer: str) -> int:
+    counts = {row["name"]: row["pending"]
+              for row in client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["consumers"]}
+    return counts.get(consumer.encode(), 0)
+
+
+def test_a_writer_that_lost_the_lead_reads_nothing_even_mid_wait(
+        settings: Settings, redis_client: redis.Redis, keyring: Keyring,
+        producer: Producer) -> None:
+    """The race above, closed: the zombie's wait for new entries began while it led, the
+    lead changed during the wait, and entries arrived: none becomes the zombie's."""
+    s = load_settings(lease_ms=500, batch_wait_ms=3_000)
+    zombie, zombie_store = writer_in_process(s, keyring, "zombie")
+    got: list[list[Entry]] = []
+    try:
+        zombie.stream.ensure_group()
+        assert zombie._try_lead()
+        waiting = threading.Thread(
+            target=lambda: got.append(zombie.stream.read_new(zombie.lease.owner)))
+        waiting.start()  # nothing to read yet: it waits up to 3 s for entries
+        wait_for(lambda: redis_client.info("clients")["blocked_clients"] >= 1, 5,
+                 "the zombie to wait for entries")
+        redis_client.set(c.KEY_WRITER_LEASE, "writer-fresh")  # meanwhile another writer leads
+        producer.submit_many(new_deposit(u, 1) for u in range(1, 6))
+        waiting.join(10)
+        assert got == [[]], "the zombie read nothing"
+        assert _pending_under(redis_client, zombie.stream.consumer) == 0
+        with pytest.raises(LeaseLost):  # and its next read says it no longer leads
+            zombie.stream.read_new(zombie.lease.owner)
+        assert len(_unguarded_read(zombie)) == 5, "the entries are still there to be read"
+    finally:
+        zombie_store.close()

@@ -35,7 +35,8 @@ def test_a_field_given_twice_is_malformed_not_last_wins(
     twice = xadd_pairs(redis_client, [*first.items(), ("body", second["body"]),
                                       ("sig", second["sig"])])
     plain = xadd_pairs(redis_client, list(second.items()))
-    entries = dict(stream.read_new())
+    redis_client.set(c.KEY_WRITER_LEASE, "t")  # a writer reads only while it leads
+    entries = dict(stream.read_new("t"))
     assert set(entries) == {twice, plain}
     dead = admit(twice, entries[twice], keyring)
     assert isinstance(dead, DeadLetter) and dead.reason == "malformed", dead
