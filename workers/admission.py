@@ -12,9 +12,10 @@ admitted again in the writer. The child reads as the writer's own consumer, so w
 reads is pending under the writer exactly as an in-process read would be.
 
 Frames on the child's stdin/stdout: a 4-byte big-endian length, then msgpack (msgspec),
-never pickle. A child that fails, hangs or dies costs one read-ahead: the writer reads in
-process and starts a new child later; entries the child had read stay pending and are
-taken over after ``lease_ms`` like any stranded entry (workers/writer.py).
+never pickle. A child that fails, hangs or dies costs one read-ahead: entries it had read
+are pending under the writer, which reads its own pending entries first on its next loop
+(in stream order, before anything newer), reads in process meanwhile, and starts a new
+child later (workers/writer.py).
 """
 
 from __future__ import annotations

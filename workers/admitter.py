@@ -76,7 +76,7 @@ class Admitter:
         return True
 
     def collect(self) -> tuple[list[Entry], list[Candidate], list[DeadLetter]] | None:
-        """The batch asked for (maybe empty), or None if the child failed it."""
+        """The batch asked for (maybe empty), or None if the child or Redis failed it."""
         proc = self._proc
         if proc is None or self._asked_with is None:
             return None
@@ -91,7 +91,7 @@ class Admitter:
                 raise EOFError(f"child exited ({proc.poll()})")
             reply = _REPLIES.decode(frame)
             if reply.error is not None:
-                return [], [], []  # Redis failed the read: nothing read, next loop retries
+                return None  # Redis failed the read (maybe after it ran); the child is fine
             return merge(reply, keyring)
         except (OSError, ValueError, EOFError, TimeoutError, msgspec.MsgspecError) as exc:
             self._fail("collect", exc)

@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     commit_overlap: bool = True
     # ... and do that reading and admitting in a child process, on the other core (the
     # writer is bound by the GIL; workers/admission.py). A child that fails or stays
-    # silent past the reply timeout is stopped; the writer reads in process meanwhile and
-    # starts a new child after admission_restart_ms.
+    # silent past the reply timeout is stopped; the writer reads what it had read from its
+    # own pending list, reads in process meanwhile and starts a new child after
+    # admission_restart_ms.
     admission_process: bool = True
     admission_reply_timeout_ms: int = Field(10_000, ge=100, le=600_000)
     admission_restart_ms: int = Field(5_000, ge=0, le=3_600_000)

@@ -111,9 +111,10 @@ class IntentStream:
         and the entries are then taken by the guarded read. A blocking XREADGROUP here let
         a writer frozen between its lease check and the read pull entries into its own
         pending list after a takeover, where they waited for a reclaim and were decided
-        after later ones. An entry added between the first read and the wait is picked up
-        by the next loop: at most ``batch_wait_ms`` later. Raises LeaseLost if another
-        writer holds the lease (rather than spin on a stream it may no longer read)."""
+        after later ones. An entry added between the first read and the wait is taken by
+        the second read once the wait ends: at most ``batch_wait_ms`` later. Raises
+        LeaseLost if another writer holds the lease (rather than wait on a stream it may no
+        longer read)."""
         entries = self._read_leading(lease_owner)
         if entries is None:
             raise LeaseLost(f"lease {lease_owner} expired or was taken")
@@ -146,7 +147,11 @@ class IntentStream:
                 pipe.xreadgroup(c.GROUP_WRITERS, self.consumer, {c.STREAM_INTENTS: ">"},
                                 count=self._settings.batch_size_max)
                 (reply,) = pipe.execute()
-            except redis.WatchError:
+            except redis.WatchError as exc:
+                if isinstance(exc.__context__, (redis.ConnectionError, redis.TimeoutError)):
+                    # redis-py reports a dropped connection while watching as a WatchError;
+                    # the read may have run and its reply been lost: the caller must know.
+                    raise exc.__context__ from None
                 return []  # the lease changed meanwhile (maybe our own renewal): read again
         return _entries(reply)
 

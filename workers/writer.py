@@ -66,6 +66,9 @@ class Writer:
         self._unfinished: Committed | None = None  # committed; acked during the next commit
         self._confirm_jobs_waiting = 0  # as of our last finish
         self._last_read_full = False  # the last batch read was a full one (a backlog)
+        # A read of new entries failed (Redis, or the admission child): it may have run and
+        # its reply been lost, leaving entries pending under us that later reads would pass.
+        self._read_failed = False
         self.admitter = Admitter(settings, self.consumer) if settings.admission_process else None
 
     def _ensure_store(self, stop: threading.Event) -> bool:
@@ -125,6 +128,10 @@ class Writer:
             admitted = early = None
             if self._ahead is None and self.admitter is not None and self.admitter.asked:
                 self._collect_ahead()  # asked, then interrupted: never leave it waiting
+            if self._read_failed:  # ours first, in stream order, before anything newer
+                self._read_failed = False
+                self._finish_unfinished(stop)  # acked, so not read again below
+                after = "0"
             if self._ahead is not None:  # read (and admitted) while the last batch committed
                 entries, admitted, early = self._ahead
                 self._ahead = None
@@ -137,8 +144,9 @@ class Writer:
                 after = entries[-1][0]
             else:
                 self._linger(stop)
-                entries = self._retry("read_new", lambda: self.stream.read_new(self.lease.owner),
-                                      stop, leading=True)
+                entries = self._retry("read_new", self._read_new, stop, leading=True)
+                if self._read_failed:  # then what it read is pending under us too: above
+                    continue
             if after is None and self._reclaim_due():  # idle or not: a busy stream must
                 after = "0"  # not starve entries stranded by a fenced-out writer: ours now
             self._last_read_full = bool(entries) and len(entries) >= self._s.batch_size_max
@@ -243,12 +251,20 @@ class Writer:
         return (after is None and self._s.commit_overlap
                 and len(entries) >= self._s.batch_size_max)
 
+    def _read_new(self) -> list[Entry]:
+        try:
+            return self.stream.read_new(self.lease.owner)
+        except RETRYABLE:
+            self._read_failed = True
+            raise
+
     def _read_ahead(self) -> None:
         """The next batch, without waiting for one: an idle stream must not delay this one."""
         try:
             entries = self.stream.read_new_now(self.lease.owner)
         except redis.RedisError:
-            return  # the next loop reads again, with retries
+            self._read_failed = True  # the next loop reads our pending entries first
+            return
         if entries:
             admitted = self.pipeline.admit(entries)
             self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
@@ -258,10 +274,11 @@ class Writer:
                 and self.admitter.ask(self.pipeline.keyring, self.lease.owner))
 
     def _collect_ahead(self) -> None:
-        """The batch the admission child read ahead; if it failed, read in process."""
+        """The batch the admission child read ahead. If it (or Redis) failed the read, what
+        it read, if anything, is pending under us: the next loop reads that first."""
         got = self.admitter.collect()
-        if got is None:
-            self._read_ahead()
+        if got is None:  # what the child read, if anything, is pending under us
+            self._read_failed = True
             return
         entries, candidates, dead = got
         if entries:

@@ -1,8 +1,8 @@
 """SIGKILL the writer's admission child while it drains a backlog: nothing lost or doubled.
 
-Each kill costs the batch the child had read: its entries are pending under the writer and
-are taken over after a lease period, like any stranded entry, while the writer reads in
-process and then starts a new child.
+Each kill costs the batch the child had read: its entries are pending under the writer,
+which reads its own pending entries first on its next loop, reads in process meanwhile and
+then starts a new child.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from producer.client import Producer
-from producer.contract import new_deposit
+from producer.contract import new_bet, new_deposit
 from producer import constants as c
 from producer.errors import FencedOut, LeaseLost
 from producer.signing import Keyring
@@ -87,22 +87,32 @@ def _pending_under(client: redis.Redis, consumer: str) -> int:
     return counts.get(consumer.encode(), 0)
 
 
+def _waiting_in_xread(client: redis.Redis) -> bool:
+    return any(row.get("cmd") == "xread" and "b" in row.get("flags", "")
+               for row in client.client_list())
+
+
 def test_a_writer_that_lost_the_lead_reads_nothing_even_mid_wait(
         settings: Settings, redis_client: redis.Redis, keyring: Keyring,
         producer: Producer) -> None:
     """The race above, closed: the zombie's wait for new entries began while it led, the
     lead changed during the wait, and entries arrived: none becomes the zombie's."""
-    s = load_settings(lease_ms=500, batch_wait_ms=3_000)
+    s = load_settings(lease_ms=10_000, batch_wait_ms=3_000)
     zombie, zombie_store = writer_in_process(s, keyring, "zombie")
-    got: list[list[Entry]] = []
+    got: list[object] = []
+
+    def wait_for_entries() -> None:
+        try:
+            got.append(zombie.stream.read_new(zombie.lease.owner))
+        except Exception as exc:  # shown by the assertion below
+            got.append(exc)
+
     try:
         zombie.stream.ensure_group()
         assert zombie._try_lead()
-        waiting = threading.Thread(
-            target=lambda: got.append(zombie.stream.read_new(zombie.lease.owner)))
+        waiting = threading.Thread(target=wait_for_entries)
         waiting.start()  # nothing to read yet: it waits up to 3 s for entries
-        wait_for(lambda: redis_client.info("clients")["blocked_clients"] >= 1, 5,
-                 "the zombie to wait for entries")
+        wait_for(lambda: _waiting_in_xread(redis_client), 5, "the zombie to wait for entries")
         redis_client.set(c.KEY_WRITER_LEASE, "writer-fresh")  # meanwhile another writer leads
         producer.submit_many(new_deposit(u, 1) for u in range(1, 6))
         waiting.join(10)
@@ -113,3 +123,42 @@ def test_a_writer_that_lost_the_lead_reads_nothing_even_mid_wait(
         assert len(_unguarded_read(zombie)) == 5, "the entries are still there to be read"
     finally:
         zombie_store.close()
+
+
+def test_a_read_whose_reply_was_lost_is_read_again_before_anything_newer(
+        settings: Settings, redis_client: redis.Redis, keyring: Keyring,
+        producer: Producer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis ran the read, then the connection dropped before its reply arrived: the
+    entries are pending under the writer. It must decide them first, not the ones read
+    after them (here a bet that needs the deposit the lost reply held)."""
+    s = load_settings(batch_wait_ms=5)
+    writer, store = writer_in_process(s, keyring, "writer")
+    execute, lost = redis.client.Pipeline.execute, []
+
+    def execute_then_lose_the_first_read(pipe: redis.client.Pipeline, *args, **kwargs):
+        reads = any(cmd[0][0] == "XREADGROUP" for cmd in pipe.command_stack)
+        result = execute(pipe, *args, **kwargs)
+        if reads and result and result[0] and not lost:
+            lost.append(result)
+            redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            raise redis.ConnectionError("the reply was lost")
+        return result
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute_then_lose_the_first_read)
+    deposit, bet = new_deposit(9, 500), new_bet(9, 400, "cup", "home", "2.00")
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,), daemon=True)
+    try:
+        producer.submit(deposit)
+        thread.start()
+        wait_for(lambda: lost, 10, "the first read to lose its reply")
+        producer.submit(bet)
+        wait_for(lambda: drained(redis_client), 15, "the writer to commit both")
+        rows = dict(query(s.db, "SELECT id, status FROM outcomes"))
+        assert rows == {deposit.id: "accepted", bet.id: "accepted"}, rows
+        seqs = dict(query(s.db, "SELECT id, seq FROM outcomes"))
+        assert seqs[deposit.id] < seqs[bet.id], "decided in stream order"
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()
