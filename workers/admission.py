@@ -50,7 +50,7 @@ class Reply(msgspec.Struct, frozen=True):
     ids: list[str]  # every entry read, in stream order
     fast: list[tuple[int, bytes, str, FastIntent]]  # (index, body sha, kid, intent)
     raw: list[tuple[int, dict[bytes, bytes] | None]]  # (index, fields): admitted by the writer
-    error: str | None = None  # Redis failed the read: nothing was read
+    error: str | None = None  # Redis failed the read (it may have run: the writer rereads)
 
 
 def write_frame(fd: int, payload: bytes) -> None:

@@ -35,8 +35,10 @@ class Admitter:
     """The writer's handle: ``ask`` before a batch is decided, ``collect`` while it commits.
 
     Any failure (the child cannot start, dies, hangs past ``admission_reply_timeout_ms``
-    or answers nonsense) returns None and stops the child; the writer then reads in
-    process, and a new child is started ``admission_restart_ms`` later.
+    or answers nonsense) returns None and stops the child; a new one is started
+    ``admission_restart_ms`` later, and the writer reads in process meanwhile. A read
+    Redis failed in the child also returns None (the child stays). Either way the writer
+    then reads its own pending entries first: the failed read may have delivered some.
     """
 
     def __init__(self, settings: Settings, consumer: str) -> None:

@@ -131,6 +131,9 @@ class Writer:
             if self._read_failed:  # ours first, in stream order, before anything newer
                 self._read_failed = False
                 self._finish_unfinished(stop)  # acked, so not read again below
+                # A batch read ahead since (a commit retried after the failed read ahead
+                # reads again) is newer: dropped, it is pending and read below in order.
+                self._ahead = None
                 after = "0"
             if self._ahead is not None:  # read (and admitted) while the last batch committed
                 entries, admitted, early = self._ahead

@@ -5,11 +5,11 @@ lead no longer strands any.
 A writer frozen between its lease check and a blocking XREADGROUP used to wake up and
 read: the entries it pulled in landed in its own pending list after the new leader claimed
 everything, and its commit was refused. Every read of new entries is now guarded by the
-lease (WATCH/MULTI; the wait for entries is an XREAD that consumes nothing). Entries can
-still be stranded by an admission child that read and then failed, or by a writer of an
-earlier release: the new leader used to look for them only when its stream went idle, so
-under sustained load they waited, out of order, until the load stopped (past the
-freshness window they would turn ``stale``)."""
+lease (WATCH/MULTI; the wait for entries is an XREAD that consumes nothing), and after a
+failed read the writer reads its own pending entries first. Entries can still be stranded
+under another consumer by a writer of an earlier release: the new leader used to look for
+them only when its stream went idle, so under sustained load they waited, out of order,
+until the load stopped (past the freshness window they would turn ``stale``)."""
 
 from __future__ import annotations
 
@@ -139,8 +139,8 @@ def test_a_read_whose_reply_was_lost_is_read_again_before_anything_newer(
         reads = any(cmd[0][0] == "XREADGROUP" for cmd in pipe.command_stack)
         result = execute(pipe, *args, **kwargs)
         if reads and result and result[0] and not lost:
-            lost.append(result)
             redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            lost.append(result)  # after the kill: the bet is sent on a live connection
             raise redis.ConnectionError("the reply was lost")
         return result
 
@@ -161,4 +161,30 @@ def test_a_read_whose_reply_was_lost_is_read_again_before_anything_newer(
     finally:
         stop.set()
         thread.join(10)
+        store.close()
+
+
+def test_a_connection_dropped_after_the_read_ran_is_an_error_not_an_empty_read(
+        settings: Settings, redis_client: redis.Redis, keyring: Keyring,
+        producer: Producer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py turns a connection lost while a key is WATCHed into a WatchError, the same
+    error as a lease change. Taken for one, it read as "nothing", silently, while the read
+    had delivered entries; it must reach the writer as the connection error it is."""
+    writer, store = writer_in_process(load_settings(), keyring, "writer")
+    execute = redis.client.Pipeline._execute_transaction
+
+    def run_then_drop(pipe: redis.client.Pipeline, *args, **kwargs):
+        execute(pipe, *args, **kwargs)  # the read runs on the server ...
+        pipe.watching = True
+        raise redis.ConnectionError("connection lost")  # ... and its reply never arrives
+
+    try:
+        writer.stream.ensure_group()
+        assert writer._try_lead()
+        producer.submit(new_deposit(3, 10))
+        monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", run_then_drop)
+        with pytest.raises(redis.ConnectionError):
+            writer.stream.read_new_now(writer.lease.owner)
+        assert _pending_under(redis_client, writer.stream.consumer) == 1, "it had been read"
+    finally:
         store.close()
