@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -9,7 +10,16 @@ from pathlib import Path
 import redis
 
 from producer import constants as c
+from producer.contract import intent_body
+from workers.decision import Candidate
 from workers.streams import backlog
+
+
+def candidate(intent, at_ms: int = 0) -> Candidate:
+    """An intent as the writer admits it, entered at ``at_ms`` (entry id ``<at_ms>-0``),
+    signed with key "k"."""
+    return Candidate.of(f"{at_ms}-0", at_ms, intent, hashlib.sha256(intent_body(intent)).digest(),
+                        "k")
 
 
 def drained(client: redis.Redis) -> bool:

@@ -8,7 +8,6 @@ the batch as built: every outcome column, every ledger row, every bet, every bal
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 from unittest.mock import patch
@@ -16,12 +15,12 @@ from unittest.mock import patch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from producer.contract import BetIntent, DepositIntent, SettleIntent, intent_body
+from producer.contract import BetIntent, DepositIntent, SettleIntent
 from workers.batch import BatchWrite, build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers import store as store_module
 from workers.store import Store
-from tests.support import query
+from tests.support import candidate, query
 
 FEW = settings(max_examples=25, deadline=None, database=None)
 NOW = 1_700_000_000_000
@@ -31,26 +30,22 @@ OUTCOME_COLS = ("seq, id, entry_id, kind, user_id, status, reason, detail, balan
                 "batch_no, committed_at")
 
 
-def _cand(intent, n: int) -> Candidate:
-    sha = hashlib.sha256(intent_body(intent)).digest()
-    return Candidate.of(f"{NOW + n}-0", NOW + n, intent, sha, "k")
-
-
 def _intent(op: tuple, n: int, placed: list[str]) -> Candidate:
     kind, user, amount, extra = op
     common = {"id": str(uuid.UUID(int=n, version=4)), "user_id": user, "nonce": "n" * 16,
               "issued_at": 1}
+    at = NOW + n
     if kind == "deposit":
-        return _cand(DepositIntent(kind="deposit", amount=amount, **common), n)
+        return candidate(DepositIntent(kind="deposit", amount=amount, **common), at)
     if kind == "bet":
         placed.append(common["id"])
-        return _cand(BetIntent(kind="bet", amount=amount, market="m", selection="home",
-                               odds="2.50", **common), n)
+        return candidate(BetIntent(kind="bet", amount=amount, market="m", selection="home",
+                                   odds="2.50", **common), at)
     if kind == "settle" and placed:
         bet_id = placed[extra % len(placed)]
-        return _cand(SettleIntent(kind="settle", bet_id=bet_id,
-                                  outcome=("won", "lost", "void")[extra % 3], **common), n)
-    return _cand(DepositIntent(kind="deposit", amount=amount, **common), n).rejected_early(
+        return candidate(SettleIntent(kind="settle", bet_id=bet_id,
+                                      outcome=("won", "lost", "void")[extra % 3], **common), at)
+    return candidate(DepositIntent(kind="deposit", amount=amount, **common), at).rejected_early(
         "stale", "too old" if extra % 2 else None)
 
 

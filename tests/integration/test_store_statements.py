@@ -9,7 +9,6 @@ batches of every size share a few texts per statement, all within the cache.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producer.contract import BetIntent, DepositIntent, SettleIntent, intent_body
+from producer.contract import BetIntent, DepositIntent, SettleIntent
 from producer.errors import InvariantViolation
 from workers.batch import build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
+from tests.support import candidate
 from workers.store import STATEMENTS_CACHED_MAX, Store, _chunks
 
 NOW = 1_700_000_000_000
@@ -47,11 +47,6 @@ class Recording:
         return getattr(self._conn, name)
 
 
-def _cand(intent, n: int) -> Candidate:
-    sha = hashlib.sha256(intent_body(intent)).digest()
-    return Candidate.of(f"{NOW + n}-0", NOW + n, intent, sha, "k")
-
-
 def _batch(n: int, size: int, placed: list[str]) -> list[Candidate]:
     """Deposits (to new and known accounts), bets, and settlements of earlier bets."""
     cands = []
@@ -59,14 +54,14 @@ def _batch(n: int, size: int, placed: list[str]) -> list[Candidate]:
         common = {"id": str(uuid.UUID(int=i, version=4)), "user_id": 1 + i % USERS,
                   "nonce": f"nonce-{i:010d}", "issued_at": 1}
         if i % 3 == 0:
-            cands.append(_cand(DepositIntent(kind="deposit", amount=1_000, **common), i))
+            intent = DepositIntent(kind="deposit", amount=1_000, **common)
         elif i % 3 == 1 or not placed:
             placed.append(common["id"])
-            cands.append(_cand(BetIntent(kind="bet", amount=10, market="m", selection="home",
-                                         odds="2.50", **common), i))
+            intent = BetIntent(kind="bet", amount=10, market="m", selection="home", odds="2.50",
+                               **common)
         else:
-            cands.append(_cand(SettleIntent(kind="settle", bet_id=placed.pop(0),
-                                            outcome="won", **common), i))
+            intent = SettleIntent(kind="settle", bet_id=placed.pop(0), outcome="won", **common)
+        cands.append(candidate(intent, NOW + i))
     return cands
 
 

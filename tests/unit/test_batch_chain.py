@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.contract import BetIntent, DepositIntent, SettleIntent, intent_body
+from producer.contract import BetIntent, DepositIntent, SettleIntent
 from producer.errors import InvariantViolation
 from workers.backoff import backoff_ms
+from tests.support import candidate
 from workers.batch import MESSAGE_FIELDS, BatchWrite, Heads, build_batch
 from workers.chain import GENESIS_HASH, batch_hash
 from workers.decision import (
@@ -42,22 +43,18 @@ def uid(n: int) -> str:
     return str(uuid.UUID(int=n, version=4))
 
 
-def cand(intent, n: int) -> Candidate:
-    return Candidate.of(f"{n}-0", n, intent, hashlib.sha256(intent_body(intent)).digest(), "k")
-
-
 def dep(user: int, amount: int, n: int) -> Candidate:
-    return cand(DepositIntent(id=uid(n), kind="deposit", user_id=user, amount=amount,
+    return candidate(DepositIntent(id=uid(n), kind="deposit", user_id=user, amount=amount,
                               nonce="n" * 16, issued_at=1), n)
 
 
 def bet(user: int, amount: int, odds: str, n: int) -> Candidate:
-    return cand(BetIntent(id=uid(n), kind="bet", user_id=user, amount=amount, market="final",
+    return candidate(BetIntent(id=uid(n), kind="bet", user_id=user, amount=amount, market="final",
                           selection="home", odds=odds, nonce="n" * 16, issued_at=1), n)
 
 
 def settle(user: int, bet_n: int, outcome: str, n: int) -> Candidate:
-    return cand(SettleIntent(id=uid(n), kind="settle", user_id=user, bet_id=uid(bet_n),
+    return candidate(SettleIntent(id=uid(n), kind="settle", user_id=user, bet_id=uid(bet_n),
                              outcome=outcome, nonce="n" * 16, issued_at=1), n)
 
 

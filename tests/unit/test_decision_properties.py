@@ -34,6 +34,7 @@ from producer.contract import (
     intent_body,
 )
 from producer.errors import InvariantViolation
+from tests.support import candidate
 from workers.batch import Heads, OutcomeRow, Stored, build_batch
 from workers.chain import GENESIS_HASH
 from workers.decision import (
@@ -516,10 +517,6 @@ def test_batch_cuts_do_not_change_outcomes(ops: list[tuple], cuts: list[int]) ->
 # --- worked examples (readable documentation of the rules) --------------------------------
 
 
-def cand(intent: Any, n: int = 0) -> Candidate:
-    return Candidate.of(f"{n}-0", n, intent, hashlib.sha256(intent_body(intent)).digest(), "k")
-
-
 def dep(user: int, amount: int, n: int = 1) -> DepositIntent:
     return DepositIntent(id=uid(n), kind="deposit", user_id=user, amount=amount, nonce=NONCE,
                          issued_at=1)
@@ -547,7 +544,7 @@ def fresh_book() -> Book:
 def test_first_deposit_opens_the_account() -> None:
     """A deposit to an unknown user opens the account; cash goes negative by the same amount."""
     book = fresh_book()
-    d = decide(cand(dep(7, 1000)), book)
+    d = decide(candidate(dep(7, 1000)), book)
     assert (d.status, d.reason, d.balance) == (ACCEPTED, None, 1000)
     assert d.postings == ((CASH, -1000), (7, 1000))
     assert book.balances == {CASH: -1000, HOUSE: 0, ESCROW: 0, 7: 1000}
@@ -557,7 +554,7 @@ def test_unknown_user_cannot_withdraw_or_bet() -> None:
     """Without an account there is nothing to spend: unknown_user, balance None."""
     book = fresh_book()
     for intent in (wd(7, 1), bet(7, 1, "2.00")):
-        d = decide(cand(intent), book)
+        d = decide(candidate(intent), book)
         assert (d.status, d.reason, d.balance, d.postings) == (REJECTED, "unknown_user", None, ())
     assert book.balances == {CASH: 0, HOUSE: 0, ESCROW: 0}
 
@@ -565,11 +562,11 @@ def test_unknown_user_cannot_withdraw_or_bet() -> None:
 def test_spending_exactly_the_balance_is_allowed_one_more_is_not() -> None:
     """A player can spend down to zero, never below (no double spend, no overdraft)."""
     book = fresh_book()
-    decide(cand(dep(7, 100)), book)
-    assert decide(cand(bet(7, 101, "2.00")), book).reason == "insufficient_funds"
-    d = decide(cand(bet(7, 100, "2.00")), book)
+    decide(candidate(dep(7, 100)), book)
+    assert decide(candidate(bet(7, 101, "2.00")), book).reason == "insufficient_funds"
+    d = decide(candidate(bet(7, 100, "2.00")), book)
     assert (d.status, d.balance) == (ACCEPTED, 0)
-    assert decide(cand(wd(7, 1)), book).reason == "insufficient_funds"
+    assert decide(candidate(wd(7, 1)), book).reason == "insufficient_funds"
     assert book.balances[7] == 0 and book.balances[ESCROW] == 100
 
 
@@ -597,13 +594,14 @@ def test_won_lost_void_postings_follow_the_design() -> None:
 def test_a_bet_settles_once_and_only_by_its_owner() -> None:
     """Settling someone else's bet is unknown_bet; a second settlement is already_settled."""
     book = fresh_book()
-    decide_batch([cand(dep(7, 1000)), cand(dep(8, 1000), 5), cand(bet(7, 250, "2.50"))], book)
-    assert decide(cand(settle(8, 3, "won")), book).reason == "unknown_bet"
-    assert decide(cand(settle(7, 99, "won")), book).reason == "unknown_bet"
-    d = decide(cand(settle(7, 3, "won")), book)
+    decide_batch([candidate(dep(7, 1000)), candidate(dep(8, 1000), 5),
+                  candidate(bet(7, 250, "2.50"))], book)
+    assert decide(candidate(settle(8, 3, "won")), book).reason == "unknown_bet"
+    assert decide(candidate(settle(7, 99, "won")), book).reason == "unknown_bet"
+    d = decide(candidate(settle(7, 3, "won")), book)
     assert (d.status, d.balance) == (ACCEPTED, 750 + 625)
     for outcome in ("won", "lost", "void"):
-        again = decide(cand(settle(7, 3, outcome, n=6)), book)
+        again = decide(candidate(settle(7, 3, outcome, n=6)), book)
         assert (again.status, again.reason, again.postings) == (REJECTED, "already_settled", ())
     assert book.balances == {CASH: -2000, HOUSE: -375, ESCROW: 0, 7: 1375, 8: 1000}
 
@@ -611,10 +609,10 @@ def test_a_bet_settles_once_and_only_by_its_owner() -> None:
 def test_pre_rejected_candidates_never_touch_the_book() -> None:
     """stale/replay/forbidden/invalid intents are rejected with that reason and no effect."""
     book = fresh_book()
-    decide(cand(dep(7, 1000)), book)
+    decide(candidate(dep(7, 1000)), book)
     before = dict(book.balances)
     for reason in PRE_REASONS:
-        d = decide(cand(wd(7, 10)).rejected_early(reason, "why"), book)
+        d = decide(candidate(wd(7, 10)).rejected_early(reason, "why"), book)
         assert (d.status, d.reason, d.detail, d.balance, d.postings) == \
             (REJECTED, reason, "why", 1000, ())
     assert book.balances == before
@@ -632,15 +630,15 @@ def test_balances_stay_within_the_supported_range() -> None:
     book = Book({CASH: 0, HOUSE: -BALANCE_ABS_MAX + 100, ESCROW: 250, 7: BALANCE_ABS_MAX - 350},
                 {uid(3): BetState(uid(3), 7, 250, "2.50", "open")})
     before = dict(book.balances)
-    d = decide(cand(settle(7, 3, "won")), book)
+    d = decide(candidate(settle(7, 3, "won")), book)
     assert (d.status, d.reason, d.postings) == (REJECTED, "invalid", ())
     assert book.balances == before and book.bets[uid(3)].status == "open"
-    assert decide(cand(settle(7, 3, "lost")), book).status == ACCEPTED
+    assert decide(candidate(settle(7, 3, "lost")), book).status == ACCEPTED
 
 
 def test_a_refused_first_deposit_opens_no_account() -> None:
     """When cash is at its bound, a first deposit is refused and the user stays unknown."""
     book = Book({CASH: -BALANCE_ABS_MAX, HOUSE: BALANCE_ABS_MAX, ESCROW: 0})
-    d = decide(cand(dep(7, 1)), book)
+    d = decide(candidate(dep(7, 1)), book)
     assert (d.status, d.reason, d.balance) == (REJECTED, "invalid", None)
     assert 7 not in book.balances
