@@ -232,7 +232,7 @@ class Store:
 
     def _vars_per_read(self) -> int:
         """Values per IN list (and twice the accounts per balance update): a power of two."""
-        return _pow2_floor(min(SQL_VARIABLES_MAX, self._vars_max), SQL_VARIABLES_MAX)
+        return _pow2_floor(self._vars_max, SQL_VARIABLES_MAX)
 
     def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
         try:
