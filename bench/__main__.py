@@ -95,7 +95,10 @@ def tables(results: dict[str, Any]) -> list[Table]:
                  f"betstream writer: {w['batches']} batches, {w['accepted']:,} accepted, "
                  f"{w['writer_cpu_s']} CPU s, peak RSS {w['writer_rss_mb']} MB; its admission "
                  f"child: {w.get('admission_cpu_s', 0)} CPU s, "
-                 f"peak RSS {w.get('admission_rss_mb', 0)} MB")
+                 f"peak RSS {w.get('admission_rss_mb', 0)} MB; Redis {w['redis_cpu_s']} CPU s. "
+                 f"CPU per intent (writer, child, Redis): {w['cpu_us_per_intent']} µs; the "
+                 f"cores were {w['cores_busy']:.0%} busy; two fully busy cores would give "
+                 f"{w['two_core_cap_per_s']:,}/s at this cost")
     lat = Table(title="latency from stream ingress (ms)")
     for col in ("offered/s", "intents", "commit p50", "p99", "p999", "confirm p50", "p99",
                 "p999"):

@@ -17,6 +17,16 @@ from bench.harness import Env, private_env, wait
 from workers.streams import backlog
 
 CLK_TCK = 100
+CORES_USED_MAX = 2  # the machine issue 6 names: what two fully busy cores would give
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, all) clock ticks of the whole machine so far, from /proc/stat (steal and
+    iowait count as not busy: the drain could not use them)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
@@ -65,6 +75,9 @@ def measure_writer(env: Env, intents: int, **settings: str) -> dict[str, float]:
     prefill(env, intents)
     client = env.client()
     total = client.xlen("betstream:intents")
+    redis_pid = int(client.info("server")["process_id"])
+    redis_cpu_before, _ = proc_stats(redis_pid)
+    machine_before = cpu_times()
     writer = env.start("writer", **{**DRAIN_WINDOW, **settings})
     started = time.perf_counter()
     peak_rss = peak_child_rss = 0
@@ -77,8 +90,10 @@ def measure_writer(env: Env, intents: int, **settings: str) -> dict[str, float]:
 
     wait(done, 900, "the writer to drain", interval_s=0.02)
     seconds = time.perf_counter() - started
+    machine_after = cpu_times()
     cpu, _ = proc_stats(writer.pid)
     child_cpu, _ = children_stats(writer.pid)
+    redis_cpu = proc_stats(redis_pid)[0] - redis_cpu_before
     batches = env.query("SELECT COUNT(*), AVG(rows) FROM batches")[0]
     accepted = env.query("SELECT COUNT(*) FROM outcomes WHERE status = 'accepted'")[0][0]
     return {"intents": total, "accepted": accepted, "seconds": round(seconds, 2),
@@ -86,7 +101,21 @@ def measure_writer(env: Env, intents: int, **settings: str) -> dict[str, float]:
             "batches": batches[0], "writer_cpu_s": round(cpu, 2),
             "writer_rss_mb": round(peak_rss / 2**20, 1),
             "admission_cpu_s": round(child_cpu, 2),
-            "admission_rss_mb": round(peak_child_rss / 2**20, 1)}
+            "admission_rss_mb": round(peak_child_rss / 2**20, 1),
+            "redis_cpu_s": round(redis_cpu, 2), **cpu_budget(
+                total, cpu + child_cpu + redis_cpu, machine_before, machine_after)}
+
+
+def cpu_budget(intents: int, cpu_s: float, before: tuple[int, int],
+               after: tuple[int, int]) -> dict[str, float]:
+    """CPU per intent over the writer, its child and Redis, how busy the machine's cores
+    were meanwhile, and what that cost per intent allows on two fully busy cores: on a
+    shared machine whose speed drifts, this says whether a rate is bound by CPU (cores
+    busy, rate near the cap) or by waiting (cores idle)."""
+    busy, every = after[0] - before[0], after[1] - before[1]
+    us = cpu_s / max(intents, 1) * 1e6
+    return {"cpu_us_per_intent": round(us, 1), "cores_busy": round(busy / max(every, 1), 3),
+            "two_core_cap_per_s": round(CORES_USED_MAX * 1e6 / us) if us else 0}
 
 
 def main() -> None:

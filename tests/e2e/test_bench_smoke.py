@@ -27,8 +27,12 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
         "betstream", "betstream, no commit overlap, batch 1000", "naive per-bet transaction", "RQ job per bet (SimpleWorker)",
         "RQ job per bet (Worker, fork)"}
     assert all(r["per_s"] > 0 for r in results["throughput"].values())
-    assert results["throughput"]["betstream"]["runs_speed_index_ms"][0] > 0, \
+    betstream = results["throughput"]["betstream"]
+    assert betstream["runs_speed_index_ms"][0] > 0, \
         "the machine's speed is recorded beside the drain"
+    assert betstream["cpu_us_per_intent"] > 0 and 0 < betstream["cores_busy"] <= 1, \
+        "the CPU a drain cost, and how busy the cores were, are recorded beside it"
+    assert "CPU per intent (writer, child, Redis)" in done.stdout
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
 
 
