@@ -81,26 +81,35 @@ class BatchWrite:
 
 
 def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int) -> BatchWrite:
-    """Rows for one transaction; checks that every transaction's postings sum to zero."""
+    """Rows for one transaction; checks that every transaction's postings sum to zero.
+    (Names bound to locals: this loop runs for every intent of a batch.)"""
     batch_no = heads.batch_no + 1
     outcomes: list[OutcomeRow] = []
     ledger: list[LedgerRow] = []
     new_bets, settled = [], []
     deltas: dict[int, int] = defaultdict(int)
-    for offset, d in enumerate(decisions, start=1):
-        cand, seq = d.candidate, heads.seq + offset
-        outcomes.append(OutcomeRow(
-            seq, cand.id, cand.entry_id, cand.kind, cand.user_id, d.status, d.reason,
-            d.detail, d.balance, cand.body_sha, batch_no, now))
+    add_outcome, add_row = outcomes.append, ledger.append
+    seq, entry_id = heads.seq, heads.entry_id
+    for d in decisions:
+        cand = d.candidate
+        seq += 1
+        add_outcome(OutcomeRow(seq, cand.id, cand.entry_id, cand.kind, cand.user_id, d.status,
+                               d.reason, d.detail, d.balance, cand.body_sha, batch_no, now))
+        postings = d.postings
         if d.status != ACCEPTED:
-            require(not d.postings, "a rejected intent must not post")
+            if postings:
+                raise InvariantViolation("a rejected intent must not post")
             continue
-        if sum([a for _, a in d.postings]) != 0:
+        total = 0
+        for _, amount in postings:
+            total += amount
+        if total != 0:
             raise InvariantViolation(f"txn {cand.id} does not sum to zero")
-        ref_id = d.settled_bet.id if d.settled_bet else cand.id
-        for account, amount in d.postings:
-            entry_id = heads.entry_id + len(ledger) + 1
-            ledger.append((entry_id, cand.id, account, amount, cand.kind, ref_id, now))
+        txn_id, kind = cand.id, cand.kind
+        ref_id = d.settled_bet.id if d.settled_bet else txn_id
+        for account, amount in postings:
+            entry_id += 1
+            add_row((entry_id, txn_id, account, amount, kind, ref_id, now))
             deltas[account] += amount
         if d.new_bet:
             d.new_bet.seq = seq  # a settle later in this batch refers to it by this seq
@@ -109,7 +118,7 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
             require(d.settled_bet.seq is not None, "a settled bet must have been placed")
             settled.append((d.settled_bet.status, seq, d.settled_bet.seq))
     digest = batch_hash(heads.hash, ledger)
-    after = Heads(heads.seq + len(outcomes), batch_no, heads.entry_id + len(ledger), digest)
+    after = Heads(seq, batch_no, entry_id, digest)
     return BatchWrite(
         epoch, batch_no, now, outcomes, ledger, new_bets, settled,
         [(acc, delta, now) for acc, delta in deltas.items()],  # 0 too: the account must exist

@@ -108,7 +108,8 @@ def decide(candidate: Candidate, book: Book) -> Decision:
     intent = candidate.intent
     if candidate.pre_reason is not None:
         return _reject(candidate, book, candidate.pre_reason, candidate.detail)
-    require(intent is not None, "a candidate without an intent must carry a reason")
+    if intent is None:  # (not require(): this runs for every intent)
+        raise InvariantViolation("a candidate without an intent must carry a reason")
     # By kind, not by class: an intent is a pydantic model or its proven-equal fast struct.
     kind = intent.kind
     if kind == "bet":
@@ -138,29 +139,30 @@ def _deposit(candidate: Candidate, intent: DepositIntent | FastDeposit, book: Bo
     return decision
 
 
-def _move(candidate: Candidate, book: Book, source: int, target: int, amount: int) -> Decision:
-    """Move ``amount`` from ``source`` to ``target`` (a player can never go below zero)."""
-    user_id = candidate.user_id
-    if user_id not in book.balances:
+def _move(candidate: Candidate, book: Book, source: int, target: int, amount: int,
+          bet: BetState | None = None) -> Decision:
+    """Move ``amount`` from ``source`` to ``target`` (a player can never go below zero).
+    With ``bet``, the amount is its stake, and the bet is placed if the move is accepted
+    (one Decision per bet, not two: this runs for nearly every intent)."""
+    user_id, balances = candidate.user_id, book.balances
+    if user_id not in balances:
         return _reject(candidate, book, "unknown_user")
-    if source > 0 and book.balances[source] < amount:
+    if source > 0 and balances[source] < amount:
         return _reject(candidate, book, "insufficient_funds")
     postings = ((source, -amount), (target, amount))
     if not _within_bounds(book, postings):
         return _reject(candidate, book, "invalid", "balance would leave the supported range")
     _apply(book, postings)
-    return Decision(candidate, ACCEPTED, None, book.balances[user_id], postings)
+    if bet is not None:
+        book.bets[bet.id] = bet
+    return Decision(candidate, ACCEPTED, None, balances[user_id], postings, new_bet=bet)
 
 
 def _bet(candidate: Candidate, intent: BetIntent | FastBet, book: Book) -> Decision:
     if intent.id in book.bets:  # only reachable if an id was reused under another kind
         return _reject(candidate, book, "id_conflict")
-    decision = _move(candidate, book, intent.user_id, ESCROW, intent.amount)
-    if decision.status != ACCEPTED:
-        return decision
     bet = BetState(intent.id, intent.user_id, intent.amount, intent.odds, "open")
-    book.bets[intent.id] = bet
-    return Decision(candidate, ACCEPTED, None, decision.balance, decision.postings, new_bet=bet)
+    return _move(candidate, book, intent.user_id, ESCROW, intent.amount, bet)
 
 
 def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book) -> Decision:
@@ -204,8 +206,11 @@ def _within_bounds(book: Book, postings: tuple[tuple[int, int], ...]) -> bool:
 
 
 def _apply(book: Book, postings: tuple[tuple[int, int], ...]) -> None:
-    require(sum([amount for _, amount in postings]) == 0, "postings must sum to zero")
     balances = book.balances
+    total = 0
+    for _, amount in postings:  # checked before any balance changes
+        total += amount
+    require(total == 0, "postings must sum to zero")
     for account, amount in postings:
         balances[account] = after = balances.get(account, 0) + amount
         if account > 0 and after < 0:  # message built only on failure: runs per intent
