@@ -28,7 +28,7 @@ import msgspec
 from producer.fastparse import FastIntent
 from producer.signing import Keyring
 from workers.decision import Candidate
-from workers.intake import ADMITTED_ELSEWHERE, DeadLetter, admit_entry, ingress_ms
+from workers.intake import ADMITTED_ELSEWHERE, DeadLetter, admit_entry
 from workers.streams import Entry
 
 FRAME_HEADER_BYTES: Final = 4
@@ -48,7 +48,8 @@ class Request(msgspec.Struct, frozen=True):
 
 class Reply(msgspec.Struct, frozen=True):
     ids: list[str]  # every entry read, in stream order
-    fast: list[tuple[int, bytes, str, FastIntent]]  # (index, body sha, kid, intent)
+    # (index, ingress ms, body sha, kid, intent), in stream order
+    fast: list[tuple[int, int, bytes, str, FastIntent]]
     raw: list[tuple[int, dict[bytes, bytes] | None]]  # (index, fields): admitted by the writer
     error: str | None = None  # Redis failed the read (it may have run: the writer rereads)
 
@@ -93,7 +94,7 @@ def split(entries: list[Entry], keyring: Keyring) -> Reply:
         result = admit_entry(entry_id, fields, keyring)
         if (isinstance(result, Candidate) and result.pre_reason is None
                 and isinstance(result.intent, msgspec.Struct)):
-            fast.append((index, result.body_sha, result.kid, result.intent))
+            fast.append((index, result.ingress_ms, result.body_sha, result.kid, result.intent))
         else:
             raw.append((index, fields))
     return Reply([entry_id for entry_id, _ in entries], fast, raw)
@@ -102,15 +103,23 @@ def split(entries: list[Entry], keyring: Keyring) -> Reply:
 def merge(reply: Reply, keyring: Keyring) -> tuple[list[Entry], list[Candidate],
                                                     list[DeadLetter]]:
     """The writer's side: the same (candidates, dead letters) ``admit`` gives, in order."""
-    results: list[Candidate | DeadLetter | None] = [None] * len(reply.ids)
     ids = reply.ids
-    for index, sha, kid, intent in reply.fast:
-        entry_id = ids[index]
-        results[index] = Candidate.of(entry_id, ingress_ms(entry_id), intent, sha, kid)
+    entries: list[Entry] = [(entry_id, ADMITTED_ELSEWHERE) for entry_id in ids]
+    if not reply.raw:  # the usual batch: every entry a fast candidate, built in one pass
+        # (Candidate.of written out: this runs for every intent, on the writer's thread)
+        candidates = [Candidate(ids[i], at, intent.id, intent.kind, intent.user_id, sha, intent,
+                                kid=kid)
+                      for n, (i, at, sha, kid, intent) in enumerate(reply.fast) if i == n]
+        if len(candidates) != len(ids):
+            raise ValueError("admission reply does not cover every entry it read, in order")
+        return entries, candidates, []
+    results: list[Candidate | DeadLetter | None] = [None] * len(ids)
+    for index, at, sha, kid, intent in reply.fast:
+        results[index] = Candidate.of(ids[index], at, intent, sha, kid)
     for index, fields in reply.raw:
         results[index] = admit_entry(ids[index], fields, keyring)
     if any(r is None for r in results):
         raise ValueError("admission reply does not cover every entry it read")
-    entries: list[Entry] = [(entry_id, ADMITTED_ELSEWHERE) for entry_id in ids]
     candidates = [r for r in results if isinstance(r, Candidate)]
     return entries, candidates, [r for r in results if isinstance(r, DeadLetter)]
+

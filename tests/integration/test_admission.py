@@ -19,6 +19,7 @@ from producer import constants as c
 from producer.client import entry_fields
 from producer.contract import encode_body, intent_body, new_bet, new_deposit
 from producer.signing import Key, Keyring
+from workers.admission import Reply, merge, split
 from workers.admitter import Admitter
 from workers.decision import Candidate
 from workers.intake import DeadLetter, admit_entry
@@ -177,3 +178,44 @@ def test_a_lease_taken_between_the_check_and_the_read_aborts_the_read(
     monkeypatch.setattr(redis.client.Pipeline, "get", get_then_lose_the_lease)
     assert stream.read_new_now(OWNER) == []
     assert redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"] == 0
+
+
+def _plain_intents(keyring: Keyring, n: int) -> list[tuple[Key, bytes]]:
+    """Valid deposits and bets, each taking the fast path (the usual batch)."""
+    cashier, frontend = keyring.get("cashier"), keyring.get("frontend")
+    return [(cashier, intent_body(new_deposit(7 + i, 100))) if i % 2 == 0 else
+            (frontend, intent_body(new_bet(7 + i, 10, "m1", "home", "1.90"))) for i in range(n)]
+
+
+def test_a_batch_of_plain_intents_is_admitted_exactly_as_the_writer_would(
+        redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
+    """Every entry a fast-path intent: the writer builds the candidates in one pass."""
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    for key, body in _plain_intents(keyring, 20):
+        _xadd(redis_client, list(entry_fields(key, body).items()))
+    assert admitter.ask(keyring, OWNER)
+    entries, candidates, dead = admitter.collect()
+    assert (candidates, dead) == _admitted_in_process(redis_client, keyring)
+    assert len(entries) == len(candidates) == 20 and not dead
+    assert {x.kind for x in candidates} == {"deposit", "bet"}
+
+
+@pytest.mark.parametrize("damage", ["drop", "swap", "repeat"])
+def test_a_reply_that_skips_or_reorders_entries_is_refused(keyring: Keyring,
+                                                          damage: str) -> None:
+    """A reply that does not give every entry read, in stream order, is nonsense: the
+    writer refuses it (the child is then replaced) instead of deciding a wrong batch."""
+    entries = [(f"{1_700_000_000_000 + i}-0", {k.encode(): v if isinstance(v, bytes) else
+                                              v.encode() for k, v in entry_fields(key, body).items()})
+               for i, (key, body) in enumerate(_plain_intents(keyring, 4))]
+    reply = split(entries, keyring)
+    assert len(merge(reply, keyring)[1]) == 4, "the undamaged reply is taken"
+    fast = list(reply.fast)
+    if damage == "drop":
+        del fast[2]
+    elif damage == "swap":
+        fast[1], fast[2] = fast[2], fast[1]
+    else:
+        fast[3] = fast[2]
+    with pytest.raises(ValueError):
+        merge(Reply(reply.ids, fast, []), keyring)
