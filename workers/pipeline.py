@@ -136,12 +136,17 @@ class BatchPipeline:
         return candidates, dead
 
     def _check_freshness(self, fresh: list[Candidate]) -> list[Candidate]:
-        now = now_ms()
+        now, age_max_ms, skew_max_ms = (now_ms(), self._s.intent_age_max_ms,
+                                        self._s.clock_skew_max_ms)
         out = []
-        for cand in fresh:
-            reason = self._freshness(cand, now) if _undecided(cand) else None
-            out.append(cand.rejected_early(reason, "intent too old or issued too far from "
-                                           "its ingress time") if reason else cand)
+        for cand in fresh:  # (_undecided and _freshness written out: runs for every intent)
+            if cand.pre_reason is None and cand.intent is not None:
+                reason = freshness_reason(cand.intent, cand.ingress_ms, now, age_max_ms,
+                                          skew_max_ms)
+                if reason is not None:
+                    cand = cand.rejected_early(reason, "intent too old or issued too far "
+                                               "from its ingress time")
+            out.append(cand)
         return out
 
     def _freshness(self, cand: Candidate, now: int) -> str | None:
