@@ -110,16 +110,24 @@ def merge(reply: Reply, keyring: Keyring) -> tuple[list[Entry], list[Candidate],
         candidates = [Candidate(ids[i], at, intent.id, intent.kind, intent.user_id, sha, intent,
                                 kid=kid)
                       for n, (i, at, sha, kid, intent) in enumerate(reply.fast) if i == n]
-        if len(candidates) != len(ids):
+        if len(candidates) != len(ids) or len(reply.fast) != len(ids):
             raise ValueError("admission reply does not cover every entry it read, in order")
         return entries, candidates, []
     results: list[Candidate | DeadLetter | None] = [None] * len(ids)
     for index, at, sha, kid, intent in reply.fast:
+        _check_free(results, index)
         results[index] = Candidate.of(ids[index], at, intent, sha, kid)
     for index, fields in reply.raw:
+        _check_free(results, index)
         results[index] = admit_entry(ids[index], fields, keyring)
     if any(r is None for r in results):
         raise ValueError("admission reply does not cover every entry it read")
     candidates = [r for r in results if isinstance(r, Candidate)]
     return entries, candidates, [r for r in results if isinstance(r, DeadLetter)]
 
+
+
+def _check_free(results: list[Candidate | DeadLetter | None], index: int) -> None:
+    """A mixed reply names each entry once, by its place in the batch (else: refused)."""
+    if not 0 <= index < len(results) or results[index] is not None:
+        raise ValueError(f"admission reply names entry {index} twice or out of the batch")

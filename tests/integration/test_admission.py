@@ -24,7 +24,7 @@ from workers.admitter import Admitter
 from workers.decision import Candidate
 from workers.intake import DeadLetter, admit_entry
 from workers.settings import Settings, load_settings
-from workers.streams import IntentStream, _fields
+from workers.streams import Entry, IntentStream, _fields
 
 CONSUMER = "writer-under-test"
 OWNER = "writer-under-test:0001"  # its lease token
@@ -200,22 +200,48 @@ def test_a_batch_of_plain_intents_is_admitted_exactly_as_the_writer_would(
     assert {x.kind for x in candidates} == {"deposit", "bet"}
 
 
-@pytest.mark.parametrize("damage", ["drop", "swap", "repeat"])
+def _damaged(fast: list, damage: str) -> list:
+    fast = list(fast)
+    if damage == "drop":
+        del fast[-2]
+    elif damage == "swap":
+        fast[-2], fast[-1] = fast[-1], fast[-2]
+    elif damage == "repeat":
+        fast[-1] = fast[-2]
+    elif damage == "extra":  # every entry in order, then one more
+        fast.append(fast[0])
+    else:  # "beyond": an index past the batch
+        fast[-1] = (len(fast) + 5, *fast[-1][1:])
+    return fast
+
+
+def _signed_entries(keyring: Keyring, n: int) -> list[Entry]:
+    return [(f"{1_700_000_000_000 + i}-0", {k.encode(): v if isinstance(v, bytes) else
+                                           v.encode() for k, v in entry_fields(key, body).items()})
+            for i, (key, body) in enumerate(_plain_intents(keyring, n))]
+
+
+@pytest.mark.parametrize("damage", ["drop", "swap", "repeat", "extra", "beyond"])
 def test_a_reply_that_skips_or_reorders_entries_is_refused(keyring: Keyring,
                                                           damage: str) -> None:
-    """A reply that does not give every entry read, in stream order, is nonsense: the
-    writer refuses it (the child is then replaced) instead of deciding a wrong batch."""
-    entries = [(f"{1_700_000_000_000 + i}-0", {k.encode(): v if isinstance(v, bytes) else
-                                              v.encode() for k, v in entry_fields(key, body).items()})
-               for i, (key, body) in enumerate(_plain_intents(keyring, 4))]
-    reply = split(entries, keyring)
+    """A reply of fast candidates only (the one-pass path) that does not give every entry
+    read exactly once, in stream order, is nonsense: the writer refuses it (the child is
+    then replaced) instead of deciding a wrong batch."""
+    reply = split(_signed_entries(keyring, 4), keyring)
     assert len(merge(reply, keyring)[1]) == 4, "the undamaged reply is taken"
-    fast = list(reply.fast)
-    if damage == "drop":
-        del fast[2]
-    elif damage == "swap":
-        fast[1], fast[2] = fast[2], fast[1]
-    else:
-        fast[3] = fast[2]
     with pytest.raises(ValueError):
-        merge(Reply(reply.ids, fast, []), keyring)
+        merge(Reply(reply.ids, _damaged(reply.fast, damage), []), keyring)
+
+
+@pytest.mark.parametrize("damage", ["drop", "repeat", "extra", "beyond"])
+def test_a_mixed_reply_that_skips_or_repeats_entries_is_refused(keyring: Keyring,
+                                                               damage: str) -> None:
+    """With one entry sent raw, candidates are placed by index: a reply that leaves an
+    entry out, names one twice or names one outside the batch is refused all the same
+    (a ValueError, which replaces the child, not an IndexError that stops the writer)."""
+    entries = _signed_entries(keyring, 4)
+    reply = split(entries, keyring)
+    mixed = Reply(reply.ids, reply.fast[1:], [(0, entries[0][1])])
+    assert len(merge(mixed, keyring)[1]) == 4, "the undamaged mixed reply is taken"
+    with pytest.raises(ValueError):
+        merge(Reply(reply.ids, _damaged(mixed.fast, damage), mixed.raw), keyring)
