@@ -18,15 +18,17 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from bench import latency, peers
+from bench import latency, peers, sustained
 from bench.harness import Env, private_env, speed_index_ms
 from bench.throughput import measure_writer, prefill
 
 SIZES = {  # intents per system: the slow peers get fewer, their rate is what is compared
     "full": {"betstream": 300_000, "betstream_runs": 3, "naive": 20_000, "rq_simple": 5_000,
-             "rq_default": 1_000, "latency_s": 30.0, "latency_rate": 3_000.0},
+             "rq_default": 1_000, "latency_s": 30.0, "latency_rate": 3_000.0,
+             "sustained_rate": 30_000.0, "sustained_s": 60.0},
     "smoke": {"betstream": 3_000, "betstream_runs": 1, "naive": 600, "rq_simple": 200,
-              "rq_default": 50, "latency_s": 2.0, "latency_rate": 500.0},
+              "rq_default": 50, "latency_s": 2.0, "latency_rate": 500.0,
+              "sustained_rate": 1_000.0, "sustained_s": 3.0},
 }
 
 
@@ -57,6 +59,10 @@ def run_all(mode: str, console: Console) -> dict[str, Any]:
         console.print(f"measuring latency at {rate}/s ({label}) ...")
         with private_env() as env:
             results["latency"][label] = latency.measure(env, rate, sz["latency_s"])
+    console.print(f"measuring sustained: {sustained.PRODUCERS_DEFAULT} producers streaming "
+                  f"{sz['sustained_rate']:,.0f}/s for {sz['sustained_s']:g} s ...")
+    with private_env() as env:
+        results["sustained"] = sustained.measure(env, sz["sustained_rate"], sz["sustained_s"])
     return results
 
 
@@ -107,7 +113,24 @@ def tables(results: dict[str, Any]) -> list[Table]:
         lat.add_row(f"{r['offered_per_s']:,.0f} ({label})", str(r["intents"]),
                     *(str(r[f"{kind}_p{p}_ms"]) for kind in ("commit", "confirm")
                       for p in ("50", "99", "999")))
-    return [t, lat]
+    return [t, lat, _sustained_table(results["sustained"])]
+
+
+def _sustained_table(r: dict[str, Any]) -> Table:
+    t = Table(title=f"sustained: {r['producers']} producers streaming on the same machine "
+                    f"for {r['seconds']:g} s (lag from ingress to commit, ms)")
+    for col in ("offered/s", "committed/s", "lag p50", "p99", "max", "stale", "kept up",
+                "busy"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{r['offered_per_s']:,}", f"{r['committed_per_s']:,}", str(r["lag_p50_ms"]),
+              str(r["lag_p99_ms"]), str(r["lag_max_ms"]), str(r["stale"]),
+              "yes" if r["kept_up"] else "no", f"{r['cores_busy']:.0%}")
+    t.caption = (f"rates over the middle {1 - 2 * sustained.STEADY_TRIM_FRACTION:.0%} of the "
+                 "run; busy: the machine's cores, producers' start to last commit; "
+                 "CPU µs per intent: producers "
+                 f"{r['producers_cpu_us']}, writer {r['writer_cpu_us']}, its child "
+                 f"{r['child_cpu_us']}, Redis {r['redis_cpu_us']}")
+    return t
 
 
 def chart(results: dict[str, Any], path: Path) -> bool:

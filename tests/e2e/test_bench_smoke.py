@@ -33,6 +33,11 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
     assert betstream["cpu_us_per_intent"] > 0 and 0 < betstream["cores_busy"] <= 1, \
         "the CPU a drain cost, and how busy the cores were, are recorded beside it"
     assert "CPU per intent (writer, child, Redis)" in done.stdout
+    streamed = results["sustained"]
+    assert streamed["producers"] == 2 and streamed["intents"] >= 2_000, \
+        "two producers streamed while the writer committed"
+    assert streamed["offered_per_s"] > 0 and streamed["committed_per_s"] > 0
+    assert "sustained: 2 producers streaming" in done.stdout
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
 
 
