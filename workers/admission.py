@@ -32,7 +32,7 @@ from workers.intake import ADMITTED_ELSEWHERE, DeadLetter, admit_entry
 from workers.streams import Entry
 
 FRAME_HEADER_BYTES: Final = 4
-FRAME_BYTES_MAX: Final = 256 * 2**20  # far above a batch (~1 MB at 4,000 intents)
+FRAME_BYTES_MAX: Final = 256 * 2**20  # far above a batch (~2 MB at 8,000 intents)
 RawKeyring = dict[str, tuple[bytes, list[str], "int | None"]]
 
 

@@ -27,9 +27,13 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # Batching: one SQLite transaction per batch of at most batch_size_max intents. A batch
-    # is what is waiting, up to this: small under light load, large under heavy load,
-    # where 4000 wrote ~half the WAL pages per intent of 1000 (docs/performance.md).
-    batch_size_max: int = Field(4000, ge=1, le=100_000)
+    # is what is waiting, up to this: small under light load, large under heavy load.
+    # Each batch writes every index page it touches to the WAL; the per-user ledger index
+    # takes one page per distinct user, so a larger batch writes fewer pages per intent,
+    # more so as the ledger grows: 4000 wrote ~half the pages per intent of 1000, and
+    # 8000 drained 2M intents 12 % faster than 4000, whose rate fell below 30k/s in the
+    # second million (docs/performance.md, round 6).
+    batch_size_max: int = Field(8000, ge=1, le=100_000)
     batch_wait_ms: int = Field(20, ge=1, le=10_000)
     # A batch keeps tens of GC-tracked objects per intent alive until it is finished, so
     # CPython's young collections (every 700 net allocations; 50,000 until round 4) ran
