@@ -16,6 +16,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal, Union
 
+import msgspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from producer.errors import ContractError
@@ -190,8 +191,22 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_PLAIN_TYPES: Final = frozenset({str, int, bool, type(None)})
+_SORTED_JSON: Final = msgspec.json.Encoder(order="sorted")
+
+
 def encode_body(fields: dict[str, Any]) -> bytes:
-    """Compact JSON with sorted keys, as the contract asks producers to emit."""
+    """Compact JSON with sorted keys, as the contract asks producers to emit.
+
+    A body of plain values (every intent's) goes through msgspec: the same bytes as
+    ``json.dumps`` (tests/unit/test_contract.py, hypothesis) in a tenth of the time, which
+    a producer pays per intent. Anything else (floats, which the two format differently,
+    nesting, keys that are not str) keeps ``json.dumps``."""
+    if all(type(value) in _PLAIN_TYPES for value in fields.values()):
+        try:
+            return _SORTED_JSON.encode(fields)
+        except TypeError:  # a key that is not a str: json.dumps turns it into one
+            pass
     return json.dumps(fields, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
@@ -217,7 +232,8 @@ def new_intent_id() -> str:
     rand_a = rand >> (80 - UUID7_RAND_A_BITS)
     rand_b = rand & ((1 << UUID7_RAND_B_BITS) - 1)
     value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, without the object
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def new_nonce() -> str:

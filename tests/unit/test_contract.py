@@ -437,3 +437,24 @@ def test_uuid4_from_the_standard_library_is_canonical() -> None:
     """str(uuid.uuid4()) is the one accepted spelling, so any language's lowercase UUID works."""
     value = str(uuid.uuid4())
     assert is_canonical_uuid(value) and not is_canonical_uuid(value.upper())
+
+
+_JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(),
+                         st.floats(allow_nan=False), st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.one_of(st.text(), st.integers()), _JSON_VALUES, max_size=10))
+def test_encode_body_gives_the_bytes_json_dumps_gives(fields: dict[Any, Any]) -> None:
+    """Compact, sorted keys, UTF-8 unescaped: the plain fast path (msgspec) and json.dumps
+    agree byte for byte on every body, including keys and strings outside the BMP, control
+    characters and huge ints; what the fast path cannot do (floats, lists, int keys) still
+    goes through json.dumps. Both refuse a lone surrogate alike."""
+    try:
+        expected = json.dumps(fields, separators=(",", ":"), sort_keys=True,
+                              ensure_ascii=False).encode()
+    except (TypeError, UnicodeEncodeError) as exc:  # mixed str and int keys; surrogates
+        with pytest.raises(type(exc)):
+            encode_body(fields)
+        return
+    assert encode_body(fields) == expected
