@@ -38,6 +38,7 @@ class Env:
     dir: Path
     port: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)  # pid -> that process's log file
 
     @property
     def redis_url(self) -> str:
@@ -57,11 +58,14 @@ class Env:
               **extra: str) -> subprocess.Popen:
         """``betstream ARGS`` from the code at ``root`` (another checkout, to compare),
         under ``wrap`` (a command prefix such as valgrind), with ``extra`` settings."""
-        log = open(self.dir / f"{args[0]}-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([*wrap, sys.executable, "-m", "workers.cli", *args], cwd=root,
-                                env=self.environ(**{"PYTHONPATH": str(root), **extra}),
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        path = self.dir / f"{args[0]}-{len(self.procs)}.log"
+        environ = self.environ(**{"PYTHONPATH": str(root), **extra})
+        with open(path, "wb") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen([*wrap, sys.executable, "-m", "workers.cli", *args],
+                                    cwd=root, env=environ, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
+        self.logs[proc.pid] = path
         return proc
 
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess:

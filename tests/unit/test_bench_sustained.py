@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.sustained import summarise
+from bench.sustained import _load_summary, summarise
 
 RATE_PER_S = 1_000
 SECONDS = 10
@@ -35,3 +35,19 @@ def test_stale_rejections_are_counted() -> None:
     rows = _run(lambda i: 5)
     rows[:3] = [(entry_id, at, "stale") for entry_id, at, _ in rows[:3]]
     assert summarise(rows, RATE_PER_S, SECONDS, 2)["stale"] == 3
+
+
+def test_a_run_whose_load_the_breaker_shed_did_not_keep_up() -> None:
+    """Shed load was offered below the asked rate: keeping up with it proves nothing."""
+    rows = _run(lambda i: 20 + i % 50)
+    assert summarise(rows, RATE_PER_S, SECONDS, 2)["kept_up"]
+    r = summarise(rows, RATE_PER_S, SECONDS, 2, shed=500)
+    assert not r["kept_up"] and r["shed"] == 500
+
+
+def test_the_load_summary_is_found_among_log_lines(tmp_path) -> None:
+    log = tmp_path / "load-1.log"
+    log.write_text('{"event": "connected", "level": "info"}\n'
+                   '{"sent": 9, "shed": 4, "seconds": 1.0}\n'
+                   '{"event": "closed", "level": "info"}\n')
+    assert _load_summary(log)["shed"] == 4
