@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     writer_gc_gen0_threshold: int = Field(1_000_000, ge=100, le=10_000_000)
     # Read and admit the next batch while this one commits on the committer thread.
     commit_overlap: bool = True
+    # ... once a batch holds at least this many entries (or batch_size_max, if smaller).
+    # Under light load overlapping only splits the flow into more, smaller batches, one
+    # confirmation job each. A stream fed at tens of thousands per second rarely leaves a
+    # full batch waiting, and without overlap each batch is read, admitted, decided and
+    # committed in turn (docs/performance.md, round 8).
+    read_ahead_size_min: int = Field(1000, ge=1, le=100_000)
     # ... and do that reading and admitting in a child process, on the other core (the
     # writer is bound by the GIL; workers/admission.py). A child that fails or stays
     # silent past the reply timeout is stopped; the writer reads what it had read from its
