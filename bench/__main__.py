@@ -126,8 +126,9 @@ def _sustained_table(r: dict[str, Any]) -> Table:
               str(r["lag_p99_ms"]), str(r["lag_max_ms"]), str(r["stale"]),
               str(r.get("shed", "-")),
               "yes" if r["kept_up"] else "no", f"{r['cores_busy']:.0%}")
-    t.caption = (f"rates over the middle {1 - 2 * sustained.STEADY_TRIM_FRACTION:.0%} of the "
-                 "run; shed: intents the circuit breaker refused (sent again later); "
+    t.caption = (f"rates and lag p50, p99 over the middle "
+                 f"{1 - 2 * sustained.STEADY_TRIM_FRACTION:.0%} of the run, max over all; "
+                 "shed: intents the circuit breaker refused (sent again later); "
                  "busy: the machine's cores, producers' start to last commit; "
                  "CPU µs per intent: producers "
                  f"{r['producers_cpu_us']}, writer {r['writer_cpu_us']}, its child "

@@ -51,3 +51,18 @@ def test_the_load_summary_is_found_among_log_lines(tmp_path) -> None:
                    '{"sent": 9, "shed": 4, "seconds": 1.0}\n'
                    '{"event": "closed", "level": "info"}\n')
     assert _load_summary(log)["shed"] == 4
+
+
+def test_a_slow_start_does_not_decide_the_verdict_but_shows_in_the_maximum() -> None:
+    """The first batches (child starting, caches cold) wait; the run's middle is steady."""
+    ramp = RATE_PER_S * SECONDS // 20  # the first 5 % of the run
+    r = summarise(_run(lambda i: 3_000 if i < ramp else 20 + i % 50), RATE_PER_S, SECONDS, 2)
+    assert r["kept_up"] and r["lag_p99_ms"] < 100
+    assert r["lag_max_ms"] == 3_000
+
+
+def test_rates_that_match_with_a_lag_over_the_bound_did_not_keep_up() -> None:
+    """Committed as fast as offered, but every intent a second and a half late."""
+    r = summarise(_run(lambda i: 1_500 + i % 50), RATE_PER_S, SECONDS, 2)
+    assert abs(r["committed_per_s"] - r["offered_per_s"]) <= 20
+    assert not r["kept_up"] and r["lag_p99_ms"] > 1_000
