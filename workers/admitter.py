@@ -12,6 +12,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import msgspec
 import redis
@@ -77,17 +78,21 @@ class Admitter:
         self._sent = self._asked_with = keyring
         return True
 
-    def collect(self) -> tuple[list[Entry], list[Candidate], list[DeadLetter]] | None:
-        """The batch asked for (maybe empty), or None if the child or Redis failed it."""
+    def collect(self, keep_alive: Callable[[], None] = lambda: None,
+                ) -> tuple[list[Entry], list[Candidate], list[DeadLetter]] | None:
+        """The batch asked for (maybe empty), or None if the child or Redis failed it.
+
+        ``keep_alive`` runs every ``lease_renew_ms`` while the reply is awaited: the reply
+        timeout may be as long as the lease, and a child starting up (imports: ~1 s on a
+        slow machine) must not cost the writer its lease. If it raises (lease lost), the
+        child is stopped first, so that its late reply cannot answer a later request."""
         proc = self._proc
         if proc is None or self._asked_with is None:
             return None
         keyring, self._asked_with = self._asked_with, None
         try:
             fd = proc.stdout.fileno()
-            ready, _, _ = select.select([fd], [], [], self._s.admission_reply_timeout_ms / 1000)
-            if not ready:
-                raise TimeoutError("no reply in time")
+            self._await_reply(fd, keep_alive)
             frame = read_frame(fd)
             if frame is None:
                 raise EOFError(f"child exited ({proc.poll()})")
@@ -98,6 +103,21 @@ class Admitter:
         except (OSError, ValueError, EOFError, TimeoutError, msgspec.MsgspecError) as exc:
             self._fail("collect", exc)
             return None
+
+    def _await_reply(self, fd: int, keep_alive: Callable[[], None]) -> None:
+        deadline = time.monotonic() + self._s.admission_reply_timeout_ms / 1000
+        while True:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise TimeoutError("no reply in time")
+            ready, _, _ = select.select([fd], [], [], min(left_s, self._s.lease_renew_ms / 1000))
+            if ready:
+                return
+            try:
+                keep_alive()
+            except BaseException:
+                self.close()
+                raise
 
     def _start(self) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "workers.admitter"],

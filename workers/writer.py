@@ -124,7 +124,8 @@ class Writer:
         after = "0"  # first our own pending entries (redeliveries), in stream order
         self._ahead = self._unfinished = None  # a batch left over from before is redelivered
         if self.admitter is not None and self.admitter.asked:
-            self.admitter.collect()  # dropped too: its entries are pending, read again below
+            # Dropped too: its entries are pending, read again below.
+            self.admitter.collect(self._renew_quietly)
         try:
             self._serve_batches(stop, after)
         finally:
@@ -286,7 +287,7 @@ class Writer:
     def _collect_ahead(self) -> None:
         """The batch the admission child read ahead. If it (or Redis) failed the read, what
         it read, if anything, is pending under us: the next loop reads that first."""
-        got = self.admitter.collect()
+        got = self.admitter.collect(self._renew_quietly)  # the lease outlives a slow child
         if got is None:  # what the child read, if anything, is pending under us
             self._read_failed = True
             return
