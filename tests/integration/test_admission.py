@@ -8,6 +8,7 @@ with a way on (it reads in process, a new child is started).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -252,7 +253,12 @@ def test_a_mixed_reply_that_skips_or_repeats_entries_is_refused(keyring: Keyring
 def _frozen_for(pid: int, seconds: float) -> threading.Timer:
     """SIGSTOP the child now, SIGCONT it ``seconds`` later: a reply that cannot come sooner."""
     os.kill(pid, signal.SIGSTOP)
-    timer = threading.Timer(seconds, os.kill, (pid, signal.SIGCONT))
+
+    def thaw() -> None:
+        with contextlib.suppress(ProcessLookupError):  # stopped for good meanwhile
+            os.kill(pid, signal.SIGCONT)
+
+    timer = threading.Timer(seconds, thaw)
     timer.start()
     return timer
 
