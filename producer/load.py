@@ -128,7 +128,8 @@ def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
 def run_load(producer: Producer, plan: LoadPlan,
              progress: Callable[[int, int], None] | None = None,
              redis_wait_s: float = REDIS_WAIT_S_DEFAULT) -> LoadResult:
-    """Send the plan; ``progress(sent, total)`` is called after every chunk.
+    """Send the plan; ``progress(done, total)`` is called after every chunk, counting the
+    plan's intents sent (re-sent duplicates come on top of ``total``).
 
     While Redis is unreachable (restarting, loading its AOF) a chunk is re-sent with backoff
     for up to ``redis_wait_s`` per outage, then the error is raised. A re-sent chunk may
@@ -199,5 +200,5 @@ def _send(producer: Producer, chunk: list, result: LoadResult, started: float, r
             result.redis_wait_s += pause
             time.sleep(pause)
     result.sent += len(chunk)
-    if progress:
-        progress(result.sent, total)
+    if progress:  # re-sent copies are on top of the plan's intents, not part of its total
+        progress(result.sent - result.duplicates, total)

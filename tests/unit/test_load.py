@@ -50,3 +50,34 @@ def test_without_settles_the_load_is_what_it_was() -> None:
     choices = repr([(b["kind"], b["user_id"], b.get("amount"), b.get("odds"), b.get("market"),
                      b.get("selection")) for b in bodies])
     assert hashlib.sha256(choices.encode()).hexdigest()[:16] == "383101bece6f1667"
+
+
+class _Accepting:
+    """A producer whose stream takes every chunk (no Redis): only the sending is under test."""
+
+    def __init__(self) -> None:
+        from producer.signing import Key
+
+        self._key = Key("any", b"0123456789abcdef0123456789abcdef", frozenset(), None)
+        self.sent = 0
+
+    def key_for(self, kind: str):
+        return self._key
+
+    def submit_fields(self, chunk: list) -> list[str]:
+        self.sent += len(chunk)
+        return [f"{i}-0" for i in range(len(chunk))]
+
+
+def test_progress_ends_at_the_plans_total_when_copies_are_re_sent() -> None:
+    """``make run`` showed 20245/20050: the re-sent copies counted against the plan."""
+    from producer.load import run_load
+
+    plan = LoadPlan(users=50, bets=3_000, duplicate_share=0.05, seed=5)
+    seen: list[tuple[int, int]] = []
+    producer = _Accepting()
+    result = run_load(producer, plan, lambda done, total: seen.append((done, total)))
+    assert result.duplicates > 0 and producer.sent == plan.users + plan.bets + result.duplicates
+    assert seen[-1] == (plan.users + plan.bets, plan.users + plan.bets)
+    assert all(done <= total for done, total in seen)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
