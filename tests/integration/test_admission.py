@@ -19,8 +19,8 @@ import redis
 
 from producer import constants as c
 from producer.client import entry_fields
-from producer.errors import LeaseLost
 from producer.contract import encode_body, intent_body, new_bet, new_deposit
+from producer.errors import LeaseLost
 from producer.signing import Key, Keyring
 from workers.admission import Reply, merge, split
 from workers.admitter import Admitter
@@ -263,64 +263,60 @@ def _frozen_for(pid: int, seconds: float) -> threading.Timer:
     return timer
 
 
-def test_the_writer_renews_its_lease_while_a_slow_child_replies(
-        settings: Settings, redis_client: redis.Redis, keyring: Keyring) -> None:
-    """A reply may take as long as the lease (a child starting, a busy core): waiting for it
-    must not let the lease lapse, or another writer takes the stream over for nothing."""
+def _deposit(client: redis.Redis, keyring: Keyring, user: int) -> str:
+    return _xadd(client, list(entry_fields(keyring.get("cashier"),
+                                           intent_body(new_deposit(user, 5))).items()))
+
+
+@pytest.fixture
+def short_lease_admitter(settings: Settings, redis_client: redis.Redis, keyring: Keyring):
+    """A started child under a 600 ms lease (renewed every 200 ms), nothing asked yet."""
     redis_client.set(c.KEY_WRITER_LEASE, OWNER)
-    s = load_settings(admission_restart_ms=0, lease_ms=600)  # renewed every 200 ms
+    s = load_settings(admission_restart_ms=0, lease_ms=600)
     assert s.redis_url == settings.redis_url, "the test's own redis-server"
     IntentStream(redis_client, s, CONSUMER).ensure_group()
     handle = Admitter(s, CONSUMER)
-    try:
-        assert handle.ask(keyring, OWNER) and handle.collect() == ([], [], [])  # started
-        _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
-                                              intent_body(new_deposit(7, 5))).items()))
-        renewals = []
-        assert handle.ask(keyring, OWNER)
-        timer = _frozen_for(handle.pid, 1.0)
-        entries, candidates, _ = handle.collect(lambda: renewals.append(1))
-        timer.join()
-        assert len(entries) == len(candidates) == 1, "the slow reply still arrives"
-        assert len(renewals) >= 3, f"kept alive {len(renewals)} times in a 1 s wait"
-    finally:
-        handle.close()
+    assert handle.ask(keyring, OWNER) and handle.collect() == ([], [], [])  # started
+    yield handle
+    handle.close()
+
+
+def test_the_writer_renews_its_lease_while_a_slow_child_replies(
+        redis_client: redis.Redis, keyring: Keyring, short_lease_admitter: Admitter) -> None:
+    """A reply may take as long as the lease (a child starting, a busy core): waiting for it
+    must not let the lease lapse, or another writer takes the stream over for nothing."""
+    handle = short_lease_admitter
+    _deposit(redis_client, keyring, 7)
+    renewals = []
+    assert handle.ask(keyring, OWNER)
+    timer = _frozen_for(handle.pid, 1.0)
+    entries, candidates, _ = handle.collect(lambda: renewals.append(1))
+    timer.join()
+    assert len(entries) == len(candidates) == 1, "the slow reply still arrives"
+    assert len(renewals) >= 3, f"kept alive {len(renewals)} times in a 1 s wait"
 
 
 def test_a_lease_lost_while_waiting_stops_the_child_so_its_reply_cannot_answer_later(
-        settings: Settings, redis_client: redis.Redis, keyring: Keyring) -> None:
+        redis_client: redis.Redis, keyring: Keyring, short_lease_admitter: Admitter) -> None:
     """Left running, the child would answer the abandoned request after the next one is
     asked, and every later batch would be the one before."""
-    redis_client.set(c.KEY_WRITER_LEASE, OWNER)
-    s = load_settings(admission_restart_ms=0, lease_ms=600)
-    IntentStream(redis_client, s, CONSUMER).ensure_group()
-    handle = Admitter(s, CONSUMER)
-    cashier = keyring.get("cashier")
+    handle = short_lease_admitter
+    first = _deposit(redis_client, keyring, 7)
+    assert handle.ask(keyring, OWNER)
+    frozen = handle.pid
+    timer = _frozen_for(frozen, 0.5)
 
-    def deposit(user: int) -> str:
-        return _xadd(redis_client, list(entry_fields(cashier, intent_body(
-            new_deposit(user, 5))).items()))
+    def lost() -> None:
+        raise LeaseLost("taken")
 
-    try:
-        assert handle.ask(keyring, OWNER) and handle.collect() == ([], [], [])
-        first = deposit(7)
-        assert handle.ask(keyring, OWNER)
-        frozen = handle.pid
-        timer = _frozen_for(frozen, 0.5)
-
-        def lost() -> None:
-            raise LeaseLost("taken")
-
-        with pytest.raises(LeaseLost):
-            handle.collect(lost)
-        timer.join()
-        assert handle.pid is None and not handle.asked, "the child was stopped"
-        second = deposit(8)
-        assert handle.ask(keyring, OWNER) and handle.pid not in (None, frozen)
-        ids = [e for e, _ in handle.collect()[0]]
-        assert second in ids and set(ids) <= {first, second}, "this request's reply"
-        third = deposit(9)
-        assert handle.ask(keyring, OWNER)
-        assert [e for e, _ in handle.collect()[0]] == [third], "and the next one's"
-    finally:
-        handle.close()
+    with pytest.raises(LeaseLost):
+        handle.collect(lost)
+    timer.join()
+    assert handle.pid is None and not handle.asked, "the child was stopped"
+    second = _deposit(redis_client, keyring, 8)
+    assert handle.ask(keyring, OWNER) and handle.pid not in (None, frozen)
+    ids = [e for e, _ in handle.collect()[0]]
+    assert second in ids and set(ids) <= {first, second}, "this request's reply"
+    third = _deposit(redis_client, keyring, 9)
+    assert handle.ask(keyring, OWNER)
+    assert [e for e, _ in handle.collect()[0]] == [third], "and the next one's"
