@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import time
 import unicodedata
 import uuid
@@ -203,7 +202,7 @@ def encode_body(fields: dict[str, Any]) -> bytes:
     ``json.dumps`` (tests/unit/test_contract.py, hypothesis) in a tenth of the time, which
     a producer pays per intent. Anything else (floats, which the two format differently,
     nesting, keys that are not str) keeps ``json.dumps``."""
-    if all(type(value) in _PLAIN_TYPES for value in fields.values()):
+    if _PLAIN_TYPES.issuperset(map(type, fields.values())):  # all() over a genexpr: 2x
         try:
             return _SORTED_JSON.encode(fields)
         except TypeError:  # a key that is not a str: json.dumps turns it into one
@@ -216,6 +215,7 @@ def intent_body(intent: Intent) -> bytes:
     return encode_body(intent.model_dump())
 
 
+NONCE_RANDOM_BYTES: Final = 16
 UUID7_TIME_BYTES: Final = 6  # 48-bit Unix ms, then version, random and variant bits
 UUID7_RAND_BYTES: Final = 10  # 80 random bits, of which the version and variant take 6
 
@@ -238,8 +238,9 @@ def new_intent_id() -> str:
 
 
 def new_nonce() -> str:
-    """32 hex characters from the OS CSPRNG: unique per key with overwhelming probability."""
-    return secrets.token_hex(16)
+    """32 hex characters from the OS CSPRNG: unique per key with overwhelming probability.
+    (What ``secrets.token_hex(16)`` gives, without its two Python frames per intent.)"""
+    return os.urandom(NONCE_RANDOM_BYTES).hex()
 
 
 def now_ms() -> int:
