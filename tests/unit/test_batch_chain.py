@@ -276,3 +276,13 @@ def test_backoff_jitter_spreads_retries() -> None:
     delays = {backoff_ms(8, 50, 5_000, rng) for _ in range(200)}
     assert len(delays) > 50
     assert min(delays) < 1_000 < max(delays)
+
+
+def test_a_ledger_row_of_another_width_is_refused_not_hashed() -> None:
+    """The lines are formatted in one pass over every field: a row with a field too many
+    or too few would shift the rest instead of failing, so it is refused."""
+    row = (101, str(uuid.UUID(int=1)), 7, -5, "bet", str(uuid.UUID(int=1)), NOW)
+    with pytest.raises(InvariantViolation):
+        batch_hash(GENESIS_HASH, [row, row[:-1]])
+    with pytest.raises(InvariantViolation):
+        batch_hash(GENESIS_HASH, [(*row, 1)])
