@@ -35,9 +35,28 @@ ROWS_PER_INSERT_MAX: Final = 512  # rows per multi-row INSERT (also bounded by S
 STATEMENTS_CACHED_MAX: Final = 256
 
 
+def bind_plainly() -> None:
+    """Bind bytes and None as they are, without sqlite3's adaptation lookup.
+
+    Python's sqlite3 (3.11) binds exact int, float, str and bytearray directly, but sends
+    bytes and None through its adapter protocol: a registry miss, then a failed
+    ``PrepareProtocol.__adapt__`` lookup that formats an AttributeError and discards it.
+    Each outcome binds three of them (``body_sha``, ``reason``, ``detail``): callgrind
+    counted 3.5 % of the writer's instructions there, on the committer thread while it
+    holds the GIL. Identity adapters find the registry entry instead and bind the same
+    values (a BLOB, a NULL). Process-wide and idempotent."""
+    sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b itself for exact bytes
+    sqlite3.register_adapter(type(None), _none)
+
+
+def _none(value: None) -> None:
+    return value
+
+
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
             cache_mb: int = CACHE_MB_DEFAULT) -> sqlite3.Connection:
     """A connection with the durability settings the ledger depends on."""
+    bind_plainly()
     if readonly:
         if not Path(path).exists():
             raise ConfigError(f"database not found: {path}")

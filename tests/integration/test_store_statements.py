@@ -103,3 +103,16 @@ def test_chunks_cover_the_items_in_order_in_powers_of_two(items: list[int], size
 def test_a_chunk_size_that_is_not_a_power_of_two_is_a_programmer_error() -> None:
     with pytest.raises(InvariantViolation):
         list(_chunks([1, 2, 3], 3))
+
+
+def test_bytes_and_none_bind_as_blob_and_null(tmp_path: Path) -> None:
+    """The store binds bytes and None through identity adapters (sqlite3 would otherwise
+    look each up in its adapter protocol): what reaches SQLite is still a BLOB and a
+    NULL, with the same bytes, also beside the store's own connections."""
+    from workers.store import connect
+
+    conn = connect(tmp_path / "x.sqlite3", 1000)
+    raw = bytes(range(32))
+    got = conn.execute("SELECT typeof(?), ?, typeof(?), ? IS NULL", (raw, raw, None, None))
+    assert got.fetchone() == ("blob", raw, "null", 1)
+    conn.close()
