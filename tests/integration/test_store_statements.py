@@ -116,3 +116,15 @@ def test_bytes_and_none_bind_as_blob_and_null(tmp_path: Path) -> None:
     got = conn.execute("SELECT typeof(?), ?, typeof(?), ? IS NULL", (raw, raw, None, None))
     assert got.fetchone() == ("blob", raw, "null", 1)
     conn.close()
+
+
+def test_the_ledger_connection_is_durable(tmp_path: Path) -> None:
+    """WAL with synchronous=FULL: an outcome is confirmed only once its batch is durable,
+    whatever a faster setting would measure."""
+    from workers.store import connect
+
+    conn = connect(tmp_path / "x.sqlite3", 1000)
+    pragma = {name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+              for name in ("journal_mode", "synchronous")}
+    assert pragma == {"journal_mode": "wal", "synchronous": 2}
+    conn.close()
