@@ -18,9 +18,8 @@ GENESIS_HASH: Final = "0" * 64
 # (entry_id, txn_id, user_id, amount, ref_type, ref_id, created_at)
 LedgerRow = tuple[int, str, int, int, str, str, int]
 LEDGER_ROW_WIDTH: Final = 7
-
-
-_ROW_FORMAT: Final = "%s\t%s\t%s\t%s\t%s\t%s\t%s\n"  # str() of each field, as documented
+# str() of each field, tab-separated, one line per row: the documented serialisation
+_ROW_FORMAT: Final = "\t".join(["%s"] * LEDGER_ROW_WIDTH) + "\n"
 
 
 def batch_hash(prev_hash: str, rows: Sequence[LedgerRow]) -> str:
@@ -29,7 +28,8 @@ def batch_hash(prev_hash: str, rows: Sequence[LedgerRow]) -> str:
     The lines are formatted in one ``%`` over the whole batch: the writer hashes every
     batch before its commit, and a generator of f-strings cost ~15 % more."""
     fields = tuple(chain.from_iterable(rows))
-    require(len(fields) == LEDGER_ROW_WIDTH * len(rows), "a ledger row without its 7 fields")
+    require(len(fields) == LEDGER_ROW_WIDTH * len(rows),
+            f"a ledger row without its {LEDGER_ROW_WIDTH} fields")
     digest = hashlib.sha256(prev_hash.encode())
     digest.update(((_ROW_FORMAT * len(rows)) % fields).encode())
     return digest.hexdigest()

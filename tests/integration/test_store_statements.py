@@ -107,8 +107,8 @@ def test_a_chunk_size_that_is_not_a_power_of_two_is_a_programmer_error() -> None
 
 def test_bytes_and_none_bind_as_blob_and_null(tmp_path: Path) -> None:
     """The store binds bytes and None through identity adapters (sqlite3 would otherwise
-    look each up in its adapter protocol): what reaches SQLite is still a BLOB and a
-    NULL, with the same bytes, also beside the store's own connections."""
+    look each up in its adapter protocol): what reaches SQLite is still a BLOB with the
+    same bytes and a NULL."""
     from workers.store import connect
 
     conn = connect(tmp_path / "x.sqlite3", 1000)
