@@ -119,9 +119,9 @@ def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
             yield _settle(rng, book, user)
             continue
         if draw() < plan.withdrawal_share:
-            yield _body("withdrawal", user, amount=rng.randint(1, plan.stake_max))
+            yield _body("withdrawal", user, amount=1 + _below(bits, plan.stake_max))
             continue
-        amount = 1 + _below(bits, plan.stake_max)  # the draws in their old order
+        amount = 1 + _below(bits, plan.stake_max)  # rng.randint(1, stake_max); order kept
         market = f"match-{_below(bits, MARKETS)}"
         selection = "12X"[_below(bits, 3)]
         bet = {"id": new_intent_id(), "kind": "bet", "user_id": user, "nonce": new_nonce(),
