@@ -53,8 +53,12 @@ _COLLECTED = re.compile(rb"==(\d+)== Collected : (\d+)")
 
 
 def count(intents: int, root: Path, console: Console,
-          drain_timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
-    """Prefill ``intents`` and drain them with the writer at ``root`` under callgrind."""
+          drain_timeout_s: float = DRAIN_TIMEOUT_S,
+          keep_profile: Path | None = None) -> dict[str, Any]:
+    """Prefill ``intents`` and drain them with the writer at ``root`` under callgrind.
+
+    ``keep_profile``: where to copy callgrind's profile, for ``callgrind_annotate``
+    (the private environment and its files are removed when the count is done)."""
     with private_env() as env:
         console.print(f"  prefilling {intents:,} intents ...")
         prefill(env, intents)
@@ -73,6 +77,9 @@ def count(intents: int, root: Path, console: Console,
             tail = log[-LOG_TAIL_BYTES:].decode("utf-8", "replace")
             raise RuntimeError(f"the writer under callgrind exited {writer.returncode}; "
                                f"the end of its log:\n{tail}")
+        if keep_profile is not None:
+            shutil.copyfile(env.dir / "callgrind.out", keep_profile)
+            console.print(f"  callgrind's profile: {keep_profile}")
         accepted = env.query("SELECT COUNT(*) FROM outcomes WHERE status = 'accepted'")[0][0]
         total = counts[writer.pid]
         return {"intents": intents, "accepted": accepted, "instructions": total,
@@ -110,7 +117,8 @@ def table(rows: dict[str, dict[str, Any]]) -> Table:
 def _count_all(args: argparse.Namespace, console: Console) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     console.print("counting this checkout ...")
-    rows["this checkout"] = count(args.intents, ROOT, console, args.drain_timeout_s)
+    rows["this checkout"] = count(args.intents, ROOT, console, args.drain_timeout_s,
+                                  args.keep_profile)
     if args.compare:
         console.print(f"counting {args.compare} ...")
         with checkout(args.compare) as path:
@@ -123,6 +131,8 @@ def main() -> None:
     parser.add_argument("--intents", type=int, default=INTENTS_DEFAULT)
     parser.add_argument("--compare", metavar="REV", help="also count this git revision")
     parser.add_argument("--drain-timeout-s", type=float, default=DRAIN_TIMEOUT_S)
+    parser.add_argument("--keep-profile", type=Path, metavar="FILE",
+                        help="copy this checkout's callgrind profile to FILE")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
