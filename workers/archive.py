@@ -29,7 +29,7 @@ from workers.archive_plan import CARRY_REF, carried, carry_entry_id, period_of
 from workers.chain import GENESIS_HASH
 from workers.invariants import require
 from workers.logs import get_logger
-from workers.store import SQL_VARIABLES_MAX, connect
+from workers.store import LEDGER_BY_USER_INDEX, SQL_VARIABLES_MAX, connect
 
 LEDGER_COLS = "entry_id, txn_id, batch_no, user_id, amount, ref_type, ref_id, created_at"
 OUTCOME_COLS = ("seq, id, entry_id, kind, user_id, status, reason, detail, balance, body_sha, "
@@ -152,8 +152,11 @@ def open_archive(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     conn.executescript(resources.files("workers").joinpath("schema.sql").read_text())
     # History may hold an id twice: the original outcome and, once that was archived, a
     # `stale` refusal of the same intent re-sent. Lookups by id still have an index.
+    # An archive is written once and then read by statements: it keeps the per-account
+    # index the live ledger replaced with user_entries (which stays empty here).
     conn.executescript("DROP INDEX IF EXISTS outcomes_by_id; "
                        "CREATE INDEX IF NOT EXISTS outcomes_id ON outcomes(id); "
+                       f"{LEDGER_BY_USER_INDEX}; "
                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('archive', 1);")
     return conn
 
@@ -219,8 +222,11 @@ def _remove(live: sqlite3.Connection, chunk: Chunk, file: str, cutoff_ms: int) -
     require(sum(new.values()) == sum(old[a] for a in new if a in old),
             "archived rows do not sum to zero")
     if chunk.ledger:  # entry ids are contiguous per batch: the chunk's rows are one range
+        first, last = chunk.ledger[0][0], chunk.ledger[-1][0]
         live.execute("DELETE FROM transaction_ledger WHERE entry_id BETWEEN ? AND ?",
-                     (chunk.ledger[0][0], chunk.ledger[-1][0]))
+                     (first, last))
+        x("DELETE FROM user_entries WHERE user_id = ? AND entry_id BETWEEN ? AND ?",
+          [(a, first, last) for a in sorted({r[3] for r in chunk.ledger})])
     x("DELETE FROM transaction_ledger WHERE entry_id = ?", [(carry_entry_id(a),) for a in new])
     last_at = chunk.batches[-1][5]
     x("INSERT INTO transaction_ledger(entry_id, txn_id, batch_no, user_id, amount, ref_type, "

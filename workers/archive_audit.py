@@ -17,7 +17,7 @@ from pathlib import Path
 from producer.errors import ConfigError
 from workers.archive import BATCH_COLS, BET_COLS, LEDGER_COLS, OUTCOME_COLS, Anchor, read_anchor
 from workers.audit import Check, require_ledger, run_checks
-from workers.store import connect
+from workers.store import LEDGER_BY_USER_INDEX, connect
 
 TABLES = (("batches", BATCH_COLS), ("transaction_ledger", LEDGER_COLS),
           ("outcomes", OUTCOME_COLS), ("bets", BET_COLS))
@@ -51,7 +51,7 @@ def _prepare(merged: sqlite3.Connection) -> None:
     merged.execute("PRAGMA journal_mode = OFF")
     merged.execute("PRAGMA synchronous = OFF")
     merged.executescript(resources.files("workers").joinpath("schema.sql").read_text())
-    merged.executescript("DROP INDEX outcomes_by_id; "
+    merged.executescript(f"DROP INDEX outcomes_by_id; {LEDGER_BY_USER_INDEX}; "
                          "CREATE TEMP TABLE carry(user_id INTEGER PRIMARY KEY, amount INTEGER);")
 
 

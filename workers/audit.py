@@ -19,6 +19,8 @@ from workers.store import connect
 EXAMPLES_MAX: Final = 5  # offending ids shown per failed check
 # Outcomes and bets up to this seq may have their ledger rows in archive files.
 ANCHOR_SEQ: Final = "(SELECT COALESCE(MAX(seq_max), 0) FROM archive_anchor)"
+LISTED_THROUGH: Final = ("(SELECT COALESCE(MAX(value), 0) FROM meta "
+                         "WHERE key = 'user_entries_through')")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,16 @@ CHECKS: Final = (
           "UNION SELECT entry_id FROM transaction_ledger WHERE entry_id > 0 "
           "AND ref_type = 'carry'",
           "misplaced carried-forward rows"),
+    # Statements read user_entries (schema.sql): every row it lists is the ledger's, and
+    # it lists every live row up to its mark. Both halves are key lookups, not scans.
+    _none("user_entries list the ledger",
+          "SELECT u.entry_id FROM user_entries u LEFT JOIN transaction_ledger l "
+          "ON l.entry_id = u.entry_id WHERE l.user_id IS NOT u.user_id OR u.entry_id > "
+          f"{LISTED_THROUGH} UNION SELECT l.entry_id FROM transaction_ledger l "
+          f"WHERE l.entry_id > 0 AND l.entry_id <= {LISTED_THROUGH} AND NOT EXISTS "
+          "(SELECT 1 FROM user_entries u WHERE u.user_id = l.user_id "
+          "AND u.entry_id = l.entry_id)",
+          "ledger rows listed wrongly or not at all"),
     _triggers,
 )
 
@@ -177,3 +189,6 @@ def require_ledger(conn: sqlite3.Connection, path: Path) -> None:
     missing = {"users", "transaction_ledger", "bets", "outcomes", "batches", "meta"} - tables
     if missing:
         raise ConfigError(f"{path} is not a betstream ledger (missing {sorted(missing)})")
+    if "user_entries" not in tables:
+        raise ConfigError(f"{path} predates schema 5 (no user_entries): start the writer once "
+                          "to upgrade it")

@@ -62,7 +62,9 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     get_logger("betstream.writer").info(
         "writer.start", consumer=consumer, db=str(settings.db),
         batch_size_max=settings.batch_size_max, **describe(keyring.current()))
-    writer = Writer(settings, client, lambda: Store(settings.db, settings.sqlite_busy_timeout_ms),
+    writer = Writer(settings, client,
+                    lambda: Store(settings.db, settings.sqlite_busy_timeout_ms,
+                                  user_entries_lag_rows_max=settings.user_entries_lag_rows_max),
                     keyring.current, hooks, consumer)
     tune_runtime(settings.writer_gc_gen0_threshold, settings.writer_switch_interval_us)
     writer.run(stop_on_signals())

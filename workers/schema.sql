@@ -1,4 +1,5 @@
--- betstream ledger schema, version 4 (2: bets keyed by seq; 3: archival; 4: no bets_by_market). Table names follow
+-- betstream ledger schema, version 5 (2: bets keyed by seq; 3: archival; 4: no bets_by_market;
+-- 5: user_entries instead of the ledger_by_user index). Table names follow
 -- the seed audit.
 -- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).
 
@@ -45,7 +46,11 @@ CREATE TABLE IF NOT EXISTS transaction_ledger (
     ref_id     TEXT    NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_by_user ON transaction_ledger(user_id, entry_id);
+-- No index by user on the live ledger: a B-tree keyed by account takes each posting on a
+-- random page, and every batch rewrote one page per account it touched (half of a commit at
+-- a million intents, growing with the ledger). Statements find an account's entries in
+-- user_entries instead (below). Archive files, written once, keep the index
+-- (ledger_by_user, workers/archive.py).
 -- No index on ref_id: random UUID keys cost a page write per row; the audit joins without it.
 
 CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON transaction_ledger
@@ -95,6 +100,18 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE UNIQUE INDEX IF NOT EXISTS outcomes_by_id ON outcomes(id)
     WHERE reason IS NULL OR reason != 'id_conflict';
 
+-- Each account's ledger entries, for statements: (user_id, entry_id) of every live row with
+-- 0 < entry_id <= meta 'user_entries_through'. The writer adds them many batches at a time,
+-- sorted, inside a batch's own transaction (when user_entries_lag_rows_max rows wait), so
+-- each page of this table is written once per many postings; a statement reads the rows
+-- past that mark from the ledger's tail. Carried-forward rows (entry_id < 0) are found by
+-- their fixed ids. Derived data: the audit checks it against the ledger.
+CREATE TABLE IF NOT EXISTS user_entries (
+    user_id  INTEGER NOT NULL,
+    entry_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, entry_id)
+) WITHOUT ROWID;
+
 -- Tamper evidence: each batch hashes its ledger rows, chained to the previous batch.
 CREATE TABLE IF NOT EXISTS batches (
     batch_no     INTEGER PRIMARY KEY,
@@ -105,5 +122,6 @@ CREATE TABLE IF NOT EXISTS batches (
     committed_at INTEGER NOT NULL
 );
 
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 4), ('epoch', 0);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 5), ('epoch', 0),
+    ('user_entries_through', 0);
 INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0);

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.errors import ConfigError
 from workers.breaker_core import BreakerLimits
+from workers.store import USER_ENTRIES_LAG_ROWS_MAX_DEFAULT
 
 
 class Settings(BaseSettings):
@@ -29,10 +30,10 @@ class Settings(BaseSettings):
     # Batching: one SQLite transaction per batch of at most batch_size_max intents. A batch
     # is what is waiting, up to this: small under light load, large under heavy load.
     # Each batch writes every index page it touches to the WAL; the per-user ledger index
-    # takes one page per distinct user, so a larger batch writes fewer pages per intent,
-    # more so as the ledger grows: 4000 wrote ~half the pages per intent of 1000, and
-    # 8000 drained 2M intents 12 % faster than 4000, whose rate fell below 30k/s in the
-    # second million (docs/performance.md, round 6).
+    # took one page per distinct user, so a larger batch wrote fewer pages per intent,
+    # more so as the ledger grew: 4000 wrote ~half the pages per intent of 1000, and
+    # 8000 drained 2M intents 12 % faster than 4000 (docs/performance.md, round 6). Since
+    # schema 5 that index is user_entries, listed in bulk (user_entries_lag_rows_max).
     batch_size_max: int = Field(8000, ge=1, le=100_000)
     batch_wait_ms: int = Field(20, ge=1, le=10_000)
     # A batch keeps tens of GC-tracked objects per intent alive until it is finished, so
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     retry_backoff_min_ms: int = Field(50, ge=1)
     retry_backoff_max_ms: int = Field(5_000, ge=1)
     sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000)
+    # Ledger rows that may wait before a batch lists them all in user_entries, the table
+    # statements find an account's entries in (workers/schema.sql). Larger: fewer page
+    # writes per posting, a longer commit now and then, a longer tail for statements to scan.
+    user_entries_lag_rows_max: int = Field(USER_ENTRIES_LAG_ROWS_MAX_DEFAULT, ge=1, le=10_000_000)
 
     # Retention of the intents stream: acknowledged entries older than this are trimmed
     # (never one still pending or undelivered), checked every intents_trim_interval_s.

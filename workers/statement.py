@@ -6,11 +6,13 @@ running balance must equal the account's snapshot balance (the statement says so
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from producer.errors import ConfigError
+from workers.archive_plan import SYSTEM_ACCOUNT_MIN, carry_entry_id
 from workers.store import connect
 
 
@@ -62,17 +64,36 @@ def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 
         sources = [_archived(Path(archive_dir) / f, user_id, through, busy_timeout_ms)
                    for f, _, _ in files] if archive_dir is not None else []
         # With the archives read, the carried-forward row (entry id < 0) would count twice.
-        live_from = 1 if files else CARRY_ENTRY_ID_MIN
-        sources.append(conn.execute(
-            f"SELECT {COLS} FROM transaction_ledger WHERE user_id = ? AND entry_id >= ? "
-            "ORDER BY entry_id", (user_id, live_from)))
+        sources.extend(_live(conn, user_id, carried=not files))
         return _fold(user_id, since_ms, sources, row[0], [f for f, _, _ in files])
     finally:
         conn.close()
 
 
 COLS = "entry_id, created_at, ref_type, ref_id, txn_id, amount"
-CARRY_ENTRY_ID_MIN = -(2**62)
+LISTED_COLS = ", ".join(f"l.{c}" for c in COLS.split(", "))
+
+
+def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tuple]]:
+    """The account's live rows in entry order: its carried-forward row (found by its fixed
+    id), the rows user_entries lists, then the ledger's unlisted tail (schema.sql)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_entries'").fetchone() is None:
+        raise ConfigError("the ledger predates schema 5 (no user_entries): start the writer "
+                          "once to upgrade it")
+    sources = []
+    if carried and user_id >= SYSTEM_ACCOUNT_MIN:
+        sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE entry_id = ?",
+                                    (carry_entry_id(user_id),)).fetchall())
+    listed = conn.execute("SELECT COALESCE(MAX(value), 0) FROM meta "
+                          "WHERE key = 'user_entries_through'").fetchone()[0]
+    sources.append(conn.execute(
+        f"SELECT {LISTED_COLS} FROM user_entries u JOIN transaction_ledger l "
+        "ON l.entry_id = u.entry_id WHERE u.user_id = ? ORDER BY u.entry_id",
+        (user_id,)).fetchall())
+    sources.append(conn.execute(
+        f"SELECT {COLS} FROM transaction_ledger WHERE entry_id > ? AND user_id = ? "
+        "ORDER BY entry_id", (max(listed, 0), user_id)).fetchall())
+    return sources
 
 
 def _archived(path: Path, user_id: int, through: int, busy_timeout_ms: int) -> list[tuple]:

@@ -23,7 +23,7 @@ from workers.decision import BetState
 from workers.invariants import require
 from workers.migrations import upgrade
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
 WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
@@ -33,6 +33,15 @@ ROWS_PER_INSERT_MAX: Final = 512  # rows per multi-row INSERT (also bounded by S
 # Compiled statements kept per connection: the writer runs 100-115 texts (each shape at up
 # to ten power-of-two lengths, see _chunks); Python's default of 128 leaves little room.
 STATEMENTS_CACHED_MAX: Final = 256
+# Ledger rows a batch leaves unlisted in user_entries before one batch lists them all,
+# sorted (schema.sql): ~16 batches of 8,000 bets. Each page of user_entries is then
+# written about once per listing instead of once per batch, and a statement scans at most
+# this many rows of the ledger's tail (docs/performance.md, round 10).
+USER_ENTRIES_LAG_ROWS_MAX_DEFAULT: Final = 250_000
+# The per-account index of archive files and of the audit's merged copy, which are
+# written in bulk and then only read (the live ledger has user_entries instead).
+LEDGER_BY_USER_INDEX: Final = ("CREATE INDEX IF NOT EXISTS ledger_by_user "
+                               "ON transaction_ledger(user_id, entry_id)")
 
 
 def bind_plainly() -> None:
@@ -118,9 +127,11 @@ class Store:
     """The writer's handle on the ledger file."""
 
     def __init__(self, path: Path, busy_timeout_ms: int,
-                 checkpoint_interval_ms: int = CHECKPOINT_INTERVAL_MS_DEFAULT) -> None:
+                 checkpoint_interval_ms: int = CHECKPOINT_INTERVAL_MS_DEFAULT,
+                 user_entries_lag_rows_max: int = USER_ENTRIES_LAG_ROWS_MAX_DEFAULT) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
+        self._user_entries_lag_rows_max = user_entries_lag_rows_max
         self._conn = self._open()
         self._broken = False
         self._vars_max = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
@@ -128,7 +139,7 @@ class Store:
                               if checkpoint_interval_ms else None)
         try:
             self._check_version()
-            self.heads = self._read_heads()
+            self.heads, self.listed_through = self._read_heads()
         except BaseException:
             self.close()  # the caller retries with a new Store: leave no thread behind
             raise
@@ -170,7 +181,7 @@ class Store:
         if self._broken:
             self._conn.close()
             self._conn = self._open()
-            self.heads = self._read_heads()
+            self.heads, self.listed_through = self._read_heads()
             self._broken = False
         return self._conn
 
@@ -183,9 +194,10 @@ class Store:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
-    def _read_heads(self) -> Heads:
+    def _read_heads(self) -> tuple[Heads, int]:
         """Where the next batch continues: the newest live rows, or the archive anchor when
-        archival moved everything (seqs, entry ids and the hash chain never restart)."""
+        archival moved everything (seqs, entry ids and the hash chain never restart); and
+        the entry id through which user_entries lists the ledger."""
         q = self._conn.execute
         try:
             anchor = q("SELECT through_batch, head_hash, seq_max, entry_id_max "
@@ -194,11 +206,12 @@ class Store:
             entry = q("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger").fetchone()[0]
             last = q("SELECT batch_no, hash FROM batches ORDER BY batch_no DESC "
                      "LIMIT 1").fetchone()
+            listed = self._meta("user_entries_through")
         except sqlite3.Error as exc:  # a StoreError is retried; a raw one ended the writer
             self._broken = True
             raise StoreError(f"cannot read where the ledger ends: {exc}") from exc
         batch_no, digest = last if last else anchor[:2]
-        return Heads(max(seq, anchor[2]), batch_no, max(entry, anchor[3]), digest)
+        return Heads(max(seq, anchor[2]), batch_no, max(entry, anchor[3]), digest), listed
 
     def bump_epoch(self) -> int:
         """Take the fencing epoch: every older writer's next commit will fail."""
@@ -212,7 +225,8 @@ class Store:
             self._rollback()
             self._broken = True
             raise StoreError(f"cannot take the fencing epoch: {exc}") from exc
-        self.heads = self._read_heads()  # another writer may have committed before us
+        # another writer may have committed before us
+        self.heads, self.listed_through = self._read_heads()
         return epoch
 
     def lookup(self, ids: Iterable[str], entry_ids: Iterable[str]) -> Stored:
@@ -269,6 +283,7 @@ class Store:
             if epoch != batch.epoch:
                 raise FencedOut(f"fencing epoch is {epoch}, this writer holds {batch.epoch}")
             self._write(batch)
+            listed = self._list_user_entries(batch.after.entry_id)
             self._conn.execute("COMMIT")
         except FencedOut:
             self._rollback()
@@ -278,7 +293,23 @@ class Store:
             self._broken = True
             raise StoreError(f"batch {batch.batch_no} not known to be committed (retried; "
                              f"nothing is acknowledged until it is): {exc}") from exc
-        self.heads = batch.after
+        self.heads, self.listed_through = batch.after, listed
+
+    def _list_user_entries(self, entry_id_max: int) -> int:
+        """List the ledger rows past ``listed_through`` in user_entries, sorted, once enough
+        wait (inside the batch's transaction: listed with the rows or not at all); returns
+        the entry id user_entries then lists through."""
+        if not user_entries_due(self.listed_through, entry_id_max,
+                                self._user_entries_lag_rows_max):
+            return self.listed_through
+        self._conn.execute(
+            "INSERT INTO user_entries(user_id, entry_id) SELECT user_id, entry_id "
+            "FROM transaction_ledger WHERE entry_id > ? AND entry_id <= ? "
+            "ORDER BY user_id, entry_id", (self.listed_through, entry_id_max))
+        cur = self._conn.execute("UPDATE meta SET value = ? WHERE key = 'user_entries_through'",
+                                 (entry_id_max,))
+        require(cur.rowcount == 1, "the ledger has no user_entries_through mark")
+        return entry_id_max
 
     def _write(self, batch: BatchWrite) -> None:
         # Multi-row statements (one sqlite3_step and one GIL hand-off each), except for the
@@ -363,6 +394,12 @@ class Store:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # the connection rolls back by itself when the statement failed hard
+
+
+def user_entries_due(listed_through: int, entry_id_max: int, lag_rows_max: int) -> bool:
+    """Whether a batch ending at ``entry_id_max`` lists the unlisted rows (entry ids count
+    up by one per row, so the difference is the number of rows waiting)."""
+    return entry_id_max - listed_through >= lag_rows_max
 
 
 @lru_cache(maxsize=64)  # the shapes a batch uses recur every batch; a rare one is evicted

@@ -8,7 +8,9 @@ the batch as built: every outcome column, every ledger row, every bet, every bal
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from contextlib import closing
 from pathlib import Path
 from unittest.mock import patch
 
@@ -19,7 +21,9 @@ from producer.contract import BetIntent, DepositIntent, SettleIntent
 from workers.batch import BatchWrite, build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers import store as store_module
-from workers.store import Store
+from workers.audit import audit
+from workers.statement import statement
+from workers.store import Store, user_entries_due
 from tests.support import candidate, query
 
 FEW = settings(max_examples=25, deadline=None, database=None)
@@ -69,6 +73,54 @@ def test_the_file_holds_exactly_the_batches_as_built(tmp_path_factory, batches, 
     finally:
         store.close()
     _assert_on_disk(path, written, book)
+
+
+@FEW
+@given(st.lists(st.lists(OPS, min_size=1, max_size=12), min_size=1, max_size=5),
+       st.integers(1, 40))
+def test_statements_find_every_entry_however_far_user_entries_lag(
+        tmp_path_factory, batches, lag_rows_max) -> None:
+    """user_entries lists the ledger in bulk, inside the batch that finds enough rows
+    waiting; a statement reads it and the unlisted tail. Whatever the lag, each account's
+    statement is exactly its ledger rows in order, and the audit finds the listing right."""
+    path = Path(tmp_path_factory.mktemp("ledger")) / "ledger.sqlite3"
+    store = Store(path, 1000, checkpoint_interval_ms=0, user_entries_lag_rows_max=lag_rows_max)
+    try:
+        written, _ = _commit_all(store, batches)
+    finally:
+        store.close()
+    listed = 0
+    for w in written:
+        if user_entries_due(listed, w.after.entry_id, lag_rows_max):
+            listed = w.after.entry_id
+    assert query(path, "SELECT value FROM meta WHERE key = 'user_entries_through'") == [(listed,)]
+    rows = [row for w in written for row in w.ledger]
+    assert query(path, "SELECT user_id, entry_id FROM user_entries ORDER BY 1, 2") == sorted(
+        (r[2], r[0]) for r in rows if r[0] <= listed)
+    for user in {r[2] for r in rows}:
+        lines = statement(path, user).lines
+        assert [(ln.entry_id, ln.amount) for ln in lines] == [(r[0], r[3]) for r in rows
+                                                             if r[2] == user]
+    assert [c for c in audit(path) if not c.ok] == []
+
+
+def test_the_audit_finds_user_entries_that_do_not_list_the_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    store = Store(path, 1000, checkpoint_interval_ms=0, user_entries_lag_rows_max=1)
+    try:
+        _commit_all(store, [[("deposit", 1, 100, 0), ("bet", 1, 40, 0)]])
+    finally:
+        store.close()
+    name = "user_entries list the ledger"
+    assert [c.ok for c in audit(path) if c.name == name] == [True]
+    for tamper in ("DELETE FROM user_entries WHERE entry_id = 1",  # a row left unlisted
+                   "UPDATE user_entries SET user_id = 2 WHERE entry_id = 1",  # someone else's
+                   "INSERT INTO user_entries VALUES (1, 99)"):  # no such row
+        copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}.sqlite3"
+        copy.write_bytes(path.read_bytes())
+        with closing(sqlite3.connect(copy)) as conn, conn:
+            conn.execute(tamper)
+        assert [c.ok for c in audit(copy) if c.name == name] == [False], tamper
 
 
 def _commit_all(store: Store, batches: list[list[tuple]]) -> tuple[list[BatchWrite], Book]:

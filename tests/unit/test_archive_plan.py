@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from producer.errors import InvariantViolation
 from workers.archive_plan import carried, carry_entry_id, effective_cutoff, period_of
-from workers.store import Store
+from workers.store import SCHEMA_VERSION, Store
 
 ms = st.integers(0, 2**45)
 
@@ -73,7 +73,7 @@ def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     """A file from before archival keeps its rows and gets the new tables and trigger."""
     path = tmp_path / "old.sqlite3"
     schema = resources.files("workers").joinpath("schema.sql").read_text()
-    old = (schema.replace("('schema_version', 4)", "('schema_version', 2)")
+    old = (schema.replace("('schema_version', 5)", "('schema_version', 2)")
            .replace("WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0)\n",
                     ""))
     conn = sqlite3.connect(path)
@@ -85,7 +85,7 @@ def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.close()
     Store(path, 1000, checkpoint_interval_ms=0).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         conn.execute("DELETE FROM transaction_ledger")  # nothing is archived: still refused
     assert conn.execute("SELECT COUNT(*) FROM transaction_ledger").fetchone() == (1,)
@@ -98,15 +98,43 @@ def test_a_schema_3_ledger_loses_the_unread_market_index_and_keeps_its_rows(
     path = tmp_path / "v3.sqlite3"
     schema = resources.files("workers").joinpath("schema.sql").read_text()
     conn = sqlite3.connect(path)
-    conn.executescript(schema.replace("('schema_version', 4)", "('schema_version', 3)"))
+    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 3)"))
     conn.execute("CREATE INDEX bets_by_market ON bets(market, status)")
     conn.execute("INSERT INTO bets VALUES (1, 'b', 7, 'm', 's', '2.00', 10, 'open', NULL)")
     conn.commit()
     conn.close()
     Store(path, 1000, checkpoint_interval_ms=0).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (4,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'bets_by_market'"
                         ).fetchall() == []
     assert conn.execute("SELECT COUNT(*) FROM bets").fetchone() == (1,)
+    conn.close()
+
+
+def test_a_schema_4_ledger_lists_its_rows_in_user_entries_and_drops_the_index(
+        tmp_path: Path) -> None:
+    """Version 5 replaces the per-posting index ledger_by_user with user_entries, listed in
+    bulk: an upgraded file lists every row it had, so statements still find them all."""
+    path = tmp_path / "v4.sqlite3"
+    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    conn = sqlite3.connect(path)
+    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
+    conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "
+                       "'user_entries_through'; CREATE INDEX ledger_by_user ON "
+                       "transaction_ledger(user_id, entry_id);")
+    rows = [(1, "t1", 1, 5, 10, "deposit", "t1", 0), (2, "t1", 1, 0, -10, "deposit", "t1", 0),
+            (3, "t2", 2, 9, 4, "deposit", "t2", 0), (4, "t2", 2, 0, -4, "deposit", "t2", 0)]
+    conn.executemany("INSERT INTO transaction_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    Store(path, 1000, checkpoint_interval_ms=0).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+    assert conn.execute("SELECT user_id, entry_id FROM user_entries ORDER BY entry_id"
+                        ).fetchall() == [(5, 1), (0, 2), (9, 3), (0, 4)]
+    assert conn.execute("SELECT value FROM meta WHERE key = 'user_entries_through'"
+                        ).fetchone() == (4,)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'ledger_by_user'"
+                        ).fetchall() == []
     conn.close()
