@@ -92,7 +92,7 @@ def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tu
         (user_id,)).fetchall())
     sources.append(conn.execute(
         f"SELECT {COLS} FROM transaction_ledger WHERE entry_id > ? AND user_id = ? "
-        "ORDER BY entry_id", (max(listed, 0), user_id)).fetchall())
+        "ORDER BY entry_id", (listed, user_id)).fetchall())
     return sources
 
 
