@@ -64,7 +64,7 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
         batch_size_max=settings.batch_size_max, **describe(keyring.current()))
     writer = Writer(settings, client,
                     lambda: Store(settings.db, settings.sqlite_busy_timeout_ms,
-                                  user_entries_lag_rows_max=settings.user_entries_lag_rows_max),
+                                  listing=settings.listing),
                     keyring.current, hooks, consumer)
     tune_runtime(settings.writer_gc_gen0_threshold, settings.writer_switch_interval_us)
     writer.run(stop_on_signals())

@@ -26,8 +26,9 @@ STEPS: Final[dict[int, tuple[str, ...]]] = {
     4: (  # 5: statements read user_entries, kept in bulk; the per-posting index goes
         "INSERT OR IGNORE INTO user_entries(user_id, entry_id) SELECT user_id, entry_id "
         "FROM transaction_ledger WHERE entry_id > 0 ORDER BY user_id, entry_id",
-        "UPDATE meta SET value = (SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger) "
-        "WHERE key = 'user_entries_through'",
+        # Only real rows: carried-forward ones (entry_id < 0) are found by their fixed ids.
+        "UPDATE meta SET value = (SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger "
+        "WHERE entry_id > 0) WHERE key = 'user_entries_through'",
         "DROP INDEX IF EXISTS ledger_by_user",
         "UPDATE meta SET value = 5 WHERE key = 'schema_version'",
     ),

@@ -101,10 +101,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS outcomes_by_id ON outcomes(id)
     WHERE reason IS NULL OR reason != 'id_conflict';
 
 -- Each account's ledger entries, for statements: (user_id, entry_id) of every live row with
--- 0 < entry_id <= meta 'user_entries_through'. The writer adds them many batches at a time,
--- sorted, inside a batch's own transaction (when user_entries_lag_rows_max rows wait), so
--- each page of this table is written once per many postings; a statement reads the rows
--- past that mark from the ledger's tail. Carried-forward rows (entry_id < 0) are found by
+-- 0 < entry_id <= meta 'user_entries_through' (rows above it may be listed too, by a round
+-- in progress). The writer's lister adds them beside the writer, many batches at a time,
+-- sorted, in short transactions of a slice of accounts each (workers/listing.py), so each
+-- page of this table is written once per round; a statement reads the listing up to the
+-- mark and the ledger's tail past it. Carried-forward rows (entry_id < 0) are found by
 -- their fixed ids. Derived data: the audit checks it against the ledger.
 CREATE TABLE IF NOT EXISTS user_entries (
     user_id  INTEGER NOT NULL,

@@ -15,7 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.errors import ConfigError
 from workers.breaker_core import BreakerLimits
-from workers.store import USER_ENTRIES_LAG_ROWS_MAX_DEFAULT
+from workers.listing import (LISTING_INTERVAL_MS_DEFAULT, LISTING_LAG_ROWS_MIN_DEFAULT,
+                             LISTING_SLICE_ROWS_MAX_DEFAULT, Listing)
 
 
 class Settings(BaseSettings):
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     # took one page per distinct user, so a larger batch wrote fewer pages per intent,
     # more so as the ledger grew: 4000 wrote ~half the pages per intent of 1000, and
     # 8000 drained 2M intents 12 % faster than 4000 (docs/performance.md, round 6). Since
-    # schema 5 that index is user_entries, listed in bulk (user_entries_lag_rows_max).
+    # schema 5 that index is user_entries, listed in bulk beside the writer (listing_*).
     batch_size_max: int = Field(8000, ge=1, le=100_000)
     batch_wait_ms: int = Field(20, ge=1, le=10_000)
     # A batch keeps tens of GC-tracked objects per intent alive until it is finished, so
@@ -76,10 +77,14 @@ class Settings(BaseSettings):
     retry_backoff_min_ms: int = Field(50, ge=1)
     retry_backoff_max_ms: int = Field(5_000, ge=1)
     sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000)
-    # Ledger rows that may wait before a batch lists them all in user_entries, the table
-    # statements find an account's entries in (workers/schema.sql). Larger: fewer page
-    # writes per posting, a longer commit now and then, a longer tail for statements to scan.
-    user_entries_lag_rows_max: int = Field(USER_ENTRIES_LAG_ROWS_MAX_DEFAULT, ge=1, le=10_000_000)
+    # The writer's lister lists ledger rows in user_entries, the table statements find an
+    # account's entries in (workers/listing.py): a round every listing_interval_ms once
+    # listing_lag_rows_min rows wait (more: fewer page writes per posting, a longer tail
+    # for statements to scan), in transactions of about listing_slice_rows_max rows (the
+    # longest a commit waits for the write lock).
+    listing_interval_ms: int = Field(LISTING_INTERVAL_MS_DEFAULT, ge=10, le=3_600_000)
+    listing_lag_rows_min: int = Field(LISTING_LAG_ROWS_MIN_DEFAULT, ge=1, le=10_000_000)
+    listing_slice_rows_max: int = Field(LISTING_SLICE_ROWS_MAX_DEFAULT, ge=1, le=10_000_000)
 
     # Retention of the intents stream: acknowledged entries older than this are trimmed
     # (never one still pending or undelivered), checked every intents_trim_interval_s.
@@ -154,6 +159,11 @@ class Settings(BaseSettings):
         if self.retry_backoff_min_ms > self.retry_backoff_max_ms:
             raise ValueError("retry_backoff_min_ms must not exceed retry_backoff_max_ms")
         return self
+
+    @property
+    def listing(self) -> Listing:
+        return Listing(self.listing_interval_ms, self.listing_lag_rows_min,
+                       self.listing_slice_rows_max)
 
     @property
     def breaker_limits(self) -> BreakerLimits:

@@ -13,6 +13,7 @@ from typing import Any
 
 from producer.errors import ConfigError
 from workers.archive_plan import SYSTEM_ACCOUNT_MIN, carry_entry_id
+from workers.listing import MARK_SQL, SQLITE_INT_MAX
 from workers.store import connect
 
 
@@ -78,18 +79,21 @@ def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tu
     """The account's live rows in entry order: its carried-forward row (found by its fixed
     id), the rows user_entries lists, then the ledger's unlisted tail (schema.sql)."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_entries'").fetchone() is None:
-        raise ConfigError("the ledger predates schema 5 (no user_entries): start the writer "
-                          "once to upgrade it")
+        # A file from before schema 5 (a backup): its index ledger_by_user finds the rows.
+        return [conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE user_id = ? AND "
+                             "entry_id >= ? ORDER BY entry_id",
+                             (user_id, -SQLITE_INT_MAX if carried else 1)).fetchall()]
     sources = []
     if carried and user_id >= SYSTEM_ACCOUNT_MIN:
         sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE entry_id = ?",
                                     (carry_entry_id(user_id),)).fetchall())
-    listed = conn.execute("SELECT COALESCE(MAX(value), 0) FROM meta "
-                          "WHERE key = 'user_entries_through'").fetchone()[0]
+    # Listed rows up to the mark, the ledger past it: a listing round half done may have
+    # listed rows above the mark, and they must not show twice (workers/listing.py).
+    listed = max(conn.execute(f"SELECT COALESCE(({MARK_SQL}), 0)").fetchone()[0], 0)
     sources.append(conn.execute(
         f"SELECT {LISTED_COLS} FROM user_entries u JOIN transaction_ledger l "
-        "ON l.entry_id = u.entry_id WHERE u.user_id = ? ORDER BY u.entry_id",
-        (user_id,)).fetchall())
+        "ON l.entry_id = u.entry_id WHERE u.user_id = ? AND u.entry_id > 0 "
+        "AND u.entry_id <= ? ORDER BY u.entry_id", (user_id, listed)).fetchall())
     sources.append(conn.execute(
         f"SELECT {COLS} FROM transaction_ledger WHERE entry_id > ? AND user_id = ? "
         "ORDER BY entry_id", (listed, user_id)).fetchall())

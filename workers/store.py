@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from itertools import chain
@@ -21,6 +21,7 @@ from workers.batch import BatchWrite, Heads, OutcomeRow, Stored
 from workers.chain import GENESIS_HASH
 from workers.decision import BetState
 from workers.invariants import require
+from workers.listing import Listing
 from workers.migrations import upgrade
 
 SCHEMA_VERSION: Final = 5
@@ -33,11 +34,6 @@ ROWS_PER_INSERT_MAX: Final = 512  # rows per multi-row INSERT (also bounded by S
 # Compiled statements kept per connection: the writer runs 100-115 texts (each shape at up
 # to ten power-of-two lengths, see _chunks); Python's default of 128 leaves little room.
 STATEMENTS_CACHED_MAX: Final = 256
-# Ledger rows a batch leaves unlisted in user_entries before one batch lists them all,
-# sorted (schema.sql): ~16 batches of 8,000 bets. Each page of user_entries is then
-# written about once per listing instead of once per batch, and a statement scans at most
-# this many rows of the ledger's tail (docs/performance.md, round 10).
-USER_ENTRIES_LAG_ROWS_MAX_DEFAULT: Final = 250_000
 # The per-account index of archive files and of the audit's merged copy, which are
 # written in bulk and then only read (the live ledger has user_entries instead).
 LEDGER_BY_USER_INDEX: Final = ("CREATE INDEX IF NOT EXISTS ledger_by_user "
@@ -89,20 +85,25 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
     return conn
 
 
-class Checkpointer:
-    """Copies the WAL back into the database on its own connection and thread.
+class Beside:
+    """Runs ``work`` every ``interval_ms`` on its own connection and thread, beside the
+    writer (sqlite3 releases the GIL while SQLite works). A failed run is retried at the
+    next interval on a fresh connection.
 
-    SQLite's automatic checkpoint would run inside the writer's COMMIT and stall it; here
-    it runs beside it (sqlite3 releases the GIL), so the writer's commit only appends to
-    the WAL. The writer keeps a large automatic checkpoint as a bound should this stop.
+    Two run beside the writer: the checkpointer, which copies the WAL back into the
+    database (SQLite's automatic checkpoint would run inside the writer's COMMIT and stall
+    it; the writer keeps a large one as a bound should this stop), and the lister, which
+    lists ledger rows in user_entries (workers/listing.py).
     """
 
-    def __init__(self, path: Path, interval_ms: int, busy_timeout_ms: int) -> None:
+    def __init__(self, name: str, path: Path, interval_ms: int, busy_timeout_ms: int,
+                 work: Callable[[sqlite3.Connection], object]) -> None:
         self._path = path
         self._interval_s = interval_ms / 1000
         self._busy_timeout_ms = busy_timeout_ms
+        self._work = work
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -110,11 +111,11 @@ class Checkpointer:
         while not self._stop.wait(self._interval_s):
             try:
                 conn = conn or connect(self._path, self._busy_timeout_ms)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self._work(conn)
             except (sqlite3.Error, ConfigError):
                 if conn is not None:
                     conn.close()
-                conn = None  # retried at the next interval; the writer's bound still holds
+                conn = None  # retried at the next interval
         if conn is not None:
             conn.close()
 
@@ -123,23 +124,31 @@ class Checkpointer:
         self._thread.join(5)
 
 
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class Store:
     """The writer's handle on the ledger file."""
 
     def __init__(self, path: Path, busy_timeout_ms: int,
                  checkpoint_interval_ms: int = CHECKPOINT_INTERVAL_MS_DEFAULT,
-                 user_entries_lag_rows_max: int = USER_ENTRIES_LAG_ROWS_MAX_DEFAULT) -> None:
+                 listing: Listing | None = None) -> None:
+        """``listing``: list ledger rows in user_entries beside the writer (the writer
+        passes its settings; without it nothing lists, as in a test)."""
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
-        self._user_entries_lag_rows_max = user_entries_lag_rows_max
         self._conn = self._open()
         self._broken = False
         self._vars_max = self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._checkpointer = (Checkpointer(self.path, checkpoint_interval_ms, busy_timeout_ms)
-                              if checkpoint_interval_ms else None)
+        self._beside = [Beside("checkpointer", self.path, checkpoint_interval_ms,
+                               busy_timeout_ms, _checkpoint)] if checkpoint_interval_ms else []
         try:
             self._check_version()
-            self.heads, self.listed_through = self._read_heads()
+            self.heads = self._read_heads()
+            if listing is not None:  # once the file is upgraded: it lists into schema 5
+                self._beside.append(Beside("lister", self.path, listing.interval_ms,
+                                           busy_timeout_ms, listing.run))
         except BaseException:
             self.close()  # the caller retries with a new Store: leave no thread behind
             raise
@@ -152,6 +161,12 @@ class Store:
         if version != SCHEMA_VERSION:
             raise ConfigError(f"{self.path}: schema version {version}, this betstream needs "
                               f"{SCHEMA_VERSION} and has no upgrade from it: start a new file")
+        # An older betstream started on this file re-creates ledger_by_user (its schema.sql
+        # runs before it refuses version 5), and every commit would keep it up again.
+        try:
+            self._conn.execute("DROP INDEX IF EXISTS ledger_by_user")  # no lock when absent
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot drop the old index ledger_by_user: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         conn = None
@@ -181,23 +196,22 @@ class Store:
         if self._broken:
             self._conn.close()
             self._conn = self._open()
-            self.heads, self.listed_through = self._read_heads()
+            self.heads = self._read_heads()
             self._broken = False
         return self._conn
 
     def close(self) -> None:
-        if self._checkpointer:
-            self._checkpointer.stop()
+        for thread in self._beside:
+            thread.stop()
         self._conn.close()
 
     def _meta(self, key: str) -> int:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
-    def _read_heads(self) -> tuple[Heads, int]:
+    def _read_heads(self) -> Heads:
         """Where the next batch continues: the newest live rows, or the archive anchor when
-        archival moved everything (seqs, entry ids and the hash chain never restart); and
-        the entry id through which user_entries lists the ledger."""
+        archival moved everything (seqs, entry ids and the hash chain never restart)."""
         q = self._conn.execute
         try:
             anchor = q("SELECT through_batch, head_hash, seq_max, entry_id_max "
@@ -206,12 +220,11 @@ class Store:
             entry = q("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger").fetchone()[0]
             last = q("SELECT batch_no, hash FROM batches ORDER BY batch_no DESC "
                      "LIMIT 1").fetchone()
-            listed = self._meta("user_entries_through")
         except sqlite3.Error as exc:  # a StoreError is retried; a raw one ended the writer
             self._broken = True
             raise StoreError(f"cannot read where the ledger ends: {exc}") from exc
         batch_no, digest = last if last else anchor[:2]
-        return Heads(max(seq, anchor[2]), batch_no, max(entry, anchor[3]), digest), listed
+        return Heads(max(seq, anchor[2]), batch_no, max(entry, anchor[3]), digest)
 
     def bump_epoch(self) -> int:
         """Take the fencing epoch: every older writer's next commit will fail."""
@@ -225,8 +238,7 @@ class Store:
             self._rollback()
             self._broken = True
             raise StoreError(f"cannot take the fencing epoch: {exc}") from exc
-        # another writer may have committed before us
-        self.heads, self.listed_through = self._read_heads()
+        self.heads = self._read_heads()  # another writer may have committed before us
         return epoch
 
     def lookup(self, ids: Iterable[str], entry_ids: Iterable[str]) -> Stored:
@@ -283,7 +295,6 @@ class Store:
             if epoch != batch.epoch:
                 raise FencedOut(f"fencing epoch is {epoch}, this writer holds {batch.epoch}")
             self._write(batch)
-            listed = self._list_user_entries(batch.after.entry_id)
             self._conn.execute("COMMIT")
         except FencedOut:
             self._rollback()
@@ -293,23 +304,7 @@ class Store:
             self._broken = True
             raise StoreError(f"batch {batch.batch_no} not known to be committed (retried; "
                              f"nothing is acknowledged until it is): {exc}") from exc
-        self.heads, self.listed_through = batch.after, listed
-
-    def _list_user_entries(self, entry_id_max: int) -> int:
-        """List the ledger rows past ``listed_through`` in user_entries, sorted, once enough
-        wait (inside the batch's transaction: listed with the rows or not at all); returns
-        the entry id user_entries then lists through."""
-        if not user_entries_due(self.listed_through, entry_id_max,
-                                self._user_entries_lag_rows_max):
-            return self.listed_through
-        self._conn.execute(
-            "INSERT INTO user_entries(user_id, entry_id) SELECT user_id, entry_id "
-            "FROM transaction_ledger WHERE entry_id > ? AND entry_id <= ? "
-            "ORDER BY user_id, entry_id", (self.listed_through, entry_id_max))
-        cur = self._conn.execute("UPDATE meta SET value = ? WHERE key = 'user_entries_through'",
-                                 (entry_id_max,))
-        require(cur.rowcount == 1, "the ledger has no user_entries_through mark")
-        return entry_id_max
+        self.heads = batch.after
 
     def _write(self, batch: BatchWrite) -> None:
         # Multi-row statements (one sqlite3_step and one GIL hand-off each), except for the
@@ -394,12 +389,6 @@ class Store:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # the connection rolls back by itself when the statement failed hard
-
-
-def user_entries_due(listed_through: int, entry_id_max: int, lag_rows_max: int) -> bool:
-    """Whether a batch ending at ``entry_id_max`` lists the unlisted rows (entry ids count
-    up by one per row, so the difference is the number of rows waiting)."""
-    return entry_id_max - listed_through >= lag_rows_max
 
 
 @lru_cache(maxsize=64)  # the shapes a batch uses recur every batch; a rare one is evicted

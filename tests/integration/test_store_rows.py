@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from unittest.mock import patch
@@ -23,7 +24,8 @@ from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers import store as store_module
 from workers.audit import audit
 from workers.statement import statement
-from workers.store import Store, user_entries_due
+from workers.listing import copy_unlisted, list_round, list_slice, move_mark, slices
+from workers.store import Store, connect
 from tests.support import candidate, query
 
 FEW = settings(max_examples=25, deadline=None, database=None)
@@ -75,28 +77,34 @@ def test_the_file_holds_exactly_the_batches_as_built(tmp_path_factory, batches, 
     _assert_on_disk(path, written, book)
 
 
+ROUND = st.none() | st.tuples(st.integers(1, 40), st.integers(1, 10),
+                              st.none() | st.integers(0, 3))
+
+
 @FEW
-@given(st.lists(st.lists(OPS, min_size=1, max_size=12), min_size=1, max_size=5),
-       st.integers(1, 40))
-def test_statements_find_every_entry_however_far_user_entries_lag(
-        tmp_path_factory, batches, lag_rows_max) -> None:
-    """user_entries lists the ledger in bulk, inside the batch that finds enough rows
-    waiting; a statement reads it and the unlisted tail. Whatever the lag, each account's
-    statement is exactly its ledger rows in order, and the audit finds the listing right."""
+@given(st.lists(st.tuples(st.lists(OPS, min_size=1, max_size=12), ROUND), min_size=1,
+                max_size=5))
+def test_statements_find_every_entry_however_the_listing_lags(tmp_path_factory, steps) -> None:
+    """The lister lists ledger rows in user_entries beside the writer, a slice of accounts
+    per transaction, then moves the mark; a round may stop between slices (a crash). After
+    each batch: no round, a round (lag threshold 1-40 rows, slices of 1-10 rows), or one
+    stopped after 0-3 slices. Each account's statement is exactly its ledger rows, in
+    order, and the audit finds the listing right."""
     path = Path(tmp_path_factory.mktemp("ledger")) / "ledger.sqlite3"
-    store = Store(path, 1000, checkpoint_interval_ms=0, user_entries_lag_rows_max=lag_rows_max)
+    store = Store(path, 1000, checkpoint_interval_ms=0)
+    lister = connect(path, 1000)
+    rounds = iter([r for _, r in steps])
     try:
-        written, _ = _commit_all(store, batches)
+        written, _ = _commit_all(store, [ops for ops, _ in steps],
+                                 after=lambda: _list_round(lister, next(rounds)))
     finally:
+        lister.close()
         store.close()
-    listed = 0
-    for w in written:
-        if user_entries_due(listed, w.after.entry_id, lag_rows_max):
-            listed = w.after.entry_id
-    assert query(path, "SELECT value FROM meta WHERE key = 'user_entries_through'") == [(listed,)]
     rows = [row for w in written for row in w.ledger]
-    assert query(path, "SELECT user_id, entry_id FROM user_entries ORDER BY 1, 2") == sorted(
-        (r[2], r[0]) for r in rows if r[0] <= listed)
+    mark = query(path, "SELECT value FROM meta WHERE key = 'user_entries_through'")[0][0]
+    listed = query(path, "SELECT user_id, entry_id FROM user_entries ORDER BY 1, 2")
+    assert [e for e in listed if e[1] <= mark] == sorted((r[2], r[0]) for r in rows
+                                                         if r[0] <= mark)
     for user in {r[2] for r in rows}:
         lines = statement(path, user).lines
         assert [(ln.entry_id, ln.amount) for ln in lines] == [(r[0], r[3]) for r in rows
@@ -104,18 +112,36 @@ def test_statements_find_every_entry_however_far_user_entries_lag(
     assert [c for c in audit(path) if not c.ok] == []
 
 
+def _list_round(conn: sqlite3.Connection, plan: tuple | None) -> None:
+    if plan is None:
+        return
+    lag_rows_min, slice_rows_max, stop_after = plan
+    mark, top = copy_unlisted(conn, lag_rows_min)
+    if top <= mark:
+        return
+    for n, (low, high) in enumerate(slices(conn, slice_rows_max)):
+        if stop_after is not None and n >= stop_after:
+            return  # stopped between slices: the mark stays
+        list_slice(conn, low, high)
+    move_mark(conn, top)
+
+
 def test_the_audit_finds_user_entries_that_do_not_list_the_ledger(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
-    store = Store(path, 1000, checkpoint_interval_ms=0, user_entries_lag_rows_max=1)
+    store = Store(path, 1000, checkpoint_interval_ms=0)
     try:
         _commit_all(store, [[("deposit", 1, 100, 0), ("bet", 1, 40, 0)]])
     finally:
         store.close()
+    with closing(connect(path, 1000)) as conn:
+        assert list_round(conn, 1, 2) == 4
     name = "user_entries list the ledger"
     assert [c.ok for c in audit(path) if c.name == name] == [True]
     for tamper in ("DELETE FROM user_entries WHERE entry_id = 1",  # a row left unlisted
                    "UPDATE user_entries SET user_id = 2 WHERE entry_id = 1",  # someone else's
-                   "INSERT INTO user_entries VALUES (1, 99)"):  # no such row
+                   "INSERT INTO user_entries VALUES (1, 99)",  # no such row
+                   "INSERT INTO user_entries VALUES (0, -3)",  # a carried-forward id
+                   "UPDATE meta SET value = -3 WHERE key = 'user_entries_through'"):
         copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}.sqlite3"
         copy.write_bytes(path.read_bytes())
         with closing(sqlite3.connect(copy)) as conn, conn:
@@ -123,8 +149,10 @@ def test_the_audit_finds_user_entries_that_do_not_list_the_ledger(tmp_path: Path
         assert [c.ok for c in audit(copy) if c.name == name] == [False], tamper
 
 
-def _commit_all(store: Store, batches: list[list[tuple]]) -> tuple[list[BatchWrite], Book]:
-    """Decide and commit each batch as the writer does; the book ends as the cache would."""
+def _commit_all(store: Store, batches: list[list[tuple]],
+                after: Callable[[], None] = lambda: None) -> tuple[list[BatchWrite], Book]:
+    """Decide and commit each batch as the writer does, calling ``after`` after each; the
+    book ends as the cache would."""
     epoch = store.bump_epoch()
     book, placed, n, written = Book({a: 0 for a in SYSTEM_ACCOUNTS}), [], 0, []
     for ops in batches:
@@ -138,6 +166,7 @@ def _commit_all(store: Store, batches: list[list[tuple]]) -> tuple[list[BatchWri
         write = build_batch(decide_batch(cands, book), store.heads, epoch, NOW + n)
         store.commit(write)
         written.append(write)
+        after()
     return written, book
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from producer.errors import InvariantViolation
 from workers.archive_plan import carried, carry_entry_id, effective_cutoff, period_of
+from workers.statement import statement
 from workers.store import SCHEMA_VERSION, Store
 
 ms = st.integers(0, 2**45)
@@ -138,3 +139,38 @@ def test_a_schema_4_ledger_lists_its_rows_in_user_entries_and_drops_the_index(
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'ledger_by_user'"
                         ).fetchall() == []
     conn.close()
+
+
+def test_a_fully_archived_schema_4_ledger_gets_mark_0_and_its_statements_stay_single(
+        tmp_path: Path) -> None:
+    """A file whose live rows are all carried-forward ones (entry ids < 0) is upgraded to
+    mark 0, not to its highest negative id: a carried-forward row archival adds later must
+    show once in a statement (found by its fixed id), never again as unlisted tail."""
+    path = tmp_path / "v4-archived.sqlite3"
+    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    conn = sqlite3.connect(path)
+    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
+    conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "
+                       "'user_entries_through'; CREATE INDEX ledger_by_user ON "
+                       "transaction_ledger(user_id, entry_id);")
+    conn.execute("INSERT INTO archive_anchor VALUES (1, 3, 'h', 9, 8, 0, 0)")
+    conn.executemany("INSERT INTO transaction_ledger VALUES (?, 'carry', 3, ?, ?, 'carry', "
+                     "'archived-through-batch-3', 0)",
+                     [(carry_entry_id(0), 0, -7), (carry_entry_id(5), 5, 7)])
+    conn.execute("INSERT INTO users VALUES (5, 7, 0)")
+    conn.execute("UPDATE users SET balance = -7 WHERE id = 0")
+    conn.commit()
+    conn.close()
+    Store(path, 1000, checkpoint_interval_ms=0).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'user_entries_through'"
+                        ).fetchone() == (0,)
+    # a later archival gives the house (-1) a carried-forward row above the cash one
+    with conn:
+        conn.execute("INSERT INTO transaction_ledger VALUES (?, 'carry', 4, -1, 2, 'carry', "
+                     "'archived-through-batch-4', 0)", (carry_entry_id(-1),))
+        conn.execute("UPDATE users SET balance = 2 WHERE id = -1")
+    conn.close()
+    house = statement(path, -1)
+    assert [(ln.entry_id, ln.amount) for ln in house.lines] == [(carry_entry_id(-1), 2)]
+    assert house.consistent

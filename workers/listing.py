@@ -1,0 +1,115 @@
+"""Listing ledger rows in user_entries beside the writer, a slice of accounts at a time.
+
+Statements find an account's entries in user_entries (workers/schema.sql), which lists
+every live ledger row up to the mark ``user_entries_through``. An index kept per batch
+took each posting on a random page; listing many batches' rows at once, sorted, writes
+each page of user_entries once per round instead. A round runs on its own connection and
+thread, so the writer's commits stay as they are: the unlisted tail is copied into a
+temporary table (a read, no write lock), then listed in short transactions of a slice of
+accounts each (so a commit waits at most one slice), then the mark moves.
+
+Why it is safe to stop anywhere: slices insert ``OR IGNORE`` and only rows still live
+at that moment (archival may have removed some meanwhile); statements read listed rows
+only up to the mark and the ledger's tail past it, so rows a half-done round listed
+above the mark are never shown twice; the next round lists from the mark again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+LISTING_INTERVAL_MS_DEFAULT: Final = 1_000
+# A round starts once this many ledger rows wait past the mark: each page of
+# user_entries is written about once per round, and a statement scans at most this many
+# rows (plus what a round takes to finish) of the ledger's tail.
+LISTING_LAG_ROWS_MIN_DEFAULT: Final = 200_000
+# Rows listed per transaction (a slice of accounts; one account's rows are never split):
+# the longest the writer's next commit waits for the write lock.
+LISTING_SLICE_ROWS_MAX_DEFAULT: Final = 20_000
+SQLITE_INT_MAX: Final = 2**63 - 1
+MARK_SQL: Final = "SELECT value FROM meta WHERE key = 'user_entries_through'"
+
+_UNLISTED = ("CREATE TEMP TABLE IF NOT EXISTS unlisted (user_id INTEGER NOT NULL, "
+             "entry_id INTEGER NOT NULL, PRIMARY KEY (user_id, entry_id)) WITHOUT ROWID")
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """How the writer's lister runs (settings ``LISTING_*``)."""
+
+    interval_ms: int = LISTING_INTERVAL_MS_DEFAULT
+    lag_rows_min: int = LISTING_LAG_ROWS_MIN_DEFAULT
+    slice_rows_max: int = LISTING_SLICE_ROWS_MAX_DEFAULT
+
+    def run(self, conn: sqlite3.Connection) -> int:
+        return list_round(conn, self.lag_rows_min, self.slice_rows_max)
+
+
+def list_round(conn: sqlite3.Connection, lag_rows_min: int, slice_rows_max: int) -> int:
+    """List every live row past the mark if at least ``lag_rows_min`` wait; returns the
+    mark afterwards. ``conn`` is the lister's own connection (autocommit mode)."""
+    mark, top = copy_unlisted(conn, lag_rows_min)
+    if top <= mark:
+        return mark
+    for low, high in slices(conn, slice_rows_max):
+        list_slice(conn, low, high)
+    move_mark(conn, top)
+    return top
+
+
+def copy_unlisted(conn: sqlite3.Connection, lag_rows_min: int) -> tuple[int, int]:
+    """(mark, top): the rows in (mark, top] copied into the temporary table, or nothing
+    (top = mark) when fewer than ``lag_rows_min`` wait. One read snapshot of the ledger."""
+    conn.execute(_UNLISTED)
+    conn.execute("BEGIN")
+    try:
+        mark = max(conn.execute(f"SELECT COALESCE(({MARK_SQL}), 0)").fetchone()[0], 0)
+        top = conn.execute("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger"
+                           ).fetchone()[0]
+        if top - mark < max(lag_rows_min, 1):
+            top = mark
+        else:
+            conn.execute("DELETE FROM temp.unlisted")
+            conn.execute("INSERT INTO temp.unlisted SELECT user_id, entry_id FROM "
+                         "transaction_ledger WHERE entry_id > ? AND entry_id <= ?",
+                         (mark, top))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return mark, top
+
+
+def slices(conn: sqlite3.Connection, rows_max: int) -> Iterator[tuple[int, int]]:
+    """Inclusive account ranges of about ``rows_max`` copied rows each, in account order."""
+    starts = [r[0] for r in conn.execute(
+        "SELECT user_id FROM (SELECT user_id, row_number() OVER (ORDER BY user_id, entry_id) "
+        "AS n FROM temp.unlisted) WHERE (n - 1) % ? = 0", (max(rows_max, 1),))]
+    starts = sorted(set(starts))
+    for i, low in enumerate(starts):
+        yield low, (starts[i + 1] - 1 if i + 1 < len(starts) else SQLITE_INT_MAX)
+
+
+def list_slice(conn: sqlite3.Connection, low: int, high: int) -> None:
+    """One short write transaction: the copied rows of accounts low..high still live."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR IGNORE INTO user_entries(user_id, entry_id) "
+                     "SELECT u.user_id, u.entry_id FROM temp.unlisted u "
+                     "JOIN transaction_ledger l ON l.entry_id = u.entry_id "
+                     "AND l.user_id = u.user_id WHERE u.user_id BETWEEN ? AND ? "
+                     "ORDER BY u.user_id, u.entry_id", (low, high))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def move_mark(conn: sqlite3.Connection, top: int) -> None:
+    """Every live row up to ``top`` is listed: statements may now read the listing there."""
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'user_entries_through' "
+                 "AND value < ?", (top, top))
