@@ -29,6 +29,10 @@ LISTING_LAG_ROWS_MIN_DEFAULT: Final = 200_000
 # Rows listed per transaction (a slice of accounts; one account's rows are never split):
 # the longest the writer's next commit waits for the write lock.
 LISTING_SLICE_ROWS_MAX_DEFAULT: Final = 20_000
+# The lister's page cache, in the writer's process: a round rewrites at most one page of
+# user_entries per account it lists, and a page not cached is read again from the OS
+# cache; the writer's own connection keeps its large cache for the hot B-tree pages.
+LISTING_CACHE_MB: Final = 32
 SQLITE_INT_MAX: Final = 2**63 - 1
 MARK_SQL: Final = "SELECT value FROM meta WHERE key = 'user_entries_through'"
 

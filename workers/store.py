@@ -21,7 +21,7 @@ from workers.batch import BatchWrite, Heads, OutcomeRow, Stored
 from workers.chain import GENESIS_HASH
 from workers.decision import BetState
 from workers.invariants import require
-from workers.listing import Listing
+from workers.listing import LISTING_CACHE_MB, Listing
 from workers.migrations import upgrade
 
 SCHEMA_VERSION: Final = 5
@@ -97,11 +97,13 @@ class Beside:
     """
 
     def __init__(self, name: str, path: Path, interval_ms: int, busy_timeout_ms: int,
-                 work: Callable[[sqlite3.Connection], object]) -> None:
+                 work: Callable[[sqlite3.Connection], object],
+                 cache_mb: int = CACHE_MB_DEFAULT) -> None:
         self._path = path
         self._interval_s = interval_ms / 1000
         self._busy_timeout_ms = busy_timeout_ms
         self._work = work
+        self._cache_mb = cache_mb
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -110,7 +112,8 @@ class Beside:
         conn = None
         while not self._stop.wait(self._interval_s):
             try:
-                conn = conn or connect(self._path, self._busy_timeout_ms)
+                conn = conn or connect(self._path, self._busy_timeout_ms,
+                                       cache_mb=self._cache_mb)
                 self._work(conn)
             except (sqlite3.Error, ConfigError):
                 if conn is not None:
@@ -148,7 +151,7 @@ class Store:
             self.heads = self._read_heads()
             if listing is not None:  # once the file is upgraded: it lists into schema 5
                 self._beside.append(Beside("lister", self.path, listing.interval_ms,
-                                           busy_timeout_ms, listing.run))
+                                           busy_timeout_ms, listing.run, LISTING_CACHE_MB))
         except BaseException:
             self.close()  # the caller retries with a new Store: leave no thread behind
             raise
