@@ -86,7 +86,8 @@ def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.close()
     Store(path, 1000, checkpoint_interval_ms=0).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                        ).fetchone() == (SCHEMA_VERSION,)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         conn.execute("DELETE FROM transaction_ledger")  # nothing is archived: still refused
     assert conn.execute("SELECT COUNT(*) FROM transaction_ledger").fetchone() == (1,)
@@ -102,15 +103,32 @@ def test_a_schema_3_ledger_loses_the_unread_market_index_and_keeps_its_rows(
     conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 3)"))
     conn.execute("CREATE INDEX bets_by_market ON bets(market, status)")
     conn.execute("INSERT INTO bets VALUES (1, 'b', 7, 'm', 's', '2.00', 10, 'open', NULL)")
-    conn.commit()
-    conn.close()
-    Store(path, 1000, checkpoint_interval_ms=0).close()
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
+    conn = _upgraded(conn, path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                        ).fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'bets_by_market'"
                         ).fetchall() == []
     assert conn.execute("SELECT COUNT(*) FROM bets").fetchone() == (1,)
     conn.close()
+
+
+def _upgraded(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """Close the old file, let the writer's Store open (and upgrade) it, open it again."""
+    conn.commit()
+    conn.close()
+    Store(path, 1000, checkpoint_interval_ms=0).close()
+    return sqlite3.connect(path)
+
+
+def _schema_4_file(path: Path) -> sqlite3.Connection:
+    """A ledger as version 4 made it: ledger_by_user, and no user_entries or mark."""
+    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    conn = sqlite3.connect(path)
+    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
+    conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "
+                       "'user_entries_through'; CREATE INDEX ledger_by_user ON "
+                       "transaction_ledger(user_id, entry_id);")
+    return conn
 
 
 def test_a_schema_4_ledger_lists_its_rows_in_user_entries_and_drops_the_index(
@@ -118,19 +136,11 @@ def test_a_schema_4_ledger_lists_its_rows_in_user_entries_and_drops_the_index(
     """Version 5 replaces the per-posting index ledger_by_user with user_entries, listed in
     bulk: an upgraded file lists every row it had, so statements still find them all."""
     path = tmp_path / "v4.sqlite3"
-    schema = resources.files("workers").joinpath("schema.sql").read_text()
-    conn = sqlite3.connect(path)
-    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
-    conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "
-                       "'user_entries_through'; CREATE INDEX ledger_by_user ON "
-                       "transaction_ledger(user_id, entry_id);")
+    conn = _schema_4_file(path)
     rows = [(1, "t1", 1, 5, 10, "deposit", "t1", 0), (2, "t1", 1, 0, -10, "deposit", "t1", 0),
             (3, "t2", 2, 9, 4, "deposit", "t2", 0), (4, "t2", 2, 0, -4, "deposit", "t2", 0)]
     conn.executemany("INSERT INTO transaction_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    conn.commit()
-    conn.close()
-    Store(path, 1000, checkpoint_interval_ms=0).close()
-    conn = sqlite3.connect(path)
+    conn = _upgraded(conn, path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
     assert conn.execute("SELECT user_id, entry_id FROM user_entries ORDER BY entry_id"
                         ).fetchall() == [(5, 1), (0, 2), (9, 3), (0, 4)]
@@ -147,22 +157,14 @@ def test_a_fully_archived_schema_4_ledger_gets_mark_0_and_its_statements_stay_si
     mark 0, not to its highest negative id: a carried-forward row archival adds later must
     show once in a statement (found by its fixed id), never again as unlisted tail."""
     path = tmp_path / "v4-archived.sqlite3"
-    schema = resources.files("workers").joinpath("schema.sql").read_text()
-    conn = sqlite3.connect(path)
-    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
-    conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "
-                       "'user_entries_through'; CREATE INDEX ledger_by_user ON "
-                       "transaction_ledger(user_id, entry_id);")
+    conn = _schema_4_file(path)
     conn.execute("INSERT INTO archive_anchor VALUES (1, 3, 'h', 9, 8, 0, 0)")
     conn.executemany("INSERT INTO transaction_ledger VALUES (?, 'carry', 3, ?, ?, 'carry', "
                      "'archived-through-batch-3', 0)",
                      [(carry_entry_id(0), 0, -7), (carry_entry_id(5), 5, 7)])
     conn.execute("INSERT INTO users VALUES (5, 7, 0)")
     conn.execute("UPDATE users SET balance = -7 WHERE id = 0")
-    conn.commit()
-    conn.close()
-    Store(path, 1000, checkpoint_interval_ms=0).close()
-    conn = sqlite3.connect(path)
+    conn = _upgraded(conn, path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'user_entries_through'"
                         ).fetchone() == (0,)
     # a later archival gives the house (-1) a carried-forward row above the cash one
