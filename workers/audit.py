@@ -14,13 +14,13 @@ from typing import Final
 
 from producer.errors import ConfigError
 from workers.chain import GENESIS_HASH, batch_hash
+from workers.listing import MARK_SQL, has_user_entries
 from workers.store import connect
 
 EXAMPLES_MAX: Final = 5  # offending ids shown per failed check
 # Outcomes and bets up to this seq may have their ledger rows in archive files.
 ANCHOR_SEQ: Final = "(SELECT COALESCE(MAX(seq_max), 0) FROM archive_anchor)"
-LISTED_THROUGH: Final = ("(SELECT COALESCE(MAX(value), 0) FROM meta "
-                         "WHERE key = 'user_entries_through')")
+LISTED_THROUGH: Final = f"COALESCE(({MARK_SQL}), 0)"  # unclamped: a negative mark fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ def _global_sum(conn: sqlite3.Connection) -> Check:
 
 def _user_entries(conn: sqlite3.Connection) -> Check:
     """A file from before schema 5 (a backup) has no user_entries, and nothing to check."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_entries'").fetchone():
+    if has_user_entries(conn):
         return _LISTING(conn)
     return Check(_LISTING_NAME, True, "no user_entries: a ledger from before schema 5")
 
@@ -202,4 +202,3 @@ def require_ledger(conn: sqlite3.Connection, path: Path) -> None:
     missing = {"users", "transaction_ledger", "bets", "outcomes", "batches", "meta"} - tables
     if missing:
         raise ConfigError(f"{path} is not a betstream ledger (missing {sorted(missing)})")
-

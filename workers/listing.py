@@ -40,6 +40,17 @@ _UNLISTED = ("CREATE TEMP TABLE IF NOT EXISTS unlisted (user_id INTEGER NOT NULL
              "entry_id INTEGER NOT NULL, PRIMARY KEY (user_id, entry_id)) WITHOUT ROWID")
 
 
+def read_mark(conn: sqlite3.Connection) -> int:
+    """The mark: every live row up to it is listed (0 before any round; never below 0)."""
+    return max(conn.execute(f"SELECT COALESCE(({MARK_SQL}), 0)").fetchone()[0], 0)
+
+
+def has_user_entries(conn: sqlite3.Connection) -> bool:
+    """False for a file from before schema 5 (a backup), which has ledger_by_user instead."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_entries'"
+                        ).fetchone() is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Listing:
     """How the writer's lister runs (settings ``LISTING_*``)."""
@@ -70,7 +81,7 @@ def copy_unlisted(conn: sqlite3.Connection, lag_rows_min: int) -> tuple[int, int
     conn.execute(_UNLISTED)
     conn.execute("BEGIN")
     try:
-        mark = max(conn.execute(f"SELECT COALESCE(({MARK_SQL}), 0)").fetchone()[0], 0)
+        mark = read_mark(conn)
         top = conn.execute("SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger"
                            ).fetchone()[0]
         if top - mark < max(lag_rows_min, 1):

@@ -13,7 +13,7 @@ from typing import Any
 
 from producer.errors import ConfigError
 from workers.archive_plan import SYSTEM_ACCOUNT_MIN, carry_entry_id
-from workers.listing import MARK_SQL, SQLITE_INT_MAX
+from workers.listing import SQLITE_INT_MAX, has_user_entries, read_mark
 from workers.store import connect
 
 
@@ -78,7 +78,7 @@ LISTED_COLS = ", ".join(f"l.{c}" for c in COLS.split(", "))
 def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tuple]]:
     """The account's live rows in entry order: its carried-forward row (found by its fixed
     id), the rows user_entries lists, then the ledger's unlisted tail (schema.sql)."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_entries'").fetchone() is None:
+    if not has_user_entries(conn):
         # A file from before schema 5 (a backup): its index ledger_by_user finds the rows.
         return [conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE user_id = ? AND "
                              "entry_id >= ? ORDER BY entry_id",
@@ -89,7 +89,7 @@ def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tu
                                     (carry_entry_id(user_id),)).fetchall())
     # Listed rows up to the mark, the ledger past it: a listing round half done may have
     # listed rows above the mark, and they must not show twice (workers/listing.py).
-    listed = max(conn.execute(f"SELECT COALESCE(({MARK_SQL}), 0)").fetchone()[0], 0)
+    listed = read_mark(conn)
     sources.append(conn.execute(
         f"SELECT {LISTED_COLS} FROM user_entries u JOIN transaction_ledger l "
         "ON l.entry_id = u.entry_id WHERE u.user_id = ? AND u.entry_id > 0 "
