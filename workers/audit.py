@@ -14,7 +14,7 @@ from typing import Final
 
 from producer.errors import ConfigError
 from workers.chain import GENESIS_HASH, batch_hash
-from workers.listing import MARK_SQL, has_user_entries
+from workers.listing import LISTED_ACCOUNT_MIN, MARK_SQL, has_user_entries
 from workers.store import connect
 
 EXAMPLES_MAX: Final = 5  # offending ids shown per failed check
@@ -63,6 +63,7 @@ _LISTING: Final = _none(
     "SELECT u.entry_id FROM user_entries u LEFT JOIN transaction_ledger l "
     "ON l.entry_id = u.entry_id WHERE l.user_id IS NOT u.user_id OR u.entry_id <= 0 "
     "UNION SELECT l.entry_id FROM transaction_ledger l WHERE l.entry_id > 0 "
+    f"AND l.user_id >= {LISTED_ACCOUNT_MIN} "
     f"AND l.entry_id <= {LISTED_THROUGH} AND NOT EXISTS (SELECT 1 FROM user_entries u "
     "WHERE u.user_id = l.user_id AND u.entry_id = l.entry_id) "
     f"UNION SELECT {LISTED_THROUGH} WHERE {LISTED_THROUGH} < 0",

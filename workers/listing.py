@@ -1,17 +1,24 @@
-"""Listing ledger rows in user_entries beside the writer, a slice of accounts at a time.
+"""Listing ledger rows in user_entries beside the writer, a slice of rows at a time.
 
-Statements find an account's entries in user_entries (workers/schema.sql), which lists
-every live ledger row up to the mark ``user_entries_through``. An index kept per batch
-took each posting on a random page; listing many batches' rows at once, sorted, writes
-each page of user_entries once per round instead. A round runs on its own connection and
-thread, so the writer's commits stay as they are: the unlisted tail is copied into a
-temporary table (a read, no write lock), then listed in short transactions of a slice of
-accounts each (so a commit waits at most one slice), then the mark moves.
+Statements find a user's entries in user_entries (workers/schema.sql), which lists every
+live ledger row of a user account (id >= LISTED_ACCOUNT_MIN) up to the mark
+``user_entries_through``. An index kept per batch took each posting on a random page;
+listing many batches' rows at once, sorted, writes each page of user_entries once per
+round instead. A round runs on its own connection and thread, so the writer's commits
+stay as they are: the unlisted tail is copied into a temporary table (a read, no write
+lock), then listed in short transactions of a slice of rows each, in (account, entry)
+order (so a commit waits at most one slice), then the mark moves.
+
+System accounts (ids <= 0) are not listed: one of them takes about every other posting
+(the other side of each bet and deposit), so a statement of one reads about half the
+ledger whichever way it is found, and a scan of the ledger costs no more. Listing them
+was half of the lister's work.
 
 Why it is safe to stop anywhere: slices insert ``OR IGNORE`` and only rows still live
-at that moment (archival may have removed some meanwhile); statements read listed rows
-only up to the mark and the ledger's tail past it, so rows a half-done round listed
-above the mark are never shown twice; the next round lists from the mark again.
+(archival removes whole batches, exactly the rows up to the anchor's ``entry_id_max``);
+statements read listed rows only up to the mark and the ledger's tail past it, so rows a
+half-done round listed above the mark are never shown twice; the next round lists from
+the mark again.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ LISTING_INTERVAL_MS_DEFAULT: Final = 1_000
 # user_entries is written about once per round, and a statement scans at most this many
 # rows (plus what a round takes to finish) of the ledger's tail.
 LISTING_LAG_ROWS_MIN_DEFAULT: Final = 200_000
-# Rows listed per transaction (a slice of accounts; one account's rows are never split):
+# Rows listed per transaction (a slice of rows in (account, entry) order):
 # the longest the writer's next commit waits for the write lock.
 LISTING_SLICE_ROWS_MAX_DEFAULT: Final = 20_000
 # The lister's page cache, in the writer's process: a round rewrites at most one page of
@@ -34,6 +41,10 @@ LISTING_SLICE_ROWS_MAX_DEFAULT: Final = 20_000
 # cache; the writer's own connection keeps its large cache for the hot B-tree pages.
 LISTING_CACHE_MB: Final = 32
 SQLITE_INT_MAX: Final = 2**63 - 1
+LISTED_ACCOUNT_MIN: Final = 1  # users; system accounts (<= 0) are found by a scan
+Key = tuple[int, int]  # (user_id, entry_id): user_entries' order
+KEY_BEFORE_ALL: Final[Key] = (-SQLITE_INT_MAX, -SQLITE_INT_MAX)
+KEY_AFTER_ALL: Final[Key] = (SQLITE_INT_MAX, SQLITE_INT_MAX)
 MARK_SQL: Final = "SELECT value FROM meta WHERE key = 'user_entries_through'"
 
 _UNLISTED = ("CREATE TEMP TABLE IF NOT EXISTS unlisted (user_id INTEGER NOT NULL, "
@@ -89,8 +100,8 @@ def copy_unlisted(conn: sqlite3.Connection, lag_rows_min: int) -> tuple[int, int
         else:
             conn.execute("DELETE FROM temp.unlisted")
             conn.execute("INSERT INTO temp.unlisted SELECT user_id, entry_id FROM "
-                         "transaction_ledger WHERE entry_id > ? AND entry_id <= ?",
-                         (mark, top))
+                         "transaction_ledger WHERE entry_id > ? AND entry_id <= ? "
+                         "AND user_id >= ?", (mark, top, LISTED_ACCOUNT_MIN))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -99,25 +110,34 @@ def copy_unlisted(conn: sqlite3.Connection, lag_rows_min: int) -> tuple[int, int
     return mark, top
 
 
-def slices(conn: sqlite3.Connection, rows_max: int) -> Iterator[tuple[int, int]]:
-    """Inclusive account ranges of about ``rows_max`` copied rows each, in account order."""
-    starts = [r[0] for r in conn.execute(
-        "SELECT user_id FROM (SELECT user_id, row_number() OVER (ORDER BY user_id, entry_id) "
-        "AS n FROM temp.unlisted) WHERE (n - 1) % ? = 0", (max(rows_max, 1),))]
-    starts = sorted(set(starts))
-    for i, low in enumerate(starts):
-        yield low, (starts[i + 1] - 1 if i + 1 < len(starts) else SQLITE_INT_MAX)
+def slices(conn: sqlite3.Connection, rows_max: int) -> Iterator[tuple[Key, Key]]:
+    """Key ranges (after low, through high] of about ``rows_max`` copied rows each, in
+    order; each bound is found by stepping ``rows_max`` rows along the temporary table's
+    key from the last one (a window over all of it cost as much as listing the rows)."""
+    low = KEY_BEFORE_ALL
+    while True:
+        high = conn.execute("SELECT user_id, entry_id FROM temp.unlisted "
+                            "WHERE (user_id, entry_id) > (?, ?) ORDER BY user_id, entry_id "
+                            "LIMIT 1 OFFSET ?", (*low, max(rows_max, 1) - 1)).fetchone()
+        if high is None:
+            yield low, KEY_AFTER_ALL
+            return
+        yield low, (high[0], high[1])
+        low = (high[0], high[1])
 
 
-def list_slice(conn: sqlite3.Connection, low: int, high: int) -> None:
-    """One short write transaction: the copied rows of accounts low..high still live."""
+def list_slice(conn: sqlite3.Connection, low: Key, high: Key) -> None:
+    """One short write transaction: the copied rows with keys in (low, high] still live.
+    Archival deletes exactly the rows up to the anchor's entry_id_max, in a transaction of
+    its own, so that bound, read under this write lock, says which are (no lookup of each
+    row in the ledger, which cost a third of a slice)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("INSERT OR IGNORE INTO user_entries(user_id, entry_id) "
-                     "SELECT u.user_id, u.entry_id FROM temp.unlisted u "
-                     "JOIN transaction_ledger l ON l.entry_id = u.entry_id "
-                     "AND l.user_id = u.user_id WHERE u.user_id BETWEEN ? AND ? "
-                     "ORDER BY u.user_id, u.entry_id", (low, high))
+                     "SELECT user_id, entry_id FROM temp.unlisted "
+                     "WHERE (user_id, entry_id) > (?, ?) AND (user_id, entry_id) <= (?, ?) "
+                     "AND entry_id > (SELECT COALESCE(MAX(entry_id_max), 0) "
+                     "FROM archive_anchor) ORDER BY user_id, entry_id", (*low, *high))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

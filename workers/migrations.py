@@ -24,8 +24,10 @@ STEPS: Final[dict[int, tuple[str, ...]]] = {
         "UPDATE meta SET value = 4 WHERE key = 'schema_version'",
     ),
     4: (  # 5: statements read user_entries, kept in bulk; the per-posting index goes
+        # Users' rows (LISTED_ACCOUNT_MIN): system accounts are found by a scan.
         "INSERT OR IGNORE INTO user_entries(user_id, entry_id) SELECT user_id, entry_id "
-        "FROM transaction_ledger WHERE entry_id > 0 ORDER BY user_id, entry_id",
+        "FROM transaction_ledger WHERE entry_id > 0 AND user_id >= 1 "
+        "ORDER BY user_id, entry_id",
         # Only real rows: carried-forward ones (entry_id < 0) are found by their fixed ids.
         "UPDATE meta SET value = (SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger "
         "WHERE entry_id > 0) WHERE key = 'user_entries_through'",

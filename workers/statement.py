@@ -13,7 +13,7 @@ from typing import Any
 
 from producer.errors import ConfigError
 from workers.archive_plan import SYSTEM_ACCOUNT_MIN, carry_entry_id
-from workers.listing import SQLITE_INT_MAX, has_user_entries, read_mark
+from workers.listing import LISTED_ACCOUNT_MIN, SQLITE_INT_MAX, has_user_entries, read_mark
 from workers.store import connect
 
 
@@ -77,7 +77,8 @@ LISTED_COLS = ", ".join(f"l.{c}" for c in COLS.split(", "))
 
 def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tuple]]:
     """The account's live rows in entry order: its carried-forward row (found by its fixed
-    id), the rows user_entries lists, then the ledger's unlisted tail (schema.sql)."""
+    id), the rows user_entries lists, then the ledger's unlisted tail (schema.sql); a
+    system account's by a scan of the ledger."""
     if not has_user_entries(conn):
         # A file from before schema 5 (a backup): its index ledger_by_user finds the rows.
         return [conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE user_id = ? AND "
@@ -87,6 +88,11 @@ def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tu
     if carried and user_id >= SYSTEM_ACCOUNT_MIN:
         sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE entry_id = ?",
                                     (carry_entry_id(user_id),)).fetchall())
+    if user_id < LISTED_ACCOUNT_MIN:  # a system account: not listed (workers/listing.py)
+        sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE "
+                                    "entry_id > 0 AND user_id = ? ORDER BY entry_id",
+                                    (user_id,)).fetchall())
+        return sources
     # Listed rows up to the mark, the ledger past it: a listing round half done may have
     # listed rows above the mark, and they must not show twice (workers/listing.py).
     listed = read_mark(conn)

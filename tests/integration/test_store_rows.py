@@ -24,7 +24,8 @@ from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers import store as store_module
 from workers.audit import audit
 from workers.statement import statement
-from workers.listing import copy_unlisted, list_round, list_slice, move_mark, slices
+from workers.listing import (LISTED_ACCOUNT_MIN, copy_unlisted, list_round, list_slice,
+                             move_mark, slices)
 from workers.store import Store, connect
 from tests.support import candidate, query
 
@@ -85,11 +86,12 @@ ROUND = st.none() | st.tuples(st.integers(1, 40), st.integers(1, 10),
 @given(st.lists(st.tuples(st.lists(OPS, min_size=1, max_size=12), ROUND), min_size=1,
                 max_size=5))
 def test_statements_find_every_entry_however_the_listing_lags(tmp_path_factory, steps) -> None:
-    """The lister lists ledger rows in user_entries beside the writer, a slice of accounts
-    per transaction, then moves the mark; a round may stop between slices (a crash). After
-    each batch: no round, a round (lag threshold 1-40 rows, slices of 1-10 rows), or one
-    stopped after 0-3 slices. Each account's statement is exactly its ledger rows, in
-    order, and the audit finds the listing right."""
+    """The lister lists users' ledger rows in user_entries beside the writer, a slice of
+    rows per transaction, then moves the mark; a round may stop between slices (a crash).
+    After each batch: no round, a round (lag threshold 1-40 rows, slices of 1-10 rows), or
+    one stopped after 0-3 slices. Each account's statement (system accounts' too, which
+    are not listed) is exactly its ledger rows, in order, and the audit finds the listing
+    right."""
     path = Path(tmp_path_factory.mktemp("ledger")) / "ledger.sqlite3"
     store = Store(path, 1000, checkpoint_interval_ms=0)
     lister = connect(path, 1000)
@@ -103,8 +105,8 @@ def test_statements_find_every_entry_however_the_listing_lags(tmp_path_factory, 
     rows = [row for w in written for row in w.ledger]
     mark = query(path, "SELECT value FROM meta WHERE key = 'user_entries_through'")[0][0]
     listed = query(path, "SELECT user_id, entry_id FROM user_entries ORDER BY 1, 2")
-    assert [e for e in listed if e[1] <= mark] == sorted((r[2], r[0]) for r in rows
-                                                         if r[0] <= mark)
+    assert [e for e in listed if e[1] <= mark] == sorted(
+        (r[2], r[0]) for r in rows if r[0] <= mark and r[2] >= LISTED_ACCOUNT_MIN)
     for user in {r[2] for r in rows}:
         lines = statement(path, user).lines
         assert [(ln.entry_id, ln.amount) for ln in lines] == [(r[0], r[3]) for r in rows
@@ -137,8 +139,12 @@ def test_the_audit_finds_user_entries_that_do_not_list_the_ledger(tmp_path: Path
         assert list_round(conn, 1, 2) == 4
     name = "user_entries list the ledger"
     assert [c.ok for c in audit(path) if c.name == name] == [True]
-    for tamper in ("DELETE FROM user_entries WHERE entry_id = 1",  # a row left unlisted
-                   "UPDATE user_entries SET user_id = 2 WHERE entry_id = 1",  # someone else's
+    listed = query(path, "SELECT user_id, entry_id FROM user_entries")
+    assert sorted(listed) == [(1, e) for e, in query(  # users' rows only: not the cash or house
+        path, "SELECT entry_id FROM transaction_ledger WHERE user_id = 1 ORDER BY entry_id")]
+    first = listed[0][1]
+    for tamper in (f"DELETE FROM user_entries WHERE entry_id = {first}",  # a row left unlisted
+                   f"UPDATE user_entries SET user_id = 2 WHERE entry_id = {first}",  # another's
                    "INSERT INTO user_entries VALUES (1, 99)",  # no such row
                    "INSERT INTO user_entries VALUES (0, -3)",  # a carried-forward id
                    "UPDATE meta SET value = -3 WHERE key = 'user_entries_through'"):
@@ -147,6 +153,34 @@ def test_the_audit_finds_user_entries_that_do_not_list_the_ledger(tmp_path: Path
         with closing(sqlite3.connect(copy)) as conn, conn:
             conn.execute(tamper)
         assert [c.ok for c in audit(copy) if c.name == name] == [False], tamper
+
+
+def test_a_round_skips_rows_archived_after_it_copied_them(tmp_path: Path) -> None:
+    """A slice lists only rows above the archive anchor's entry_id_max, read under its write
+    lock: rows archived between the copy and the slice are not listed (the audit would find
+    a listed row that is not live), the rest are, and statements stay whole."""
+    from workers.archive import archive
+
+    path = tmp_path / "ledger.sqlite3"
+    store = Store(path, 1000, checkpoint_interval_ms=0)
+    try:
+        _commit_all(store, [[("deposit", u, 10 * u, 0)] for u in USERS for _ in range(3)])
+    finally:
+        store.close()
+    with closing(connect(path, 1000)) as conn:
+        mark, top = copy_unlisted(conn, 1)
+        done = archive(path, tmp_path / "archive", NOW + 4, busy_timeout_ms=1000, rows_max=2,
+                       batches_max=2, pause_ms=0)
+        assert done.ledger_rows > 0
+        for low, high in slices(conn, 3):
+            list_slice(conn, low, high)
+        move_mark(conn, top)
+    live = query(path, f"SELECT user_id, entry_id FROM transaction_ledger WHERE entry_id > 0 "
+                       f"AND user_id >= {LISTED_ACCOUNT_MIN} ORDER BY 1, 2")
+    assert query(path, "SELECT user_id, entry_id FROM user_entries ORDER BY 1, 2") == live
+    assert [c for c in audit(path) if not c.ok] == []
+    for user in USERS:
+        assert statement(path, user).consistent
 
 
 def _commit_all(store: Store, batches: list[list[tuple]],
