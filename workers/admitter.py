@@ -13,23 +13,35 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 import redis
 
+from producer.contract import now_ms
 from producer.signing import Key, Keyring
 from workers.admission import (
-    Hello, Reply, Request, merge, raw_keyring, read_frame, split, write_frame,
+    Hello, Reply, Request, claims_of, merge, raw_keyring, read_frame, split, with_claims,
+    write_frame,
 )
 from workers.decision import Candidate
 from workers.intake import DeadLetter
 from workers.logs import configure_logging, get_logger
 from workers.runtime import tune_runtime
 from workers.settings import Settings
-from workers.streams import Entry
+from workers.streams import Claims, Entry, IntentStream
 
 _ENCODER = msgspec.msgpack.Encoder()
 _REPLIES = msgspec.msgpack.Decoder(Reply)
+
+
+class Collected(NamedTuple):
+    """A batch the child read and admitted, and the nonces it claimed (None: none)."""
+
+    entries: list[Entry]
+    candidates: list[Candidate]
+    dead: list[DeadLetter]
+    claims: Claims | None = None
 
 
 class Admitter:
@@ -78,8 +90,7 @@ class Admitter:
         self._sent = self._asked_with = keyring
         return True
 
-    def collect(self, keep_alive: Callable[[], None] = lambda: None,
-                ) -> tuple[list[Entry], list[Candidate], list[DeadLetter]] | None:
+    def collect(self, keep_alive: Callable[[], None] = lambda: None) -> Collected | None:
         """The batch asked for (maybe empty), or None if the child or Redis failed it.
 
         ``keep_alive`` runs every ``lease_renew_ms`` while the reply is awaited: the reply
@@ -99,7 +110,7 @@ class Admitter:
             reply = _REPLIES.decode(frame)
             if reply.error is not None:
                 return None  # Redis failed the read (maybe after it ran); the child is fine
-            return merge(reply, keyring)
+            return Collected(*merge(reply, keyring), claims_of(reply))
         except (OSError, ValueError, EOFError, TimeoutError, msgspec.MsgspecError) as exc:
             self._fail("collect", exc)
             return None
@@ -149,6 +160,17 @@ def _keyring(raw: dict) -> Keyring:
                     for kid, (secret, kinds, retire_at) in raw.items()})
 
 
+def _claimed(reply: Reply, stream: IntentStream, settings: Settings) -> Reply:
+    """The reply with its nonces claimed, or as it is if Redis failed the claims: the
+    writer then claims them itself (a claim is keyed by intent id, so one that ran before
+    the failure changes nothing)."""
+    try:
+        return with_claims(reply, stream.claim_nonces, now_ms(), settings.intent_age_max_ms,
+                           settings.clock_skew_max_ms)
+    except redis.RedisError:
+        return reply
+
+
 def main() -> int:
     """Child: read a batch as the writer's consumer and admit it, once per request.
 
@@ -156,7 +178,6 @@ def main() -> int:
     by a library can corrupt them. Exits when the writer closes its end (or dies).
     """
     from workers.connections import redis_client
-    from workers.streams import IntentStream
 
     rfd, wfd = 0, os.dup(1)
     os.dup2(2, 1)
@@ -178,6 +199,8 @@ def main() -> int:
             reply = split(stream.read_new_now(request.lease_owner), keyring)
         except redis.RedisError as exc:
             reply = Reply([], [], [], error=str(exc)[:200])
+        else:
+            reply = _claimed(reply, stream, settings)
         try:
             write_frame(wfd, _ENCODER.encode(reply))
         except BrokenPipeError:

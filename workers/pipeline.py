@@ -27,12 +27,13 @@ from workers.intake import DeadLetter, admit_entry, freshness_reason, ingress_ms
 from workers.invariants import require
 from workers.settings import Settings
 from workers.store import Store
-from workers.streams import Entry, Finish, IntentStream
+from workers.streams import Claim, Claims, Entry, Finish, IntentStream
 
 BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache starts afresh
 Admitted: TypeAlias = tuple[list[Candidate], list[DeadLetter]]
-Claim: TypeAlias = tuple[str, str, str]  # (kid, nonce, intent id)
-EarlyClaims: TypeAlias = "Future[dict[Claim, str | None]]"
+# Nonce claims made before a batch is decided: by the admission child (done), or on an I/O
+# thread while the batch before commits (a future).
+EarlyClaims: TypeAlias = "Future[Claims] | Claims"
 # Runs while a batch commits; it is handed the batch's own side work to fit in.
 Meanwhile: TypeAlias = Callable[[Callable[[], None]], None]
 
@@ -159,27 +160,30 @@ class BatchPipeline:
         4,000 intents). Claims are keyed by intent id: claiming again, or for a candidate
         that turns out to be a repeat (same id, so same holder), changes nothing."""
         now = now_ms()
-        claims = [_claim(c) for c in admitted[0]
-                  if _undecided(c) and self._freshness(c, now) is None]
-        if not claims:
+        picked = [c for c in admitted[0] if _undecided(c) and self._freshness(c, now) is None]
+        if not picked:
             return None
         if self._claimer is None:
             self._claimer = ThreadPoolExecutor(1, thread_name_prefix="nonces")
-        return self._claimer.submit(lambda: dict(zip(claims, self._stream.claim_nonces(claims))))
+        return self._claimer.submit(self._claims, picked)
+
+    def _claims(self, cands: Sequence[Candidate]) -> Claims:
+        holders = self._stream.claim_nonces([_claim(c) for c in cands])
+        return {c.entry_id: holder for c, holder in zip(cands, holders)}
 
     def _check_nonces(self, fresh: list[Candidate],
                       early: EarlyClaims | None = None) -> list[Candidate]:
         todo = [i for i, c in enumerate(fresh) if _undecided(c)]
-        claims = [_claim(fresh[i]) for i in todo]
         known = _early_result(early)
-        missing = [claim for claim in claims if claim not in known]
+        missing = [fresh[i] for i in todo if fresh[i].entry_id not in known]
         if missing:  # no early claims, or they failed, or the candidate was not yet read
-            known = {**known, **dict(zip(missing, self._stream.claim_nonces(missing)))}
+            known = {**known, **self._claims(missing)}
         out = list(fresh)
-        for i, claim in zip(todo, claims):
-            holder = known[claim]
-            if holder is not None and holder != fresh[i].id:
-                out[i] = fresh[i].rejected_early("replay", "nonce already used by another intent")
+        for i in todo:
+            cand = fresh[i]
+            holder = known[cand.entry_id]
+            if holder is not None and holder != cand.id:
+                out[i] = cand.rejected_early("replay", "nonce already used by another intent")
         return out
 
     def _book(self, fresh: list[Candidate]) -> Book:
@@ -208,11 +212,13 @@ def _claim(cand: Candidate) -> Claim:
     return (cand.kid, cand.intent.nonce, cand.id)  # type: ignore[union-attr]
 
 
-def _early_result(early: EarlyClaims | None) -> dict[Claim, str | None]:
+def _early_result(early: EarlyClaims | None) -> Claims:
     """What the early claims found; nothing if there were none or Redis failed them (the
     caller then claims inline, where a failure is retried like any Redis step)."""
     if early is None:
         return {}
+    if isinstance(early, dict):
+        return early
     try:
         return early.result()
     except redis.RedisError:

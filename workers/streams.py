@@ -19,6 +19,10 @@ from workers.intake import DeadLetter, ingress_ms
 from workers.settings import Settings
 
 Entry = tuple[str, dict[bytes, bytes] | None]  # fields None: the entry was deleted
+Claim = tuple[str, str, str]  # a nonce claim: (kid, nonce, intent id)
+# What a batch's nonce claims returned, by stream entry id: None if the intent holds its
+# nonce, else the id of the intent that does (a replay, unless it is the same intent).
+Claims = dict[str, "str | None"]
 CLAIM_ROUNDS_MAX: Final = 10_000  # XAUTOCLAIM pages per recovery; a bound, not a target
 REPEATED_FIELD_PREFIX: Final = b"repeated:"  # marks a field name an entry gives twice
 UNREAD_COUNT_MAX: Final = 1_000  # entries counted (at least) when XINFO's lag is unknown
@@ -166,7 +170,7 @@ class IntentStream:
         # MINID keeps ids >= floor-0; an id with the same ms as the floor is always kept.
         return int(self._redis.xtrim(c.STREAM_INTENTS, minid=f"{floor}-0", approximate=False))
 
-    def claim_nonces(self, claims: Sequence[tuple[str, str, str]]) -> list[str | None]:
+    def claim_nonces(self, claims: Sequence[Claim]) -> list[str | None]:
         """``SET nonce id NX GET EX ttl`` per (kid, nonce, id): None if we took it, else holder.
 
         One script call per batch: a single command to pack and one round trip, instead of

@@ -291,10 +291,10 @@ class Writer:
         if got is None:  # what the child read, if anything, is pending under us
             self._read_failed = True
             return
-        entries, candidates, dead = got
-        if entries:
-            admitted = (candidates, dead)
-            self._ahead = (entries, admitted, self.pipeline.claim_early(admitted))
+        if got.entries:
+            admitted = (got.candidates, got.dead)
+            early = got.claims if got.claims is not None else self.pipeline.claim_early(admitted)
+            self._ahead = (got.entries, admitted, early)
 
     def _reclaim_due(self) -> bool:
         """Every lease period, take over entries another consumer has left idle that long.

@@ -14,12 +14,13 @@ import os
 import signal
 import threading
 
+import msgspec
 import pytest
 import redis
 
 from producer import constants as c
 from producer.client import entry_fields
-from producer.contract import encode_body, intent_body, new_bet, new_deposit
+from producer.contract import encode_body, intent_body, new_bet, new_deposit, new_nonce
 from producer.errors import LeaseLost
 from producer.signing import Key, Keyring
 from workers.admission import Reply, merge, split
@@ -81,7 +82,7 @@ def test_the_child_admits_every_kind_of_entry_exactly_as_the_writer_would(
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
     n = _every_kind_of_entry(redis_client, keyring)
     assert admitter.ask(keyring, OWNER)
-    entries, candidates, dead = admitter.collect()
+    entries, candidates, dead, _ = admitter.collect()
     assert (candidates, dead) == _admitted_in_process(redis_client, keyring)
     assert [e for e, _ in entries] == [eid.decode() for eid, _ in
                                        redis_client.xrange(c.STREAM_INTENTS)]
@@ -92,7 +93,7 @@ def test_the_child_admits_every_kind_of_entry_exactly_as_the_writer_would(
     assert pending["pending"] == n and {x["name"] for x in pending["consumers"]} == {
         CONSUMER.encode()}, "what the child read is pending under the writer's consumer"
     assert admitter.ask(keyring, OWNER)
-    assert admitter.collect() == ([], [], []), "nothing new: an empty batch, no error"
+    assert admitter.collect()[:3] == ([], [], []), "nothing new: an empty batch, no error"
 
 
 def test_a_reloaded_keyring_reaches_the_child(
@@ -102,7 +103,7 @@ def test_a_reloaded_keyring_reaches_the_child(
     body = intent_body(new_deposit(7, 100))
     _xadd(redis_client, list(entry_fields(new_key, body).items()))
     assert admitter.ask(keyring, OWNER)
-    _, candidates, dead = admitter.collect()
+    _, candidates, dead, _ = admitter.collect()
     assert not candidates and [d.reason for d in dead] == ["unknown_kid"]
 
     raw = json.loads(keyring_path.read_text())
@@ -110,7 +111,7 @@ def test_a_reloaded_keyring_reaches_the_child(
     reloaded = Keyring.from_mapping(raw)
     _xadd(redis_client, list(entry_fields(new_key, body).items()))
     assert admitter.ask(reloaded, OWNER)
-    _, candidates, dead = admitter.collect()
+    _, candidates, dead, _ = admitter.collect()
     assert [(x.kid, x.pre_reason) for x in candidates] == [("cashier-2", None)] and not dead
 
 
@@ -118,7 +119,7 @@ def test_a_killed_child_fails_one_read_and_a_new_one_takes_over(
         redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
     assert admitter.ask(keyring, OWNER)
-    assert admitter.collect() == ([], [], [])
+    assert admitter.collect()[:3] == ([], [], [])
     first = admitter.pid
     os.kill(first, signal.SIGKILL)
     os.waitpid(first, 0)
@@ -126,7 +127,7 @@ def test_a_killed_child_fails_one_read_and_a_new_one_takes_over(
     _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
                                           intent_body(new_deposit(7, 5))).items()))
     assert admitter.ask(keyring, OWNER), "a new child is started (restart delay 0 here)"
-    entries, candidates, _ = admitter.collect()
+    entries, candidates, _, _ = admitter.collect()
     assert admitter.pid not in (None, first)
     assert len(entries) == len(candidates) == 1
 
@@ -138,10 +139,10 @@ def test_asking_twice_before_collecting_reads_one_batch(
     _xadd(redis_client, list(entry_fields(keyring.get("cashier"),
                                           intent_body(new_deposit(7, 5))).items()))
     assert admitter.ask(keyring, OWNER) and admitter.ask(keyring, OWNER) and admitter.asked
-    entries, _, _ = admitter.collect()
+    entries, _, _, _ = admitter.collect()
     assert len(entries) == 1 and not admitter.asked
     assert admitter.ask(keyring, OWNER)
-    assert admitter.collect() == ([], [], []), "no second reply was waiting"
+    assert admitter.collect()[:3] == ([], [], []), "no second reply was waiting"
 
 
 def test_a_writer_that_lost_the_lease_reads_nothing(
@@ -154,7 +155,7 @@ def test_a_writer_that_lost_the_lease_reads_nothing(
                                           intent_body(new_deposit(7, 5))).items()))
     redis_client.set(c.KEY_WRITER_LEASE, "another-writer:0002")
     assert admitter.ask(keyring, OWNER)
-    assert admitter.collect() == ([], [], [])
+    assert admitter.collect()[:3] == ([], [], [])
     in_process = IntentStream(redis_client, load_settings(), CONSUMER)
     assert in_process.read_new_now(OWNER) == []
     assert redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"] == 0
@@ -197,7 +198,7 @@ def test_a_batch_of_plain_intents_is_admitted_exactly_as_the_writer_would(
     for key, body in _plain_intents(keyring, 20):
         _xadd(redis_client, list(entry_fields(key, body).items()))
     assert admitter.ask(keyring, OWNER)
-    entries, candidates, dead = admitter.collect()
+    entries, candidates, dead, _ = admitter.collect()
     assert (candidates, dead) == _admitted_in_process(redis_client, keyring)
     assert len(entries) == len(candidates) == 20 and not dead
     assert {x.kind for x in candidates} == {"deposit", "bet"}
@@ -276,7 +277,7 @@ def short_lease_admitter(settings: Settings, redis_client: redis.Redis, keyring:
     assert s.redis_url == settings.redis_url, "the test's own redis-server"
     IntentStream(redis_client, s, CONSUMER).ensure_group()
     handle = Admitter(s, CONSUMER)
-    assert handle.ask(keyring, OWNER) and handle.collect() == ([], [], [])  # started
+    assert handle.ask(keyring, OWNER) and handle.collect()[:3] == ([], [], [])  # started
     yield handle
     handle.close()
 
@@ -290,7 +291,7 @@ def test_the_writer_renews_its_lease_while_a_slow_child_replies(
     renewals = []
     assert handle.ask(keyring, OWNER)
     timer = _frozen_for(handle.pid, 1.0)
-    entries, candidates, _ = handle.collect(lambda: renewals.append(1))
+    entries, candidates, _, _ = handle.collect(lambda: renewals.append(1))
     timer.join()
     assert len(entries) == len(candidates) == 1, "the slow reply still arrives"
     assert len(renewals) >= 3, f"kept alive {len(renewals)} times in a 1 s wait"
@@ -320,3 +321,26 @@ def test_a_lease_lost_while_waiting_stops_the_child_so_its_reply_cannot_answer_l
     third = _deposit(redis_client, keyring, 9)
     assert handle.ask(keyring, OWNER)
     assert [e for e, _ in handle.collect()[0]] == [third], "and the next one's"
+
+
+def test_the_child_claims_the_nonces_of_fresh_intents_and_reports_replays(
+        redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
+    """The child claims nonces as the writer would before deciding: a second intent with
+    the same key and nonce finds the first one holding it (the writer then refuses it as a
+    replay), and an intent already stale claims nothing (it is refused as stale)."""
+    IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
+    cashier = keyring.get("cashier")
+    first = new_deposit(7, 100)
+    replay = first.model_copy(update={"id": new_deposit(7, 100).id})
+    stale = first.model_copy(update={"id": new_deposit(7, 1).id, "nonce": new_nonce(),
+                                     "issued_at": first.issued_at - 3_600_000})
+    ids = [_xadd(redis_client, list(entry_fields(cashier, intent_body(i)).items()))
+           for i in (first, replay, stale)]
+    assert admitter.ask(keyring, OWNER)
+    got = admitter.collect()
+    assert [x.pre_reason for x in got.candidates] == [None, None, None]
+    assert all(isinstance(x.intent, msgspec.Struct) for x in got.candidates), "all fast"
+    assert got.claims == {ids[0]: None, ids[1]: first.id}, "the stale one is not claimed"
+    nonce_key = c.nonce_key("cashier", first.nonce)
+    assert redis_client.get(nonce_key) == first.id.encode()
+    assert redis_client.get(c.nonce_key("cashier", stale.nonce)) is None

@@ -655,18 +655,24 @@ def test_one_forged_entry_next_to_a_deposit_does_not_kill_the_writer_process(
     assert published(redis_client, deposit["id"]), "the deposit was confirmed"
 
 
+@pytest.mark.parametrize("claimed_by", ["admission child", "writer"])
 def test_replays_and_resends_across_batches_read_ahead(
-        start_writer: Callable[..., RunningWriter], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under a backlog the next batch is read, admitted and its nonces claimed while this
-    one commits: a replay of a nonce claimed one batch earlier is still refused, a re-sent
-    copy still gets its original outcome, and nothing is applied twice."""
+        start_writer: Callable[..., RunningWriter], monkeypatch: pytest.MonkeyPatch,
+        claimed_by: str) -> None:
+    """Under a backlog the next batch is read, admitted and its nonces claimed (by the
+    admission child, or on the writer's I/O thread) while this one commits: a replay of a
+    nonce claimed one batch earlier is still refused, a re-sent copy still gets its
+    original outcome, and nothing is applied twice."""
+    from workers import admitter
     from workers.pipeline import BatchPipeline
     early_claims = []
-    claim_early = BatchPipeline.claim_early
+    claim_early, claims_of = BatchPipeline.claim_early, admitter.claims_of
     monkeypatch.setattr(
         BatchPipeline, "claim_early",
-        lambda self, admitted: early_claims.append(1) or claim_early(self, admitted))
-    w = start_writer(batch_size_max=4)
+        lambda self, admitted: early_claims.append("writer") or claim_early(self, admitted))
+    monkeypatch.setattr(admitter, "claims_of", lambda reply: (
+        claims := claims_of(reply)) and early_claims.append("admission child") or claims)
+    w = start_writer(batch_size_max=4, admission_process=claimed_by == "admission child")
     users = [new_user() for _ in range(4)]
     deposits = [body("deposit", u, amount=1_000) for u in users]
     bets = [bet_body(u, 100) for u in users]
@@ -687,7 +693,7 @@ def test_replays_and_resends_across_batches_read_ahead(
     resent = wait_outcome(w.db, deposits[3]["id"])
     assert resent["status"] == "accepted"
     wait_for(lambda: drained(w.client), DEADLINE_S, "the backlog to be acknowledged")
-    assert early_claims, "no batch was read ahead: the test did not exercise early claims"
+    assert claimed_by in early_claims, "no batch was read ahead and claimed early there"
     assert len(outcomes_for(w.db, deposits[3]["id"])) == 1  # the copy got no second outcome
     assert [balances(w.db)[u] for u in users] == [905, 900, 900, 900]
     assert all(ledger_rows(w.db, b["id"]) == 0 for b in (replay_deposit, replay_bet))

@@ -47,10 +47,21 @@ def test_early_claims_are_used_and_replays_still_refused() -> None:
     stream = FakeStream()
     batch = [cand("a", "n1"), cand("b", "n1"), cand("c", "n2")]
     early: Future = Future()
-    early.set_result(dict(zip([("cashier", x.intent.nonce, x.id) for x in batch],  # type: ignore
+    early.set_result(dict(zip([x.entry_id for x in batch],
                               stream.claim_nonces([("cashier", x.intent.nonce, x.id)  # type: ignore
                                                    for x in batch]))))
     assert reasons(pipeline(stream)._check_nonces(batch, early)) == [None, "replay", None]
+    assert stream.calls == 1  # nothing claimed twice
+
+
+def test_claims_the_admission_child_made_are_used_and_replays_still_refused() -> None:
+    """The child hands its claims over done, by entry id (workers/admission.py)."""
+    stream = FakeStream()
+    batch = [cand("a", "n1"), cand("b", "n1"), cand("c", "n2")]
+    done = dict(zip([x.entry_id for x in batch],
+                    stream.claim_nonces([("cashier", x.intent.nonce, x.id)  # type: ignore
+                                         for x in batch])))
+    assert reasons(pipeline(stream)._check_nonces(batch, done)) == [None, "replay", None]
     assert stream.calls == 1  # nothing claimed twice
 
 
@@ -68,6 +79,6 @@ def test_a_candidate_missing_from_the_early_claims_is_claimed() -> None:
     stream = FakeStream()
     stream.records[("cashier", "n9")] = "other"
     early: Future = Future()
-    early.set_result({("cashier", "n1", "a"): None})
+    early.set_result({"1-a": None})
     out = pipeline(stream)._check_nonces([cand("a", "n1"), cand("z", "n9")], early)
     assert reasons(out) == [None, "replay"]
