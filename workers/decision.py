@@ -9,8 +9,10 @@ exhaustively with hypothesis, apart from Redis and SQLite.
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Final
+
+import msgspec
 
 from producer.contract import (
     BetIntent,
@@ -37,8 +39,14 @@ REASONS: Final = (
 )
 
 
-@dataclass(slots=True)  # never mutated; not frozen: frozen __init__ is ~10x slower
-class Candidate:
+# Records made for every intent (Candidate, Decision, BetState, and batch.OutcomeRow) are
+# msgspec Structs with gc=False: built in C (~85 ns against ~270 for a slots dataclass's
+# generated __init__, four per bet on the writer's busiest thread), and never tracked by
+# the cyclic GC. That is safe because they hold only text, numbers, tuples, intents and
+# other such records: none can be part of a reference cycle.
+
+
+class Candidate(msgspec.Struct, gc=False):  # never mutated
     """An authenticated intent in stream order, with any reason found before deciding."""
 
     entry_id: str
@@ -60,11 +68,10 @@ class Candidate:
 
     def rejected_early(self, reason: str, detail: str | None = None) -> Candidate:
         """The same candidate, to be rejected with ``reason`` without touching the book."""
-        return replace(self, pre_reason=reason, detail=detail)
+        return msgspec.structs.replace(self, pre_reason=reason, detail=detail)
 
 
-@dataclass(slots=True)
-class BetState:
+class BetState(msgspec.Struct, gc=False):
     id: str
     user_id: int
     stake: int
@@ -73,8 +80,7 @@ class BetState:
     seq: int | None = None  # seq of the outcome that placed it (None until committed)
 
 
-@dataclass(slots=True)  # never mutated; not frozen: frozen __init__ is ~10x slower
-class Decision:
+class Decision(msgspec.Struct, gc=False):  # never mutated
     candidate: Candidate
     status: str
     reason: str | None

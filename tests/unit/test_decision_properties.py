@@ -10,7 +10,6 @@ same entries changes nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
 from collections import Counter, defaultdict
@@ -19,6 +18,7 @@ from fractions import Fraction
 from math import floor
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -142,10 +142,10 @@ def build(ops: list[tuple]) -> list[Candidate]:
                 continue
             orig = originals[op[1] % len(originals)]
             if op[0] == "resend":
-                cands.append(dataclasses.replace(orig, entry_id=entry, ingress_ms=ingress))
+                cands.append(msgspec.structs.replace(orig, entry_id=entry, ingress_ms=ingress))
             else:
                 sha = hashlib.sha256(b"another body" + entry.encode()).digest()
-                cands.append(dataclasses.replace(orig, entry_id=entry, ingress_ms=ingress,
+                cands.append(msgspec.structs.replace(orig, entry_id=entry, ingress_ms=ingress,
                                                  body_sha=sha))
             continue
         pre = None
@@ -225,7 +225,7 @@ class Ledger:
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
         settles = {c.intent.bet_id for c in fresh if isinstance(c.intent, SettleIntent)}
         book = Book({a: self.balances[a] for a in wanted if a in self.balances},
-                    {b: dataclasses.replace(self.bets[b]) for b in settles if b in self.bets})
+                    {b: msgspec.structs.replace(self.bets[b]) for b in settles if b in self.bets})
         decisions = decide_batch(fresh, book)
         if not decisions:
             return []
@@ -464,7 +464,7 @@ def test_replaying_the_same_sequence_twice_changes_nothing(ops: list[tuple], cut
     ledger = Ledger()
     ledger.run(cands, cuts)
     outcomes = dict(ledger.by_entry)
-    balances, bets = dict(ledger.balances), {k: dataclasses.replace(v)
+    balances, bets = dict(ledger.balances), {k: msgspec.structs.replace(v)
                                              for k, v in ledger.bets.items()}
     heads, decided = ledger.heads, len(ledger.decisions)
     assert len(outcomes) == decided  # exactly one outcome per first-time entry
@@ -485,7 +485,7 @@ def test_replaying_the_same_sequence_twice_changes_nothing(ops: list[tuple], cut
             assert rep.outcome is not None and rep.outcome == first and rep.duplicate
 
     # 2. every intent re-sent under a new entry id: duplicates of the first outcome
-    resent = [dataclasses.replace(c, entry_id=f"{9000 + i}-0", ingress_ms=9000 + i)
+    resent = [msgspec.structs.replace(c, entry_id=f"{9000 + i}-0", ingress_ms=9000 + i)
               for i, c in enumerate(cands)]
     ledger.repeats = []
     ledger.run(resent, cuts2)
