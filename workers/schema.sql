@@ -100,13 +100,14 @@ CREATE TABLE IF NOT EXISTS outcomes (
 CREATE UNIQUE INDEX IF NOT EXISTS outcomes_by_id ON outcomes(id)
     WHERE reason IS NULL OR reason != 'id_conflict';
 
--- Each account's ledger entries, for statements: (user_id, entry_id) of every live row with
--- 0 < entry_id <= meta 'user_entries_through' (rows above it may be listed too, by a round
--- in progress). The writer's lister adds them beside the writer, many batches at a time,
--- sorted, in short transactions of a slice of accounts each (workers/listing.py), so each
--- page of this table is written once per round; a statement reads the listing up to the
--- mark and the ledger's tail past it. Carried-forward rows (entry_id < 0) are found by
--- their fixed ids. Derived data: the audit checks it against the ledger.
+-- Each user's ledger entries, for statements: (user_id, entry_id) of every live row of a
+-- user account (id >= 1) with 0 < entry_id <= meta 'user_entries_through' (rows above it
+-- may be listed too, by a round in progress). The writer's lister adds them beside the
+-- writer, many batches at a time, sorted, in short transactions of a slice of rows each
+-- (workers/listing.py), so each page of this table is written once per round; a statement
+-- reads the listing up to the mark and the ledger's tail past it. Carried-forward rows
+-- (entry_id < 0) are found by their fixed ids; a system account's rows (id <= 0, the other
+-- side of about every posting) by a scan. Derived data: the audit checks it.
 CREATE TABLE IF NOT EXISTS user_entries (
     user_id  INTEGER NOT NULL,
     entry_id INTEGER NOT NULL,
