@@ -115,9 +115,9 @@ def with_claims(reply: Reply, claim: Callable[[list[Claim]], list[str | None]], 
     deciding (workers/pipeline.py). Moved here from the writer, where packing the claims
     held its GIL ~5 % of the time. Claims are keyed by intent id, so claiming for an
     intent that turns out to be a repeat, or again after a crash, changes nothing."""
-    picked = [n for n, (_, at, _, _, intent) in enumerate(reply.fast)
-              if freshness_reason(intent, at, now, age_max_ms, skew_max_ms) is None]
     fast = reply.fast
+    picked = [n for n, (_, at, _, _, intent) in enumerate(fast)
+              if freshness_reason(intent, at, now, age_max_ms, skew_max_ms) is None]
     holders = claim([(fast[n][3], fast[n][4].nonce, fast[n][4].id) for n in picked]
                     ) if picked else []
     return msgspec.structs.replace(reply, claimed=picked, holders=holders)

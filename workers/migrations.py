@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
+from workers.listing import LISTED_ACCOUNT_MIN
+
 # version -> SQL that lifts a file from that version to the next one. The new tables and
 # indexes themselves come from schema.sql (CREATE ... IF NOT EXISTS) before this runs.
 STEPS: Final[dict[int, tuple[str, ...]]] = {
@@ -24,9 +26,9 @@ STEPS: Final[dict[int, tuple[str, ...]]] = {
         "UPDATE meta SET value = 4 WHERE key = 'schema_version'",
     ),
     4: (  # 5: statements read user_entries, kept in bulk; the per-posting index goes
-        # Users' rows (LISTED_ACCOUNT_MIN): system accounts are found by a scan.
+        # Users' rows only: system accounts are found by a scan (workers/listing.py).
         "INSERT OR IGNORE INTO user_entries(user_id, entry_id) SELECT user_id, entry_id "
-        "FROM transaction_ledger WHERE entry_id > 0 AND user_id >= 1 "
+        f"FROM transaction_ledger WHERE entry_id > 0 AND user_id >= {LISTED_ACCOUNT_MIN} "
         "ORDER BY user_id, entry_id",
         # Only real rows: carried-forward ones (entry_id < 0) are found by their fixed ids.
         "UPDATE meta SET value = (SELECT COALESCE(MAX(entry_id), 0) FROM transaction_ledger "
