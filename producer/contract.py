@@ -8,7 +8,6 @@ sent. The writer validates again with the same models, so both ends share one de
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import unicodedata
@@ -19,7 +18,9 @@ from typing import Annotated, Any, Final, Literal, Union
 import msgspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from producer.entropy import BLOCK_BYTES, RandomBlocks
 from producer.errors import ContractError
+from workers.invariants import require
 
 KINDS: Final = ("bet", "deposit", "withdrawal", "settle")
 OUTCOMES_SETTLE: Final = ("won", "lost", "void")
@@ -218,6 +219,9 @@ def intent_body(intent: Intent) -> bytes:
 NONCE_RANDOM_BYTES: Final = 16
 UUID7_TIME_BYTES: Final = 6  # 48-bit Unix ms, then version, random and variant bits
 UUID7_RAND_BYTES: Final = 10  # 80 random bits, of which the version and variant take 6
+require(NONCE_RANDOM_BYTES <= BLOCK_BYTES and UUID7_RAND_BYTES <= BLOCK_BYTES,
+        "one random block must hold a nonce's and an id's random bytes")
+_RANDOM: Final = RandomBlocks()  # one per process: it re-draws in a forked child
 
 
 def new_intent_id() -> str:
@@ -230,7 +234,7 @@ def new_intent_id() -> str:
     Built as bytes and hexed once: a producer makes one per intent.
     """
     raw = bytearray((time.time_ns() // 1_000_000).to_bytes(UUID7_TIME_BYTES, "big")
-                    + os.urandom(UUID7_RAND_BYTES))
+                    + _RANDOM.take()[:UUID7_RAND_BYTES])
     raw[6] = 0x70 | (raw[6] & 0x0F)  # version 7
     raw[8] = 0x80 | (raw[8] & 0x3F)  # variant 0b10
     h = raw.hex()
@@ -239,8 +243,8 @@ def new_intent_id() -> str:
 
 def new_nonce() -> str:
     """32 hex characters from the OS CSPRNG: unique per key with overwhelming probability.
-    (What ``secrets.token_hex(16)`` gives, without its two Python frames per intent.)"""
-    return os.urandom(NONCE_RANDOM_BYTES).hex()
+    (What ``secrets.token_hex(16)`` gives, drawn a block at a time: producer/entropy.py.)"""
+    return _RANDOM.take().hex()
 
 
 def now_ms() -> int:
