@@ -357,7 +357,7 @@ class Store:
         """``balance += delta`` for each (account, delta, _); returns the rows updated."""
         return self._conn.execute(
             "UPDATE users SET balance = balance + d.column2 FROM (VALUES "
-            f"{_values(len(chunk), 2, 0)}) AS d WHERE users.id = d.column1",
+            f"{_values(len(chunk), 2)}) AS d WHERE users.id = d.column1",
             [v for acc, delta, _ in chunk for v in (acc, delta)]).rowcount
 
     def _insert_outcomes(self, batch: BatchWrite) -> None:
@@ -377,13 +377,13 @@ class Store:
         row by row).
 
         ``consts`` fill the table's last columns in every row: bound once per statement
-        as ``?1..?k`` instead of once per row (binding holds the GIL; ~1/3 of a commit)."""
+        instead of once per row (binding holds the GIL; ~1/3 of a commit)."""
         if not rows:
             return
         width, fixed = len(rows[0]), len(consts)
         for chunk in _chunks(rows, _pow2_floor((self._vars_max - fixed) // width,
                                                ROWS_PER_INSERT_MAX)):
-            self._conn.execute(f"INSERT INTO {table} VALUES {_values(len(chunk), width, fixed)}",
+            self._conn.execute(f"INSERT INTO {table} {_rows_sql(len(chunk), width, fixed)}",
                                [*consts, *chain.from_iterable(chunk)])
 
     def _rollback(self) -> None:
@@ -395,11 +395,25 @@ class Store:
 
 
 @lru_cache(maxsize=64)  # the shapes a batch uses recur every batch; a rare one is evicted
-def _values(rows: int, width: int, fixed: int) -> str:
-    """``(?k+1,..,?k+w,?1,..,?k),(..)``: each row's own parameters, then the constants."""
-    tail = "".join(f",?{i}" for i in range(1, fixed + 1))
-    return ",".join("(" + ",".join(f"?{fixed + 1 + r * width + i}" for i in range(width))
-                    + tail + ")" for r in range(rows))
+def _rows_sql(rows: int, width: int, fixed: int) -> str:
+    """What follows ``INSERT INTO t(cols)``: ``rows`` rows of ``width`` parameters, each
+    followed by the same ``fixed`` constants, bound first (``[*consts, *row values]``).
+
+    Only anonymous ``?`` placeholders: SQLite numbers them in the order they appear, so
+    the constants' come first in the SELECT list. Numbered ones (``?1``, as until round
+    12) cost a linear search per placeholder where SQLite maps numbers to names. Python
+    3.11 never asks, but from 3.12 on its sqlite3 module asks for every parameter it
+    binds: an insert of 512 rows bound ~50x slower than this one there."""
+    if not fixed:
+        return "VALUES " + _values(rows, width)
+    columns = ",".join(f"column{i}" for i in range(1, width + 1))
+    return f"SELECT {columns},{_marks(range(fixed))} FROM (VALUES {_values(rows, width)})"
+
+
+@lru_cache(maxsize=64)
+def _values(rows: int, width: int) -> str:
+    """``(?,..,?),(..)``: ``rows`` rows of ``width`` anonymous parameters."""
+    return ",".join(["(" + _marks(range(width)) + ")"] * rows)
 
 
 def _pow2_floor(n: int, cap: int) -> int:

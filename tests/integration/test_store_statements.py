@@ -9,6 +9,7 @@ batches of every size share a few texts per statement, all within the cache.
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -65,8 +66,11 @@ def _batch(n: int, size: int, placed: list[str]) -> list[Candidate]:
     return cands
 
 
-def test_batches_of_every_size_compile_a_bounded_set_of_statements(tmp_path: Path) -> None:
-    store = Store(tmp_path / "ledger.sqlite3", 1000, checkpoint_interval_ms=0)
+@pytest.fixture(scope="module")
+def statement_texts(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Every statement text the store ran for batches of 64 sizes, as the writer runs it."""
+    store = Store(tmp_path_factory.mktemp("store") / "ledger.sqlite3", 1000,
+                  checkpoint_interval_ms=0)
     recording = Recording(store._conn)
     store._conn = recording
     try:
@@ -82,12 +86,27 @@ def test_batches_of_every_size_compile_a_bounded_set_of_statements(tmp_path: Pat
             n += size
     finally:
         store.close()
-    texts = len(recording.texts)
+    return recording.texts
+
+
+def test_batches_of_every_size_compile_a_bounded_set_of_statements(
+        statement_texts: set[str]) -> None:
+    texts = len(statement_texts)
     # At most 10 lengths (512 down to 1) for each of the 10 statements whose length varies
     # (4 inserts, the balance update, 5 reads), plus the fixed ones. Slicing by 900 ids and
     # 450 accounts instead, deposits alone made 411 texts here.
     assert texts <= 10 * 10 + 10, f"{texts} distinct statements for {len(SIZES)} batch sizes"
     assert texts < STATEMENTS_CACHED_MAX
+
+
+def test_statements_bind_only_anonymous_parameters(statement_texts: set[str]) -> None:
+    """``?1`` or ``:name`` cost SQLite a linear search per placeholder whenever it maps a
+    parameter's number to its name, and from Python 3.12 on sqlite3 does that for every
+    parameter it binds: a 512-row insert with numbered placeholders bound ~50x slower
+    there (docs/performance.md, round 12)."""
+    named = re.compile(r"\?\d|[:@$][A-Za-z_]")
+    offending = sorted(text[:120] for text in statement_texts if named.search(text))
+    assert not offending, offending
 
 
 @given(st.lists(st.integers(), max_size=300), st.sampled_from([1, 2, 8, 64, 256]))
