@@ -403,7 +403,7 @@ def _rows_sql(rows: int, width: int, fixed: int) -> str:
     the constants' come first in the SELECT list. Numbered ones (``?1``, as until round
     12) cost a linear search per placeholder where SQLite maps numbers to names. Python
     3.11 never asks, but from 3.12 on its sqlite3 module asks for every parameter it
-    binds: an insert of 512 rows bound ~50x slower than this one there."""
+    binds: an insert of 512 rows bound ~80x slower than this one there."""
     if not fixed:
         return "VALUES " + _values(rows, width)
     columns = ",".join(f"column{i}" for i in range(1, width + 1))

@@ -102,7 +102,7 @@ def test_batches_of_every_size_compile_a_bounded_set_of_statements(
 def test_statements_bind_only_anonymous_parameters(statement_texts: set[str]) -> None:
     """``?1`` or ``:name`` cost SQLite a linear search per placeholder whenever it maps a
     parameter's number to its name, and from Python 3.12 on sqlite3 does that for every
-    parameter it binds: a 512-row insert with numbered placeholders bound ~50x slower
+    parameter it binds: a 512-row insert with numbered placeholders bound ~80x slower
     there (docs/performance.md, round 12)."""
     named = re.compile(r"\?\d|[:@$][A-Za-z_]")
     offending = sorted(text[:120] for text in statement_texts if named.search(text))
