@@ -7,7 +7,7 @@ at once (docs/performance.md, round 12). The bytes are the same CSPRNG's.
 
 Two ways a pool could hand out the same bytes twice, and so a duplicate id (a distinct
 bet answered ``duplicate``) or nonce (answered ``replay``), are closed:
-- a forked child must not reuse its parent's unspent bytes: the pools are dropped in
+- a forked child must not reuse its parent's unspent bytes: the pool is dropped in
   the child (``os.register_at_fork``);
 - two threads, or a signal handler interrupting a draw, must not take the same block:
   taking one is a single ``next()`` on a C iterator, which neither another thread nor
