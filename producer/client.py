@@ -146,13 +146,34 @@ def pack_xadd(stream: str, fields: Mapping[str, str | bytes]) -> bytes:
     """``XADD stream * field value ...`` in the Redis protocol: what hiredis.pack_command
     gives (tests/unit/test_signing.py), in half the time. hiredis formats each argument's
     header with sprintf; here one bytes ``%`` per field formats both of its arguments,
-    and a producer packs one XADD per intent."""
+    and a producer packs one XADD per intent.
+
+    An entry as ``entry_fields`` makes it (the contract's four fields in its order, the
+    body bytes, the rest text) is packed in one ``%`` after a head cached per stream,
+    version and kid: ~1 µs where the loop over its fields took ~3 (round 12)."""
+    if tuple(fields) == _ENTRY_ORDER:
+        version, kid, body, sig = fields.values()
+        if type(version) is str and type(kid) is str and type(body) is bytes and type(sig) is str:
+            raw_sig = sig.encode()
+            return _entry_head(stream, version, kid) + b"$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+                len(body), body, _SIG_NAME, len(raw_sig), raw_sig)
     parts = [_xadd_head(stream, len(fields))]
     for key, value in fields.items():
         k = key.encode() if type(key) is str else key
         v = value.encode() if type(value) is str else value
         parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
     return b"".join(parts)
+
+
+_ENTRY_ORDER: Final = (c.FIELD_VERSION, c.FIELD_KID, c.FIELD_BODY, c.FIELD_SIG)
+
+
+@lru_cache(maxsize=64)  # a producer signs with a key per kind: a handful of heads
+def _entry_head(stream: str, version: str, kid: str) -> bytes:
+    """An entry's XADD up to its body's value: head, version, kid, and the body's name."""
+    return (_xadd_head(stream, len(_ENTRY_ORDER))
+            + b"".join(_bulk(text.encode()) for text in (c.FIELD_VERSION, version, c.FIELD_KID,
+                                                          kid, c.FIELD_BODY)))
 
 
 @lru_cache(maxsize=16)
@@ -163,6 +184,9 @@ def _xadd_head(stream: str, fields: int) -> bytes:
 
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_SIG_NAME: Final = _bulk(c.FIELD_SIG.encode())
 
 
 def _text(value: bytes | str) -> str:

@@ -329,3 +329,14 @@ def test_the_producers_own_xadd_packing_equals_hiredis(
     (``%`` and non-ASCII text included)."""
     args = ("XADD", stream, "*", *[part for pair in fields.items() for part in pair])
     assert pack_xadd(stream, fields) == hiredis.pack_command(args)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1), st.text(), st.text(), st.binary(), st.text())
+def test_an_entry_packs_as_hiredis_would_on_its_short_path(
+        stream: str, version: str, kid: str, body: bytes, sig: str) -> None:
+    """An entry shaped as ``entry_fields`` makes it takes its own packing path (one ``%``
+    after a cached head): the same bytes as hiredis too, non-ASCII text included."""
+    fields = {"v": version, "kid": kid, "body": body, "sig": sig}
+    args = ("XADD", stream, "*", *[part for pair in fields.items() for part in pair])
+    assert pack_xadd(stream, fields) == hiredis.pack_command(args)
