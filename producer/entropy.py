@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
-BLOCK_BYTES: Final = 16  # the most one value needs (a nonce); an id uses 10 of them
+BLOCK_BYTES: Final = 16  # the most one value needs (a nonce); an id uses 19 of its 32 hex digits
 BLOCKS_PER_DRAW: Final = 256  # 4 KiB per getrandom call: ~128 intents
 _BLOCK: Final = struct.Struct(f"{BLOCK_BYTES}s")
 
