@@ -88,18 +88,15 @@ def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tu
     if carried and user_id >= SYSTEM_ACCOUNT_MIN:
         sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE entry_id = ?",
                                     (carry_entry_id(user_id),)).fetchall())
-    if user_id < LISTED_ACCOUNT_MIN:  # a system account: not listed (workers/listing.py)
-        sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE "
-                                    "entry_id > 0 AND user_id = ? ORDER BY entry_id",
-                                    (user_id,)).fetchall())
-        return sources
     # Listed rows up to the mark, the ledger past it: a listing round half done may have
-    # listed rows above the mark, and they must not show twice (workers/listing.py).
-    listed = read_mark(conn)
-    sources.append(conn.execute(
-        f"SELECT {LISTED_COLS} FROM user_entries u JOIN transaction_ledger l "
-        "ON l.entry_id = u.entry_id WHERE u.user_id = ? AND u.entry_id > 0 "
-        "AND u.entry_id <= ? ORDER BY u.entry_id", (user_id, listed)).fetchall())
+    # listed rows above the mark, and they must not show twice (workers/listing.py). A
+    # system account is not listed: all of its rows are the ledger's.
+    listed = read_mark(conn) if user_id >= LISTED_ACCOUNT_MIN else 0
+    if listed > 0:
+        sources.append(conn.execute(
+            f"SELECT {LISTED_COLS} FROM user_entries u JOIN transaction_ledger l "
+            "ON l.entry_id = u.entry_id WHERE u.user_id = ? AND u.entry_id > 0 "
+            "AND u.entry_id <= ? ORDER BY u.entry_id", (user_id, listed)).fetchall())
     sources.append(conn.execute(
         f"SELECT {COLS} FROM transaction_ledger WHERE entry_id > ? AND user_id = ? "
         "ORDER BY entry_id", (listed, user_id)).fetchall())
