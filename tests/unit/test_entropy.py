@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -16,17 +17,22 @@ from producer.entropy import BLOCK_BYTES, RandomBlocks
 TAKES = 2_000
 
 
-def _in_child(write_fd: int, blocks: RandomBlocks) -> None:
-    try:
-        os.write(write_fd, b"".join(blocks.take() for _ in range(TAKES)))
-    finally:
-        os._exit(0)
-
-
-def _read_all(fd: int) -> bytes:
+def _from_child(make: Callable[[], bytes]) -> bytes:
+    """What ``make`` returns in a forked child of this process (its state as of now)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            os.write(write_fd, make())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
     chunks = []
-    while chunk := os.read(fd, 65536):
+    while chunk := os.read(read_fd, 65536):
         chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
     return b"".join(chunks)
 
 
@@ -40,16 +46,8 @@ def test_a_forked_child_never_reuses_its_parents_unspent_blocks() -> None:
     the child then takes and what the parent takes next must have nothing in common."""
     blocks = RandomBlocks(blocks_per_draw=TAKES * 2)
     first = blocks.take()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        _in_child(write_fd, blocks)
-    os.close(write_fd)
+    child = _split(_from_child(lambda: b"".join(blocks.take() for _ in range(TAKES))))
     parent = [blocks.take() for _ in range(TAKES)]
-    child = _split(_read_all(read_fd))
-    os.close(read_fd)
-    os.waitpid(pid, 0)
     assert len(child) == TAKES
     assert not set(child) & {first, *parent}
 
@@ -78,19 +76,9 @@ def test_threads_never_take_the_same_block() -> None:
 def test_ids_and_nonces_made_after_a_fork_differ_from_the_parents() -> None:
     """The producer's own pool (one per process) re-draws in a child too."""
     new_nonce(), new_intent_id()  # the parent's pool now holds unspent blocks
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_fd)
-            os.write(write_fd, "\n".join(new_nonce() for _ in range(100)).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
+    theirs = set(_from_child(
+        lambda: "\n".join(new_nonce() for _ in range(100)).encode()).decode().split("\n"))
     mine = {new_nonce() for _ in range(100)}
-    theirs = set(_read_all(read_fd).decode().split("\n"))
-    os.close(read_fd)
-    os.waitpid(pid, 0)
     assert len(theirs) == 100 and not mine & theirs
 
 
