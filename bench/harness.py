@@ -19,6 +19,8 @@ from typing import Final, Iterator
 
 import redis
 
+from workers.devrun import REDIS_SERVER_TUNING
+
 ROOT = Path(__file__).resolve().parents[1]
 KEYRING = {
     "frontend": {"secret": "bench-frontend-secret-0001", "kinds": ["bet"]},
@@ -105,7 +107,7 @@ def private_env(keep: bool = False) -> Iterator[Env]:
     server = subprocess.Popen(
         ["redis-server", "--port", str(env.port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp), "--unixsocket", str(env.socket_path),
-         "--unixsocketperm", "700"], stdout=subprocess.DEVNULL,
+         "--unixsocketperm", "700", *REDIS_SERVER_TUNING], stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
         wait(lambda: _pings(env), 10, "redis-server")

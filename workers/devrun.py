@@ -38,6 +38,11 @@ STOP_TIMEOUT_S: Final = 15.0
 DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
                     "settlement": ["settle"]}
 PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
+# Every intent leaves a nonce key that expires after nonce_ttl_s. At Redis's default effort
+# (1) expiry fell behind at 30,000 intents/s: 4.2M keys instead of ~2.7M, and the keyspace
+# doubled again, slowing every SET for ~25 s (docs/performance.md, round 13). Also in
+# compose.yaml and the benchmark's Redis.
+REDIS_SERVER_TUNING: Final = ("--active-expire-effort", "10")
 
 
 def ensure_keyring(path: Path, console: Console) -> None:
@@ -65,7 +70,7 @@ def ensure_redis(url: str, console: Console) -> subprocess.Popen | None:
     proc = subprocess.Popen(
         ["redis-server", "--port", str(parsed.port or 6379), "--bind", "127.0.0.1",
          "--dir", str(rdir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
-         "--logfile", str((rdir / "redis.log").resolve())],
+         "--logfile", str((rdir / "redis.log").resolve()), *REDIS_SERVER_TUNING],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait(lambda: _pings(url), START_TIMEOUT_S, "the private redis-server to answer")
     console.print(f"started a private redis-server at [bold]{url}[/] (data in {rdir})")
