@@ -12,10 +12,12 @@ import httpx
 import pytest
 import redis
 import yaml
+from rich.console import Console
 
 from producer.contract import new_deposit
 from tests.conftest import BETSTREAM, ROOT, free_port, wait_for
 from tests.support import confirmations, drained, outcome_of
+from workers.devrun import REDIS_SERVER_TUNING, ensure_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +68,22 @@ def test_procfile_runs_writer_confirmer_and_gateway_under_honcho(
         honcho.wait(30)
 
 
+def test_private_redis_expires_nonce_keys_at_high_effort(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """At Redis's default expiry effort, nonce keys outlived their TTL at 30,000 intents/s
+    and the keyspace's next doubling slowed every claim for ~25 s (docs/performance.md)."""
+    monkeypatch.chdir(tmp_path)  # the private Redis keeps its files under ./var
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = ensure_redis(url, Console(quiet=True))
+    assert proc is not None, "nothing answered there: it started one"
+    try:
+        effort = redis.Redis.from_url(url).config_get("active-expire-effort")
+        assert effort == {"active-expire-effort": "10"}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def _status(url: str) -> int:
     try:
         return httpx.get(url, timeout=2).status_code
@@ -78,6 +96,7 @@ def test_compose_runs_redis_with_aof_everysec_and_the_writer() -> None:
     services = compose["services"]
     redis_cmd = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_cmd and "--appendfsync everysec" in redis_cmd
+    assert " ".join(REDIS_SERVER_TUNING) in redis_cmd, "nonce keys expire as fast as they come"
     for name in ("writer", "confirmer", "gateway"):
         assert services[name]["command"][0] == name
         assert services[name]["environment"]["BETSTREAM_REDIS_URL"] == "redis://redis:6379/0"
