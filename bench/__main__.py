@@ -120,16 +120,18 @@ def _sustained_table(r: dict[str, Any]) -> Table:
     t = Table(title=f"sustained: {r['producers']} producers streaming on the same machine "
                     f"for {r['seconds']:g} s (lag from ingress to commit, ms)")
     for col in ("offered/s", "committed/s", "lag p50", "p99", "max", "stale", "shed",
-                "kept up", "busy"):
+                "kept up", "busy", "audit"):
         t.add_column(col, justify="right")
     t.add_row(f"{r['offered_per_s']:,}", f"{r['committed_per_s']:,}", str(r["lag_p50_ms"]),
               str(r["lag_p99_ms"]), str(r["lag_max_ms"]), str(r["stale"]),
               str(r.get("shed", "-")),
-              "yes" if r["kept_up"] else "no", f"{r['cores_busy']:.0%}")
+              "yes" if r["kept_up"] else "no", f"{r['cores_busy']:.0%}",
+              "clean" if r.get("audit_clean") else "FAILED")
     t.caption = (f"rates and lag p50, p99 over the middle "
                  f"{1 - 2 * sustained.STEADY_TRIM_FRACTION:.0%} of the run, max over all; "
                  "shed: intents the circuit breaker refused (sent again later); "
                  "busy: the machine's cores, producers' start to last commit; "
+                 "audit: `betstream audit` on the run's ledger afterwards; "
                  "CPU µs per intent: producers "
                  f"{r['producers_cpu_us']}, writer {r['writer_cpu_us']}, its child "
                  f"{r['child_cpu_us']}, Redis {r['redis_cpu_us']}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any, Final
@@ -43,7 +44,18 @@ def measure(env: Env, rate: float, seconds: float, producers: int = PRODUCERS_DE
     after = _cpu_s(writer.pid, redis_pid), cpu_times()
     summary = summarise(env.query("SELECT entry_id, committed_at, reason FROM outcomes"),
                         rate, seconds, producers, shed)
-    return {**summary, **_cpu_while_streaming(before, after, summary["intents"])}
+    return {**summary, **_cpu_while_streaming(before, after, summary["intents"]),
+            "audit_clean": audit_clean(env)}
+
+
+def audit_clean(env: Env) -> bool:
+    """``betstream audit`` on the run's ledger (exit 0 only if every invariant holds):
+    the rate was not bought with a broken one."""
+    try:
+        env.run("audit")
+    except subprocess.CalledProcessError:
+        return False
+    return True
 
 
 def _cpu_s(writer_pid: int, redis_pid: int) -> dict[str, float]:

@@ -37,6 +37,7 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
     assert streamed["producers"] == 2 and streamed["intents"] >= 2_000, \
         "two producers streamed while the writer committed"
     assert streamed["offered_per_s"] > 0 and streamed["committed_per_s"] > 0
+    assert streamed["audit_clean"] is True, "the streamed ledger passes betstream audit"
     assert "sustained: 2 producers streaming" in done.stdout
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
 
