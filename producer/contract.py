@@ -238,7 +238,7 @@ def new_intent_id() -> str:
     """
     ms = "%012x" % (time.time_ns() // 1_000_000)
     r = _RANDOM.take().hex()
-    return f"{ms[:8]}-{ms[8:]}-7{r[:3]}-{_UUID7_VARIANT[r[3]]}{r[4:7]}-{r[7:19]}"
+    return f"{ms[:8]}-{ms[8:]}-7{r[:3]}-{_UUID7_VARIANT[r[3]]}{r[4:7]}-{r[7:UUID7_RAND_HEX]}"
 
 
 def new_nonce() -> str:
