@@ -126,7 +126,7 @@ def _sustained_table(r: dict[str, Any]) -> Table:
               str(r["lag_p99_ms"]), str(r["lag_max_ms"]), str(r["stale"]),
               str(r.get("shed", "-")),
               "yes" if r["kept_up"] else "no", f"{r['cores_busy']:.0%}",
-              "clean" if r.get("audit_clean") else "FAILED")
+              "clean" if r["audit_clean"] else "FAILED")
     t.caption = (f"rates and lag p50, p99 over the middle "
                  f"{1 - 2 * sustained.STEADY_TRIM_FRACTION:.0%} of the run, max over all; "
                  "shed: intents the circuit breaker refused (sent again later); "

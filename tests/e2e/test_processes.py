@@ -77,8 +77,8 @@ def test_private_redis_expires_nonce_keys_at_high_effort(tmp_path: Path,
     proc = ensure_redis(url, Console(quiet=True))
     assert proc is not None, "nothing answered there: it started one"
     try:
-        effort = redis.Redis.from_url(url).config_get("active-expire-effort")
-        assert effort == {"active-expire-effort": "10"}
+        with redis.Redis.from_url(url) as client:
+            assert client.config_get("active-expire-effort") == {"active-expire-effort": "10"}
     finally:
         proc.terminate()
         proc.wait(30)
