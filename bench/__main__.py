@@ -2,7 +2,7 @@
 
 Prints one table, writes ``bench/results/<date>.json`` and a PNG chart (throughput bars and
 latency CDFs). Absolute numbers on shared machines are noisy: read the ratios, which are
-measured in the same run. ``--smoke`` runs tiny sizes so ``make test`` keeps it working.
+measured in the same run. ``--smoke`` runs tiny sizes so ``make bench-smoke`` keeps it working.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (for make test)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (for make bench-smoke)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     console = Console(soft_wrap=True)

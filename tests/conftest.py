@@ -19,6 +19,10 @@ import redis
 
 from producer.client import Producer
 from producer.signing import Keyring
+from tests.torture.report import (  # noqa: F401  (hooks: the torture report, here so that
+    pytest_runtest_logreport,  # the process that writes it, xdist's controller too, has them)
+    pytest_terminal_summary,
+)
 from workers.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +53,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+REDIS_START_S = 10.0
+REDIS_PORT_ATTEMPTS_MAX = 5
+
+
+class RedisStartError(RuntimeError):
+    """The private redis-server did not come up."""
+
+
 @dataclass
 class RedisServer:
     """A real redis-server we own: tests may restart it, turn on AOF, or SIGKILL it."""
@@ -70,7 +82,29 @@ class RedisServer:
                "--logfile", str(self.dir / "redis.log"), *self.extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
-        wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
+        try:
+            wait_for(lambda: _pings(client) or self.proc.poll() is not None, REDIS_START_S,
+                     f"redis-server on port {self.port}")
+        finally:
+            client.close()
+        if self.proc.poll() is not None:
+            raise RedisStartError(f"redis-server exited on port {self.port}: "
+                                  f"{self._log_tail()}")
+
+    def start_on_a_free_port(self) -> None:
+        """Start on a port nobody holds: another session (an xdist worker, a second
+        checkout) may take the one ``free_port`` saw free before redis-server binds it."""
+        for _ in range(REDIS_PORT_ATTEMPTS_MAX):
+            try:
+                self.start()
+                return
+            except RedisStartError:
+                self.port = free_port()
+        raise RedisStartError(f"no free port after {REDIS_PORT_ATTEMPTS_MAX} attempts")
+
+    def _log_tail(self) -> str:
+        log = self.dir / "redis.log"
+        return log.read_text()[-500:] if log.exists() else "(no log)"
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -89,12 +123,21 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+def private_redis_server(directory: Path) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free port, killed when the generator closes."""
+    server = RedisServer(directory)
+    server.start_on_a_free_port()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.kill()
+    """The session's server (one per xdist worker). A module whose tests kill, restart or
+    reconfigure Redis overrides this fixture with :func:`private_redis_server` per test."""
+    yield from private_redis_server(tmp_path_factory.mktemp("redis"))
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import subprocess
 from collections import Counter
 
-import pytest
 import redis
 
 from producer.client import Producer
@@ -20,7 +19,6 @@ from producer.contract import new_deposit
 from tests.conftest import Procs, wait_for
 from tests.support import drained, log_events, query
 
-pytestmark = pytest.mark.e2e
 
 BACKLOG = 60_000  # deposits: several seconds of work, so every kill lands mid-drain
 USERS = 300

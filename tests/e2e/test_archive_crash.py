@@ -8,15 +8,12 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import redis
 
 from producer.client import Producer
 from tests.conftest import Procs, wait_for
-from tests.integration.test_archive import WRITER_ENV, history, old_enough, statements
+from tests.e2e.test_archive import WRITER_ENV, history, old_enough, statements
 from tests.support import drained, query
-
-pytestmark = pytest.mark.e2e
 
 
 def held(db: str, adir: Path, table: str, key: str) -> Counter:

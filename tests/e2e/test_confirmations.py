@@ -19,8 +19,6 @@ from tests.e2e.gateway_support import Collector, receive, start_pipeline
 from tests.support import drained, query
 from workers import tokens
 
-pytestmark = pytest.mark.e2e
-
 
 def test_each_subscriber_gets_its_own_confirmations_once(
         procs: Procs, producer: Producer) -> None:

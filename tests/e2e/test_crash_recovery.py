@@ -6,14 +6,12 @@ import random
 import signal
 import time
 
-import pytest
 import redis
 
 from tests.conftest import KEYRING, Procs, wait_for
 from tests.e2e.model import replay
 from tests.support import drained, query
 
-pytestmark = pytest.mark.e2e
 
 USERS = 40
 BETS_PER_PRODUCER = 9_960  # 2 x (40 deposits + 9,960 intents) = 20,000 intents

@@ -19,8 +19,6 @@ from tests.conftest import BETSTREAM, ROOT, free_port, wait_for
 from tests.support import confirmations, drained, outcome_of
 from workers.devrun import REDIS_SERVER_TUNING, ensure_redis
 
-pytestmark = pytest.mark.e2e
-
 
 def test_run_demo_starts_private_redis_and_prints_a_summary(tmp_path: Path,
                                                             env: dict[str, str]) -> None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 import redis
 
 from tests.conftest import Procs, wait_for
 from tests.support import drained, query
 
-pytestmark = pytest.mark.e2e
 
 INTENTS = 200_000
 PRODUCERS = 2

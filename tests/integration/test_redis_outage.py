@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from producer.contract import new_deposit
 from producer.journal import Journal, JournaledProducer, read_journal
 from producer.load import LoadPlan, run_load
 from producer.signing import Keyring
-from tests.conftest import Procs, wait_for
+from tests.conftest import Procs, RedisServer, private_redis_server, wait_for
 from tests.support import drained, query
 from workers.breaker import BreakerHook, BreakerStore
 from workers.breaker_core import BreakerLimits
@@ -28,6 +29,12 @@ from workers.hooks import Hook
 from workers.settings import Settings
 from workers.store import Store
 from workers.writer import Writer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """These tests kill and restart Redis: each has a server of its own."""
+    yield from private_redis_server(tmp_path / "redis")
 
 
 class Retries(Hook):
@@ -149,22 +156,18 @@ def test_backlog_counts_unread_entries_while_redis_forgot_the_lag(
     to read as 0, so health, drain checks and reconcile saw an empty backlog."""
     from workers.streams import backlog
 
-    try:
-        redis_server.restart("--appendonly", "yes", "--appendfsync", "always")
-        redis_client.flushall()
-        redis_client.xgroup_create("betstream:intents", "betstream:writers", id="0",
-                                   mkstream=True)
-        for n in range(10):
-            redis_client.xadd("betstream:intents", {"n": n})
-        redis_client.xreadgroup("betstream:writers", "w", {"betstream:intents": ">"}, count=4)
-        assert backlog(redis_client) == (4, 6)
-        redis_server.restart()  # SIGKILL, then the same AOF
-        group = redis_client.xinfo_groups("betstream:intents")[0]
-        assert group["lag"] is None, "Redis 7 forgets the lag on reload (the premise)"
-        assert backlog(redis_client) == (4, 6)
-    finally:
-        redis_server.extra = ()
-        redis_server.restart()
+    redis_server.restart("--appendonly", "yes", "--appendfsync", "always")
+    redis_client.flushall()
+    redis_client.xgroup_create("betstream:intents", "betstream:writers", id="0",
+                               mkstream=True)
+    for n in range(10):
+        redis_client.xadd("betstream:intents", {"n": n})
+    redis_client.xreadgroup("betstream:writers", "w", {"betstream:intents": ">"}, count=4)
+    assert backlog(redis_client) == (4, 6)
+    redis_server.restart()  # SIGKILL, then the same AOF
+    group = redis_client.xinfo_groups("betstream:intents")[0]
+    assert group["lag"] is None, "Redis 7 forgets the lag on reload (the premise)"
+    assert backlog(redis_client) == (4, 6)
 
 
 def test_backlog_ignores_a_lag_counter_stuck_after_reloads(

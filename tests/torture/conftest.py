@@ -9,39 +9,13 @@ the session writes ``<report dir>/torture-report.json`` and ``.md`` and prints t
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Final
+from dataclasses import asdict
 
 import pytest
 
-from tests.conftest import ROOT
-
-FULL: Final = os.environ.get("BETSTREAM_TORTURE", "short") == "full"
-REPORT_DIR: Final = Path(os.environ.get("BETSTREAM_TORTURE_REPORT_DIR", ROOT / "var"))
-_ROWS: list[Row] = []
-
-
-def scaled(short: int, full: int) -> int:
-    """The short size under ``make test``, the full size under ``make torture``."""
-    return full if FULL else short
-
-
-@dataclass
-class Row:
-    scenario: str
-    intents: int = 0
-    faults: str = ""
-    lost: int | None = None
-    doubled: int | None = None
-    audit: str = "not run"
-    duration_s: float = 0.0
-    passed: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+from tests.torture.report import ROW_PROPERTY, Row
 
 
 @pytest.fixture
@@ -62,7 +36,8 @@ def torture_report(request: pytest.FixtureRequest) -> Iterator[Callable[[str], R
     for row, started in rows:
         row.duration_s = round(time.monotonic() - started, 1)
         row.passed = bool(report and report.passed)
-        _ROWS.append(row)
+        # Carried on the teardown report, so that under xdist the controller gets it too.
+        request.node.user_properties.append((ROW_PROPERTY, asdict(row)))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -71,31 +46,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     rep = outcome.get_result()
     if rep.when == "call":
         item.rep_call = rep  # type: ignore[attr-defined]
-
-
-def _markdown(rows: list[Row]) -> str:
-    head = ("| scenario | intents | faults injected | lost | doubled | audit | duration s | "
-            "result |\n|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {r.scenario} | {r.intents:,} | {r.faults} | {_n(r.lost)} | {_n(r.doubled)} | "
-        f"{r.audit} | {r.duration_s} | {'pass' if r.passed else 'FAIL'} |\n" for r in rows)
-    size = "full (make torture)" if FULL else "short (make test)"
-    return f"# betstream torture report ({size})\n\n{head}{body}"
-
-
-def _n(value: int | None) -> str:
-    return "n/a" if value is None else str(value)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _ROWS:
-        return
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    rows = sorted(_ROWS, key=lambda r: r.scenario)
-    (REPORT_DIR / "torture-report.json").write_text(
-        json.dumps({"size": "full" if FULL else "short", "rows": [asdict(r) for r in rows]},
-                   indent=2) + "\n")
-    text = _markdown(rows)
-    (REPORT_DIR / "torture-report.md").write_text(text)
-    terminalreporter.write_sep("=", "torture report")
-    terminalreporter.write_line(text)

@@ -18,7 +18,7 @@ from producer import constants as c
 from tests.conftest import KEYRING, Procs, wait_for
 from tests.e2e.model import Model, replay
 from tests.support import query
-from tests.torture.conftest import Row
+from tests.torture.report import Row
 
 CONFLICT = "id_conflict"
 

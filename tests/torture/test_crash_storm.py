@@ -17,7 +17,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-import pytest
 import redis
 
 from producer import constants as c
@@ -26,10 +25,9 @@ from producer.contract import encode_body, new_nonce, now_ms
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import drained
-from tests.torture.conftest import scaled
+from tests.torture.report import scaled
 from tests.torture.exactly_once import verify
 
-pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = scaled(30, 200)
 DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable

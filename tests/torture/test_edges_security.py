@@ -39,7 +39,6 @@ from tests.support import deadletters, drained, query
 from workers import tokens
 from workers.intake import ingress_ms
 
-pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 NEW_KID = "cashier-2"
 NEW_SECRET = "cashier-rotated-secret-0002"

@@ -19,7 +19,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,7 +29,7 @@ from producer.errors import ContractError
 from producer.signing import sign
 from tests.conftest import Procs, wait_for
 from tests.support import deadletters, drained, query
-from tests.torture.conftest import scaled
+from tests.torture.report import scaled
 from tests.torture.hostile import (
     BUILDERS,
     FUNDED_USER,
@@ -45,7 +44,6 @@ from tests.torture.hostile import (
 from workers.decision import Candidate
 from workers.intake import DeadLetter, admit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 BIG_BODY_BYTES = 1 << 20  # a few 1 MiB bodies per round: read, refused, freed
 # After the first round, RSS may grow only as much as the ledger (SQLite's page cache holds

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sqlite3
 import subprocess
 import threading
@@ -34,14 +33,13 @@ from producer.client import Producer
 from producer.journal import Journal, JournaledProducer, read_journal
 from producer.load import LoadPlan, run_load
 from producer.signing import Keyring
-from tests.conftest import Procs, RedisServer, wait_for
+from tests.conftest import Procs, RedisServer, private_redis_server, wait_for
 from tests.support import confirmations, query
-from tests.torture.conftest import scaled
+from tests.torture.report import scaled
 from workers.breaker import BreakerStore
 from workers.breaker_core import BreakerLimits
 from workers.health import writer_health
 
-pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 RETRY_BACKOFF_MIN_MS, RETRY_BACKOFF_MAX_MS = 50, 1000
 WRITER_ENV = {"BETSTREAM_LEASE_MS": "2000", "BETSTREAM_BATCH_SIZE_MAX": "200",
@@ -58,9 +56,15 @@ DEPOSIT = 1_000_000_000  # per user: most bets are accepted, so each has an effe
 
 
 @pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """These tests kill and restart Redis: each has a server of its own."""
+    yield from private_redis_server(tmp_path / "redis")
+
+
+@pytest.fixture
 def aof_redis(redis_server: RedisServer,
-              redis_client: redis.Redis) -> Iterator[Callable[..., None]]:
-    """Restart the session's redis-server with AOF and the given fsync policy, fresh data."""
+              redis_client: redis.Redis) -> Callable[..., None]:
+    """Restart this test's redis-server with AOF and the given fsync policy, fresh data."""
 
     def start(fsync: str, *more: str) -> None:
         redis_server.restart("--appendonly", "yes", "--appendfsync", fsync, *more)
@@ -69,10 +73,7 @@ def aof_redis(redis_server: RedisServer,
         # The fixture starts with --appendonly no: the later arguments must win.
         assert (config["appendonly"], config["appendfsync"]) == ("yes", fsync), config
 
-    yield start
-    redis_server.extra = ()
-    redis_server.restart()  # back to the session's plain server for the tests after us
-    shutil.rmtree(redis_server.dir / "appendonlydir", ignore_errors=True)
+    return start
 
 
 def _s(value: bytes | str) -> str:

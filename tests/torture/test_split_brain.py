@@ -18,7 +18,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-import pytest
 import redis
 
 from producer import constants as c
@@ -27,10 +26,9 @@ from producer.contract import new_deposit
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import drained, log_events, outcome_of, query
-from tests.torture.conftest import scaled
+from tests.torture.report import scaled
 from tests.torture.exactly_once import verify
 
-pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = scaled(20, 100)
 DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable

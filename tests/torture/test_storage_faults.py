@@ -22,7 +22,7 @@ import redis
 from tests.conftest import Procs, wait_for
 from tests.integration.test_breaker_faults import BREAKER_ENV, STABILITY_S, state, write_lock
 from tests.support import query
-from tests.torture.conftest import Row, scaled
+from tests.torture.report import Row, scaled
 from tests.torture.storage_support import (
     Accounting,
     SyncFaults,
@@ -36,7 +36,6 @@ from tests.torture.storage_support import (
 from workers.breaker import BreakerStore
 from workers.breaker_core import BreakerLimits
 
-pytestmark = [pytest.mark.e2e, pytest.mark.torture]
 
 USERS = 30
 ROOMY_MB = 512  # tmpfs size once space is "freed": room for the WAL's high-water mark

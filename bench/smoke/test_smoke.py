@@ -1,4 +1,7 @@
-"""`make bench` in a tiny mode, so the benchmark never rots (its numbers are not asserted)."""
+"""The benchmarks in their tiny modes, so they never rot (their numbers are not asserted).
+
+`make bench-smoke` runs these after `make test` in CI: they measure rather than test, and
+would double the suite's time."""
 
 from __future__ import annotations
 
@@ -10,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
-pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ from tests.support import drained, outcome_of, query
 from workers.archive_audit import audit_with_archives
 from workers.statement import statement
 
-pytestmark = pytest.mark.e2e
 
 AGE_MAX_MS = 5000  # a short freshness window, so history is old enough to archive quickly
 WRITER_ENV = {"BETSTREAM_INTENT_AGE_MAX_MS": str(AGE_MAX_MS), "BETSTREAM_CLOCK_SKEW_MAX_MS": "0",
