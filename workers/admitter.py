@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -179,6 +180,10 @@ def main() -> int:
     """
     from workers.connections import redis_client
 
+    # A Ctrl-C or SIGTERM to the writer's process group reaches us too: the writer stops on
+    # it and then closes our pipe, which ends us here without a trace (we hold nothing).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     rfd, wfd = 0, os.dup(1)
     os.dup2(2, 1)
     parent = os.getppid()

@@ -25,7 +25,7 @@ import redis
 from rich.console import Console
 
 from producer.client import Producer
-from producer.load import LoadPlan
+from producer.load import LoadPlan, LoadResult
 from producer.signing import Keyring
 from workers.connections import redis_client
 from workers.loadcmd import push_with_progress
@@ -35,6 +35,8 @@ VAR: Final = Path("var")
 START_TIMEOUT_S: Final = 20.0
 DRAIN_TIMEOUT_S: Final = 600.0
 STOP_TIMEOUT_S: Final = 15.0
+CHILD_POLL_S: Final = 0.5
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
                     "settlement": ["settle"]}
 PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
@@ -71,7 +73,8 @@ def ensure_redis(url: str, console: Console) -> subprocess.Popen | None:
         ["redis-server", "--port", str(parsed.port or 6379), "--bind", "127.0.0.1",
          "--dir", str(rdir.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
          "--logfile", str((rdir / "redis.log").resolve()), *REDIS_SERVER_TUNING],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        process_group=0)  # stopped by us, after the processes that use it
     _wait(lambda: _pings(url), START_TIMEOUT_S, "the private redis-server to answer")
     console.print(f"started a private redis-server at [bold]{url}[/] (data in {rdir})")
     return proc
@@ -97,9 +100,12 @@ def start_processes(logdir: Path) -> dict[str, subprocess.Popen]:
     out = {}
     for args in PROCESSES:
         log = open(logdir / f"{args[0]}.log", "ab")
+        # Each in a process group of its own: a Ctrl-C (SIGINT to the terminal's group)
+        # reaches only us, and we stop the children in order, each exactly once.
         out[args[0]] = subprocess.Popen([sys.executable, "-m", "workers.cli", *args],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        env={**os.environ, "BETSTREAM_LOG_FORMAT": "json"})
+                                        env={**os.environ, "BETSTREAM_LOG_FORMAT": "json"},
+                                        process_group=0)
     return out
 
 
@@ -163,16 +169,21 @@ def wait_writer_leading(client: redis.Redis, children: dict[str, subprocess.Pope
         time.sleep(0.1)
 
 
-def print_summary(console: Console, db: Path, after_seq: int, seconds: float) -> None:
+def print_summary(console: Console, db: Path, after_seq: int, seconds: float,
+                  pushed: LoadResult) -> None:
     rows = summary(db, after_seq)
     total = sum(n for _, _, n in rows)
     accepted = sum(n for status, _, n in rows if status == "accepted")
-    console.print(f"\n[bold]demo done[/]: {total} outcomes in {seconds:.1f}s "
+    console.print(f"\n[bold]demo done[/]: {total:,} intents committed in {seconds:.1f}s "
                   f"([bold]{total / seconds:,.0f} intents/s[/] end to end, durable)")
-    console.print(f"  accepted  {accepted}")
+    if pushed.duplicates:
+        console.print(f"  the {pushed.sent:,} stream entries pushed are these {total:,} intents "
+                      f"and {pushed.duplicates:,} copies of them re-sent, as a client that "
+                      "retries would: a copy gets its intent's outcome back and moves no money")
+    console.print(f"  accepted  {accepted:>7,}")
     for status, reason, n in rows:
         if status == "rejected":
-            console.print(f"  rejected  {n:>6}  {reason}")
+            console.print(f"  rejected  {n:>7,}  {reason}")
     console.print(f"\nledger      {db.resolve()}  (check it: .venv/bin/betstream audit)")
     console.print(f"logs        {(VAR / 'log').resolve()}/{{writer,confirmer,gateway}}.log")
 
@@ -201,48 +212,72 @@ def _answers(url: str) -> bool:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when the demo ends or is stopped (Ctrl-C, SIGINT, SIGTERM); 1 when a process
+    died on its own (SystemExit says which and where its log is)."""
     console = Console(stderr=False, soft_wrap=True)  # never break a token across lines
-    redis_proc = ensure_redis(settings.redis_url, console)
-    ensure_keyring(settings.keyring, console)
-    children = start_processes(VAR / "log")
+    _interrupt_on_stop_signals()
+    redis_proc, children = None, {}
     try:
-        client = redis_client(settings.redis_url)
-        wait_writer_leading(client, children)
-        producer = Producer(client, Keyring.load(settings.keyring))
-        after = max_seq(settings.db)
-        plan = LoadPlan(users=args.users, bets=args.bets, rate=args.rate, deposit=1_000_000,
-                        stake_max=2_000, withdrawal_share=0.02, duplicate_share=0.01)
-        started = time.perf_counter()
-        result = push_with_progress(producer, plan, quiet=False)
-        wait_committed(client, result.sent, console, children)
-        print_summary(console, settings.db, after, time.perf_counter() - started)
-        print_gateway(console, settings)
-        if not args.exit_after_demo:
-            console.print("\nrunning; push more with [bold].venv/bin/betstream load[/]. "
-                          "Ctrl-C stops.")
-            _wait_for_interrupt(children)
+        redis_proc = ensure_redis(settings.redis_url, console)
+        ensure_keyring(settings.keyring, console)
+        children = start_processes(VAR / "log")
+        _demo(settings, args, console, children)
+    except KeyboardInterrupt:
+        console.print("\nstopping ...")
     finally:
-        stop_children(list(children.values()) + ([redis_proc] if redis_proc else []))
+        for sig in STOP_SIGNALS:  # a second Ctrl-C must not cut the orderly stop short
+            signal.signal(sig, signal.SIG_IGN)
+        stopped = stop_children(list(children.values()))
+        stopped = stop_children([redis_proc] if redis_proc else []) or stopped  # Redis last
+    if stopped:
+        console.print(f"stopped {', '.join(children)}" + (" and redis-server" if redis_proc
+                                                          else ""))
     return 0
 
 
+def _demo(settings: Settings, args: argparse.Namespace, console: Console,
+          children: dict[str, subprocess.Popen]) -> None:
+    client = redis_client(settings.redis_url)
+    wait_writer_leading(client, children)
+    producer = Producer(client, Keyring.load(settings.keyring))
+    after = max_seq(settings.db)
+    plan = LoadPlan(users=args.users, bets=args.bets, rate=args.rate, deposit=1_000_000,
+                    stake_max=2_000, withdrawal_share=0.02, duplicate_share=0.01)
+    started = time.perf_counter()
+    result = push_with_progress(producer, plan, quiet=False)
+    wait_committed(client, result.sent, console, children)
+    print_summary(console, settings.db, after, time.perf_counter() - started, result)
+    print_gateway(console, settings)
+    if not args.exit_after_demo:
+        console.print("\nrunning; push more with [bold].venv/bin/betstream load[/]. "
+                      "Ctrl-C stops.")
+        _wait_for_interrupt(children)
+
+
+def _interrupt_on_stop_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt here, even where SIGINT came ignored (a
+    script's background job): every way of stopping us then stops the children in order."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler)
+
+
 def _wait_for_interrupt(children: dict[str, subprocess.Popen]) -> None:
-    try:
-        while all(p.poll() is None for p in children.values()):
-            time.sleep(0.5)
-        dead = [n for n, p in children.items() if p.poll() is not None]
-        raise SystemExit(f"{', '.join(dead)} exited; see var/log/")
-    except KeyboardInterrupt:
-        print("\nstopping ...")
+    while all(p.poll() is None for p in children.values()):
+        time.sleep(CHILD_POLL_S)
+    dead = [n for n, p in children.items() if p.poll() is not None]
+    raise SystemExit(f"{', '.join(dead)} exited; see var/log/")
 
 
-def stop_children(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM (each finishes its batch and frees its lease), SIGKILL only past the timeout."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+def stop_children(procs: list[subprocess.Popen]) -> bool:
+    """SIGTERM (each finishes its batch and frees its lease), SIGKILL only past the timeout.
+    True if any was still running."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+    return bool(running)
