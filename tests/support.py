@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 
 from producer import constants as c
-from producer.contract import intent_body
+from producer.contract import intent_body, new_bet, new_deposit
 from workers.decision import Candidate
 from workers.streams import backlog
 
@@ -92,3 +92,10 @@ def writer_in_process(settings, keyring, name: str):  # -> tuple[Writer, Store]
     client = redis.Redis.from_url(settings.redis_url)
     store = Store(settings.db, settings.sqlite_busy_timeout_ms)
     return Writer(settings, client, store, keyring, Hook(), consumer=name), store
+
+
+def plain_intents(keyring, n: int) -> list:  # -> list[tuple[Key, bytes]]
+    """Valid deposits and bets, each taking the fast path (the usual batch)."""
+    cashier, frontend = keyring.get("cashier"), keyring.get("frontend")
+    return [(cashier, intent_body(new_deposit(7 + i, 100))) if i % 2 == 0 else
+            (frontend, intent_body(new_bet(7 + i, 10, "m1", "home", "1.90"))) for i in range(n)]

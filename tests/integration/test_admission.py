@@ -23,12 +23,12 @@ from producer.client import entry_fields
 from producer.contract import encode_body, intent_body, new_bet, new_deposit, new_nonce
 from producer.errors import LeaseLost
 from producer.signing import Key, Keyring
-from workers.admission import Reply, merge, split
+from tests.support import plain_intents
 from workers.admitter import Admitter
 from workers.decision import Candidate
 from workers.intake import DeadLetter, admit_entry
 from workers.settings import Settings, load_settings
-from workers.streams import Entry, IntentStream, _fields
+from workers.streams import IntentStream, _fields
 
 CONSUMER = "writer-under-test"
 OWNER = "writer-under-test:0001"  # its lease token
@@ -184,71 +184,17 @@ def test_a_lease_taken_between_the_check_and_the_read_aborts_the_read(
     assert redis_client.xpending(c.STREAM_INTENTS, c.GROUP_WRITERS)["pending"] == 0
 
 
-def _plain_intents(keyring: Keyring, n: int) -> list[tuple[Key, bytes]]:
-    """Valid deposits and bets, each taking the fast path (the usual batch)."""
-    cashier, frontend = keyring.get("cashier"), keyring.get("frontend")
-    return [(cashier, intent_body(new_deposit(7 + i, 100))) if i % 2 == 0 else
-            (frontend, intent_body(new_bet(7 + i, 10, "m1", "home", "1.90"))) for i in range(n)]
-
-
 def test_a_batch_of_plain_intents_is_admitted_exactly_as_the_writer_would(
         redis_client: redis.Redis, keyring: Keyring, admitter: Admitter) -> None:
     """Every entry a fast-path intent: the writer builds the candidates in one pass."""
     IntentStream(redis_client, load_settings(), CONSUMER).ensure_group()
-    for key, body in _plain_intents(keyring, 20):
+    for key, body in plain_intents(keyring, 20):
         _xadd(redis_client, list(entry_fields(key, body).items()))
     assert admitter.ask(keyring, OWNER)
     entries, candidates, dead, _ = admitter.collect()
     assert (candidates, dead) == _admitted_in_process(redis_client, keyring)
     assert len(entries) == len(candidates) == 20 and not dead
     assert {x.kind for x in candidates} == {"deposit", "bet"}
-
-
-def _damaged(fast: list, damage: str) -> list:
-    fast = list(fast)
-    if damage == "drop":
-        del fast[-2]
-    elif damage == "swap":
-        fast[-2], fast[-1] = fast[-1], fast[-2]
-    elif damage == "repeat":
-        fast[-1] = fast[-2]
-    elif damage == "extra":  # every entry in order, then one more
-        fast.append(fast[0])
-    else:  # "beyond": an index past the batch
-        fast[-1] = (len(fast) + 5, *fast[-1][1:])
-    return fast
-
-
-def _signed_entries(keyring: Keyring, n: int) -> list[Entry]:
-    return [(f"{1_700_000_000_000 + i}-0", {k.encode(): v if isinstance(v, bytes) else
-                                           v.encode() for k, v in entry_fields(key, body).items()})
-            for i, (key, body) in enumerate(_plain_intents(keyring, n))]
-
-
-@pytest.mark.parametrize("damage", ["drop", "swap", "repeat", "extra", "beyond"])
-def test_a_reply_that_skips_or_reorders_entries_is_refused(keyring: Keyring,
-                                                          damage: str) -> None:
-    """A reply of fast candidates only (the one-pass path) that does not give every entry
-    read exactly once, in stream order, is nonsense: the writer refuses it (the child is
-    then replaced) instead of deciding a wrong batch."""
-    reply = split(_signed_entries(keyring, 4), keyring)
-    assert len(merge(reply, keyring)[1]) == 4, "the undamaged reply is taken"
-    with pytest.raises(ValueError):
-        merge(Reply(reply.ids, _damaged(reply.fast, damage), []), keyring)
-
-
-@pytest.mark.parametrize("damage", ["drop", "repeat", "extra", "beyond"])
-def test_a_mixed_reply_that_skips_or_repeats_entries_is_refused(keyring: Keyring,
-                                                               damage: str) -> None:
-    """With one entry sent raw, candidates are placed by index: a reply that leaves an
-    entry out, names one twice or names one outside the batch is refused all the same
-    (a ValueError, which replaces the child, not an IndexError that stops the writer)."""
-    entries = _signed_entries(keyring, 4)
-    reply = split(entries, keyring)
-    mixed = Reply(reply.ids, reply.fast[1:], [(0, entries[0][1])])
-    assert len(merge(mixed, keyring)[1]) == 4, "the undamaged mixed reply is taken"
-    with pytest.raises(ValueError):
-        merge(Reply(reply.ids, _damaged(mixed.fast, damage), mixed.raw), keyring)
 
 
 def _frozen_for(pid: int, seconds: float) -> threading.Timer:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from producer.contract import new_bet, new_deposit, new_settle
 from tests.conftest import Procs
-from workers.batch import OutcomeRow, Stored, build_batch
+from workers.batch import build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers.dedupe import split_repeats
 from workers.store import Store
 
 
@@ -29,15 +28,6 @@ def test_a_won_settlement_paying_exactly_the_stake_commits(tmp_path: Path) -> No
     assert all(amount != 0 for _, amount in decisions[2].postings)
     store.commit(build_batch(decisions, store.heads, epoch, 1))
     assert store.load_balances([5]) == {5: 10}, "10 - 1 staked + 1 paid"
-
-
-def test_a_reused_entry_id_for_another_intent_is_not_a_redelivery() -> None:
-    """After Redis lost data, an entry id can come back with another intent in it."""
-    old = OutcomeRow(1, "11111111-1111-4111-8111-111111111111", "5-0", "deposit", 9,
-                     "accepted", None, None, 10, b"old", 1, 1)
-    new = _cand("5-0", new_deposit(9, 10))
-    fresh, repeats = split_repeats([new], Stored({}, {"5-0": old}))
-    assert fresh == [new] and repeats == []
 
 
 def test_writer_on_a_file_that_is_not_a_database_exits_with_a_clear_message(

@@ -3,6 +3,8 @@ so that an upgrade that changes it fails in this one place instead of stalling e
 
 - ``Worker.get_heartbeat_ttl`` decides how long a started job survives its worker
   (``ConfirmerWorker`` shortens RQ's fixed 60 s grace).
+- ``Worker.run_maintenance_tasks`` runs in the work loop: ``ConfirmerWorker`` adds its own
+  moves of due retries there (RQ's scheduler lock outlives a killed holder by 61 s).
 - rq's worker teardown stops its pubsub thread with ``PubSubWorkerThread.stop()`` and
   expects it to return at once. From redis-py 8 ``stop()`` waits for the thread, which
   polls every 60 s: every worker stop could then take a minute (README, "Dependencies").
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import redis
 from rq import Queue, get_current_job
@@ -49,6 +52,16 @@ def test_a_started_job_outlives_a_dead_confirmer_by_the_grace_not_a_minute(
     assert 0 < ttl_s <= MONITORING_S + GRACE_S + 1, (
         f"a started job would be found abandoned after {ttl_s:.0f} s: rq no longer asks "
         "Worker.get_heartbeat_ttl (ConfirmerWorker's grace)")
+
+
+def test_the_work_loop_runs_the_confirmers_maintenance(redis_client: redis.Redis) -> None:
+    queue = Queue("test-contract", connection=redis_client, serializer=JobJSON)
+    queue.enqueue_at(datetime(2000, 1, 1, tzinfo=UTC), f"{__name__}.record_started_ttl")
+    worker = ConfirmerWorker([queue], connection=redis_client, serializer=JobJSON)
+    worker.work(burst=True)  # no scheduler: only the maintenance can move the due job
+    assert redis_client.exists(TTL_KEY), (
+        "a due retry was not moved: rq no longer calls Worker.run_maintenance_tasks "
+        "(ConfirmerWorker.enqueue_due_retries) from its work loop")
 
 
 def test_stopping_a_pubsub_thread_does_not_wait_for_its_poll(

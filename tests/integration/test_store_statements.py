@@ -14,15 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from producer.contract import BetIntent, DepositIntent, SettleIntent
-from producer.errors import InvariantViolation
 from workers.batch import build_batch
 from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from tests.support import candidate
-from workers.store import STATEMENTS_CACHED_MAX, Store, _chunks
+from workers.store import STATEMENTS_CACHED_MAX, Store
 
 NOW = 1_700_000_000_000
 SIZES = range(1, 1_200, 19)  # 64 batch sizes, 1 to 1,198 intents
@@ -107,21 +104,6 @@ def test_statements_bind_only_anonymous_parameters(statement_texts: set[str]) ->
     named = re.compile(r"\?\d|[:@$][A-Za-z_]")
     offending = sorted(text[:120] for text in statement_texts if named.search(text))
     assert not offending, offending
-
-
-@given(st.lists(st.integers(), max_size=300), st.sampled_from([1, 2, 8, 64, 256]))
-def test_chunks_cover_the_items_in_order_in_powers_of_two(items: list[int], size: int) -> None:
-    pieces = list(_chunks(items, size))
-    assert [x for piece in pieces for x in piece] == items
-    lengths = [len(piece) for piece in pieces]
-    assert all(0 < n <= size and n & (n - 1) == 0 for n in lengths)
-    # As few statements as power-of-two lengths allow: full ones, then one per bit of the rest.
-    assert len(pieces) == len(items) // size + bin(len(items) % size).count("1")
-
-
-def test_a_chunk_size_that_is_not_a_power_of_two_is_a_programmer_error() -> None:
-    with pytest.raises(InvariantViolation):
-        list(_chunks([1, 2, 3], 3))
 
 
 def test_bytes_and_none_bind_as_blob_and_null(tmp_path: Path) -> None:
