@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -132,8 +131,12 @@ class Admitter:
                 raise
 
     def _start(self) -> subprocess.Popen:
+        # In a process group of its own: a Ctrl-C or SIGTERM to the writer's group stops
+        # the writer, which then ends the child (close(), or its pipe closing when the
+        # writer dies); the child, signalled too, died mid-import with a traceback.
         proc = subprocess.Popen([sys.executable, "-m", "workers.admitter"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+                                process_group=0)
         self._proc, self._sent = proc, None
         hello = Hello(self._s.model_dump_json(), self._consumer)
         write_frame(proc.stdin.fileno(), _ENCODER.encode(hello))
@@ -180,10 +183,6 @@ def main() -> int:
     """
     from workers.connections import redis_client
 
-    # A Ctrl-C or SIGTERM to the writer's process group reaches us too: the writer stops on
-    # it and then closes our pipe, which ends us here without a trace (we hold nothing).
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
     rfd, wfd = 0, os.dup(1)
     os.dup2(2, 1)
     parent = os.getppid()

@@ -3,15 +3,18 @@ in any log, however the stop comes (a Ctrl-C, a script's SIGINT, SIGTERM to the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import BETSTREAM, ROOT, free_port, wait_for
+from tests.conftest import BETSTREAM, ROOT, Procs, free_port, wait_for
+from tests.support import log_events
 
 RUNNING = "Ctrl-C stops."
 STOPPED = "stopped writer, confirmer, gateway and redis-server"
@@ -27,15 +30,38 @@ def _demo_env(env: dict[str, str], redis_port: int) -> dict[str, str]:
             "BETSTREAM_DB": "var/betstream.sqlite3", "BETSTREAM_KEYRING": "var/keyring.json"}
 
 
-def _start(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    out = cwd / "run.out"
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=out.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    wait_for(lambda: RUNNING in out.read_text() or proc.poll() is not None, START_S,
-             "the demo to finish and keep running")
-    assert proc.poll() is None, out.read_text()
-    return proc, out
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]],
+                                               tuple[subprocess.Popen, Path]]]:
+    """Start a demo in its own process group; whatever is left of it is killed at teardown
+    (each child of betstream run has a group of its own: they are found by the log dir)."""
+    started: list[subprocess.Popen] = []
+
+    def run(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+        out = tmp_path / "run.out"
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out.open("wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        started.append(proc)
+        wait_for(lambda: RUNNING in out.read_text() or proc.poll() is not None, START_S,
+                 "the demo to finish and keep running")
+        assert proc.poll() is None, out.read_text()
+        return proc, out
+
+    yield run
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(STOP_S)
+    _kill_demo_children(tmp_path)
+
+
+def _kill_demo_children(cwd: Path) -> None:
+    """Processes whose working directory is this test's: a failed stop leaves none behind."""
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(proc_dir / "cwd")) == cwd:
+                os.kill(int(proc_dir.name), signal.SIGKILL)
 
 
 def _assert_all_stopped(proc: subprocess.Popen, out: Path, cwd: Path, redis_port: int) -> None:
@@ -53,35 +79,48 @@ def _assert_all_stopped(proc: subprocess.Popen, out: Path, cwd: Path, redis_port
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_betstream_run_stopped_through_its_process_group_exits_0(
-        sig: signal.Signals, tmp_path: Path, env: dict[str, str]) -> None:
+        sig: signal.Signals, tmp_path: Path, env: dict[str, str], start) -> None:
     port = free_port()
-    proc, out = _start([*BETSTREAM, "run", "--users", "5", "--bets", "300"], tmp_path,
-                       _demo_env(env, port))
+    proc, out = start([*BETSTREAM, "run", "--users", "5", "--bets", "300"],
+                      _demo_env(env, port))
     os.killpg(proc.pid, sig)
     assert proc.wait(STOP_S) == 0, out.read_text()
     _assert_all_stopped(proc, out, tmp_path, port)
 
 
-def test_make_run_stopped_by_a_scripts_sigint_exits_0(tmp_path: Path,
-                                                      env: dict[str, str]) -> None:
+def test_make_run_stopped_by_a_scripts_sigint_exits_0(tmp_path: Path, env: dict[str, str],
+                                                      start) -> None:
     """A script's background job starts with SIGINT ignored, as here. `make run` used to
     see the writer stop on a SIGINT to its group, say `writer exited` and exit 2."""
     port = free_port()
     make = " ".join([*MAKE, "run", "BETSTREAM_RUN_ARGS='--users 5 --bets 300'"])
-    proc, out = _start(["bash", "-c", f"trap '' INT; exec {make}"], tmp_path,
-                       _demo_env(env, port))
+    proc, out = start(["bash", "-c", f"trap '' INT; exec {make}"], _demo_env(env, port))
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(STOP_S) == 0, out.read_text()
     _assert_all_stopped(proc, out, tmp_path, port)
 
 
-def test_make_run_stopped_by_ctrl_c_stops_everything(tmp_path: Path,
-                                                     env: dict[str, str]) -> None:
+def test_make_run_stopped_by_ctrl_c_stops_everything(tmp_path: Path, env: dict[str, str],
+                                                     start) -> None:
     """A terminal's Ctrl-C: SIGINT to make and everything under it. betstream run stops its
     children and exits 0; make then reports the interrupt as make always does (130)."""
     port = free_port()
-    proc, out = _start([*MAKE, "run", "BETSTREAM_RUN_ARGS=--users 5 --bets 300"], tmp_path,
-                       _demo_env(env, port))
+    proc, out = start([*MAKE, "run", "BETSTREAM_RUN_ARGS=--users 5 --bets 300"],
+                      _demo_env(env, port))
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(STOP_S) == -signal.SIGINT, out.read_text()
     _assert_all_stopped(proc, out, tmp_path, port)
+
+
+def test_a_writer_stopped_by_ctrl_c_leaves_no_traceback_from_its_admission_child(
+        procs: Procs, redis_client: redis.Redis) -> None:
+    """A Ctrl-C in the writer's terminal reaches its admission child too; the child used to
+    die of KeyboardInterrupt and write its traceback into the writer's log."""
+    writer = procs.start("writer")
+    procs.start("load", "--users", "5", "--bets", "20000", "--quiet")  # it reads ahead
+    wait_for(lambda: log_events(writer.log_path, "admission.started"), START_S,
+             "the writer to start its admission child")
+    os.killpg(writer.pid, signal.SIGINT)
+    assert writer.wait(STOP_S) == 0
+    log = Path(writer.log_path).read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-2000:]
