@@ -57,10 +57,11 @@ def start(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]],
 
 
 def _kill_demo_children(cwd: Path) -> None:
-    """Processes whose working directory is this test's: a failed stop leaves none behind."""
+    """Processes working in this test's folder (redis-server in its var/redis): a failed
+    stop leaves none behind."""
     for proc_dir in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
-            if Path(os.readlink(proc_dir / "cwd")) == cwd:
+            if Path(os.readlink(proc_dir / "cwd")).is_relative_to(cwd):
                 os.kill(int(proc_dir.name), signal.SIGKILL)
 
 
