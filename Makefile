@@ -63,6 +63,7 @@ run: $(STAMP) redis-server
 	@$(BIN)/betstream run $(BETSTREAM_RUN_ARGS)
 
 test: $(STAMP) redis-server chromium
+	@cd $(ROOT) && $(BIN)/lint-imports --no-cache --no-logo
 	@cd $(ROOT) && $(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The benchmarks in their tiny modes, so they never rot (their numbers are not asserted).

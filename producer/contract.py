@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from producer.entropy import BLOCK_BYTES, RandomBlocks
 from producer.errors import ContractError
-from workers.invariants import require
+from producer.invariants import require
 
 KINDS: Final = ("bet", "deposit", "withdrawal", "settle")
 OUTCOMES_SETTLE: Final = ("won", "lost", "void")

@@ -15,8 +15,7 @@ import redis
 
 from producer import constants as c
 from producer.errors import BreakerOpen
-from workers.breaker import parse
-from workers.breaker_core import Breaker, BreakerLimits, admits, retry_after_s
+from producer.breaker_state import Breaker, BreakerLimits, admits, parse, retry_after_s
 
 CACHE_MS_DEFAULT: Final = 250
 

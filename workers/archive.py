@@ -27,7 +27,7 @@ from pathlib import Path
 from producer.errors import ConfigError, StoreError
 from workers.archive_plan import CARRY_REF, carried, carry_entry_id, period_of
 from workers.chain import GENESIS_HASH
-from workers.invariants import require
+from producer.invariants import require
 from workers.logs import get_logger
 from workers.store import LEDGER_BY_USER_INDEX, SQL_VARIABLES_MAX, connect
 

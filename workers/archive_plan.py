@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from workers.invariants import require
+from producer.invariants import require
 
 CARRY_REF: str = "carry"
 SYSTEM_ACCOUNT_MIN: int = -2  # escrow; carried-forward entry ids are derived from account ids

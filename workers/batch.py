@@ -16,7 +16,7 @@ import msgspec
 from workers.chain import LedgerRow, batch_hash
 from workers.decision import ACCEPTED, BetState, Candidate, Decision
 from producer.errors import InvariantViolation
-from workers.invariants import require
+from producer.invariants import require
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,14 @@ number, so an operator's force is never overwritten by a writer that had not see
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
 from typing import Final
 
 import redis
 
 from producer import constants as c
 from producer.errors import StoreError
-from workers.breaker_core import Breaker, BreakerLimits, force, on_failure, on_success, on_tick
+from producer.breaker_state import Breaker, BreakerLimits, Snapshot, hash_fields, parse
+from workers.breaker_core import force, on_failure, on_success, on_tick
 from workers.hooks import BatchReport, Hook
 from workers.logs import get_logger
 
@@ -35,36 +35,6 @@ return current + 1
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    breaker: Breaker
-    version: int
-    limits: BreakerLimits
-
-
-def _fields(b: Breaker, lim: BreakerLimits) -> dict[str, str]:
-    out = {k: str(int(v) if isinstance(v, bool) else v) for k, v in asdict(b).items()}
-    out.update({"cooldown_ms": str(int(lim.cooldown_s * 1000)),
-                "cooldown_max_ms": str(int(lim.cooldown_max_s * 1000)),
-                "half_open_share": str(lim.half_open_share)})
-    return out
-
-
-def parse(raw: dict[bytes, bytes], defaults: BreakerLimits) -> Snapshot:
-    """The stored state; producers also take the writer's cool-down and share from it."""
-    f = {k.decode(): v.decode() for k, v in raw.items()}
-    b = Breaker(state=f.get("state", "closed"), since_ms=int(f.get("since_ms", 0)),
-                reason=f.get("reason", ""), failures=int(f.get("failures", 0)),
-                forced=f.get("forced", "0") == "1", opened=int(f.get("opened", 0)),
-                reopens=int(f.get("reopens", 0)))
-    limits = replace(
-        defaults,
-        cooldown_s=int(f.get("cooldown_ms", defaults.cooldown_s * 1000)) / 1000,
-        cooldown_max_s=int(f.get("cooldown_max_ms", defaults.cooldown_max_s * 1000)) / 1000,
-        half_open_share=float(f.get("half_open_share", defaults.half_open_share)))
-    return Snapshot(b, int(f.get("version", 0)), limits)
-
-
 class BreakerStore:
     def __init__(self, client: redis.Redis, limits: BreakerLimits) -> None:
         self._redis = client
@@ -77,7 +47,7 @@ class BreakerStore:
 
     def save(self, expected_version: int, b: Breaker) -> int | None:
         """New version, or None if someone else (an operator) changed it first."""
-        flat = [x for kv in _fields(b, self.limits).items() for x in kv]
+        flat = [x for kv in hash_fields(b, self.limits).items() for x in kv]
         version = self._cas(keys=[c.KEY_BREAKER, c.STREAM_BREAKER_LOG],
                             args=[expected_version, LOG_LEN_MAX, *flat])
         return None if int(version) < 0 else int(version)

@@ -1,4 +1,5 @@
-"""The circuit breaker's state machine. Pure: the clock is a parameter, no I/O.
+"""The circuit breaker's state machine: how the writer and operators move it. Pure: the
+clock is a parameter, no I/O (the state record itself: ``producer/breaker_state.py``).
 
 CLOSED -> OPEN on consecutive commit failures, a slow commit, or a backlog older than its
 limit. OPEN -> HALF_OPEN once the cool-down has passed and the backlog is back under its
@@ -10,51 +11,9 @@ forced closed) or force CLOSED.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Final
+from dataclasses import replace
 
-CLOSED: Final = "closed"
-OPEN: Final = "open"
-HALF_OPEN: Final = "half_open"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerLimits:
-    failures_max: int = 3  # consecutive failed commits
-    commit_ms_max: int = 2_000
-    backlog_age_ms_max: int = 30_000  # below the freshness window, so we shed before `stale`
-    cooldown_s: float = 5.0
-    cooldown_max_s: float = 60.0  # each re-open from HALF_OPEN doubles the cool-down up to this
-    stability_s: float = 30.0
-    half_open_share: float = 0.1  # share of intents producers may send while HALF_OPEN
-
-
-@dataclass(frozen=True, slots=True)
-class Breaker:
-    state: str = CLOSED
-    since_ms: int = 0
-    reason: str = ""
-    failures: int = 0
-    forced: bool = False
-    opened: int = 0  # how many times it went OPEN (for flapping bounds and metrics)
-    reopens: int = 0  # re-opens from HALF_OPEN since the last CLOSED: grows the cool-down
-
-    def to(self, state: str, now_ms: int, reason: str) -> Breaker:
-        opened = self.opened + (1 if state == OPEN else 0)
-        if state == CLOSED:
-            reopens = 0
-        elif state == OPEN and self.state == HALF_OPEN:
-            reopens = self.reopens + 1
-        else:
-            reopens = self.reopens
-        return replace(self, state=state, since_ms=now_ms, reason=reason, failures=0,
-                       opened=opened, reopens=reopens)
-
-
-def cooldown_s(b: Breaker, lim: BreakerLimits) -> float:
-    """Cool-down of the current OPEN period: doubled per re-open, so a flapping store
-    yields a few long OPEN periods instead of one per flap."""
-    return min(lim.cooldown_max_s, lim.cooldown_s * 2 ** min(b.reopens, 30))
+from producer.breaker_state import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerLimits, cooldown_s
 
 
 def _trip(b: Breaker, now_ms: int, reason: str) -> Breaker:
@@ -110,19 +69,3 @@ def force(b: Breaker, state: str, now_ms: int, reason: str) -> Breaker:
     """Operator override: forced OPEN holds until forced CLOSED."""
     forced = state == OPEN
     return replace(b.to(state, now_ms, f"forced: {reason}"), forced=forced)
-
-
-def admits(b: Breaker, lim: BreakerLimits, draw: float) -> bool:
-    """Should a producer send? ``draw`` is uniform in [0, 1)."""
-    if b.state == CLOSED:
-        return True
-    if b.state == HALF_OPEN:
-        return draw < lim.half_open_share
-    return False
-
-
-def retry_after_s(b: Breaker, lim: BreakerLimits, now_ms: int) -> float:
-    """How long a refused producer should wait before trying again (at least 0.1 s)."""
-    if b.state == OPEN and not b.forced:
-        return max(0.1, cooldown_s(b, lim) - (now_ms - b.since_ms) / 1000)
-    return max(0.1, lim.cooldown_s)

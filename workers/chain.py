@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Final
 
-from workers.invariants import require
+from producer.invariants import require
 
 GENESIS_HASH: Final = "0" * 64
 

@@ -113,7 +113,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.breaker import BreakerStore, now_ms
-    from workers.breaker_core import CLOSED, OPEN
+    from producer.breaker_state import CLOSED, OPEN
     from workers.connections import redis_client
 
     store = BreakerStore(redis_client(settings.redis_url), settings.breaker_limits)

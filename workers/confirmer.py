@@ -26,7 +26,7 @@ from rq.job import Job
 from rq.utils import now
 
 from producer import constants as c
-from workers.backoff import backoff_ms
+from producer.backoff import backoff_ms
 from workers.batch import MESSAGE_FIELDS
 from workers.jobjson import JobJSON, LightJob
 from workers.logs import get_logger

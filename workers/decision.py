@@ -23,7 +23,7 @@ from producer.contract import (
 )
 from producer.errors import InvariantViolation
 from producer.fastparse import FastBet, FastDeposit, FastIntent, FastSettle
-from workers.invariants import require
+from producer.invariants import require
 
 CASH: Final = 0  # the outside world: deposits come from it, withdrawals go to it
 HOUSE: Final = -1  # the operator's profit and loss

@@ -24,7 +24,7 @@ from producer.fastparse import FastIntent, parse_intent_fast
 from producer.errors import AuthError, ContractError
 from producer.signing import Keyring, verify
 from workers.decision import Candidate
-from workers.invariants import require
+from producer.invariants import require
 
 RAW_FIELD_BYTES_MAX: Final = 512  # how much of a rejected field the dead-letter entry keeps
 _ENTRY_KEYS: Final = frozenset(name.encode() for name in c.ENTRY_FIELDS)

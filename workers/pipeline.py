@@ -24,7 +24,7 @@ from workers.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_
 from workers.dedupe import Repeat, split_repeats
 from workers.hooks import BatchReport
 from workers.intake import DeadLetter, admit_entry, freshness_reason, ingress_ms
-from workers.invariants import require
+from producer.invariants import require
 from workers.settings import Settings
 from workers.store import Store
 from workers.streams import Claim, Claims, Entry, Finish, IntentStream

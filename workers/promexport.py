@@ -9,8 +9,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from producer import constants as c
-from workers.breaker import parse
-from workers.breaker_core import CLOSED, HALF_OPEN, OPEN, BreakerLimits
+from producer.breaker_state import parse
+from producer.breaker_state import CLOSED, HALF_OPEN, OPEN, BreakerLimits
 from workers.confirmer import confirmation_queue
 from workers.metrics import HISTOGRAMS, read_histogram
 from workers.streams import backlog

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.errors import ConfigError
-from workers.breaker_core import BreakerLimits
+from producer.breaker_state import BreakerLimits
 from workers.listing import (LISTING_INTERVAL_MS_DEFAULT, LISTING_LAG_ROWS_MIN_DEFAULT,
                              LISTING_SLICE_ROWS_MAX_DEFAULT, Listing)
 

@@ -20,7 +20,7 @@ from producer.errors import ConfigError, FencedOut, InvariantViolation, StoreErr
 from workers.batch import BatchWrite, Heads, OutcomeRow, Stored
 from workers.chain import GENESIS_HASH
 from workers.decision import BetState
-from workers.invariants import require
+from producer.invariants import require
 from workers.listing import LISTING_CACHE_MB, Listing
 from workers.migrations import upgrade
 

@@ -20,7 +20,7 @@ import redis
 from producer.errors import FencedOut, LeaseLost, StoreError
 from producer.signing import Keyring
 from workers.admitter import Admitter
-from workers.backoff import backoff_ms
+from producer.backoff import backoff_ms
 from workers.hooks import Hook
 from workers.pipeline import Admitted, BatchPipeline, Committed, EarlyClaims
 from workers.settings import Settings

@@ -8,7 +8,7 @@ import redis
 
 from tests.conftest import Procs, wait_for
 from workers.breaker import BreakerStore
-from workers.breaker_core import BreakerLimits
+from producer.breaker_state import BreakerLimits
 
 
 def test_force_open_is_recorded_and_the_load_generator_waits_it_out(

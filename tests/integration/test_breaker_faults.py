@@ -22,7 +22,7 @@ from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import drained, query
 from workers.breaker import BreakerStore
-from workers.breaker_core import BreakerLimits
+from producer.breaker_state import BreakerLimits
 
 STABILITY_S = 3
 BREAKER_ENV = {

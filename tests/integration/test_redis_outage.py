@@ -24,7 +24,7 @@ from producer.signing import Keyring
 from tests.conftest import Procs, RedisServer, private_redis_server, wait_for
 from tests.support import drained, query
 from workers.breaker import BreakerHook, BreakerStore
-from workers.breaker_core import BreakerLimits
+from producer.breaker_state import BreakerLimits
 from workers.hooks import Hook
 from workers.settings import Settings
 from workers.store import Store

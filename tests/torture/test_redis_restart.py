@@ -37,7 +37,7 @@ from tests.conftest import Procs, RedisServer, private_redis_server, wait_for
 from tests.support import confirmations, query
 from tests.torture.report import scaled
 from workers.breaker import BreakerStore
-from workers.breaker_core import BreakerLimits
+from producer.breaker_state import BreakerLimits
 from workers.health import writer_health
 
 

@@ -34,7 +34,7 @@ from tests.torture.storage_support import (
     tmpfs,
 )
 from workers.breaker import BreakerStore
-from workers.breaker_core import BreakerLimits
+from producer.breaker_state import BreakerLimits
 
 
 USERS = 30

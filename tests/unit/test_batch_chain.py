@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from producer.contract import BetIntent, DepositIntent, SettleIntent
 from producer.errors import InvariantViolation
-from workers.backoff import backoff_ms
+from producer.backoff import backoff_ms
 from tests.support import candidate
 from workers.batch import MESSAGE_FIELDS, BatchWrite, Heads, build_batch
 from workers.chain import GENESIS_HASH, batch_hash
