@@ -19,7 +19,7 @@ from typing import Final, Iterator
 
 import redis
 
-from workers.devrun import REDIS_SERVER_TUNING
+from workers.ops.demo_run import REDIS_SERVER_TUNING
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYRING = {

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from bench.harness import ROOT, private_env, wait
 from bench.throughput import DRAIN_WINDOW, prefill
-from workers.streams import backlog
+from workers.adapters.intent_stream import backlog
 
 INTENTS_DEFAULT: Final = 40_000
 DRAIN_TIMEOUT_S: Final = 3_600  # a 40k drain takes ~2 minutes under callgrind here

@@ -12,8 +12,7 @@ import json
 import time
 
 from bench.harness import Env, percentile, private_env, wait
-from workers.streams import backlog
-
+from workers.adapters.intent_stream import backlog
 
 CONFIRMATIONS_KEPT = 10_000_000
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.harness import private_env, wait
 from bench.throughput import children_stats, proc_stats
-from workers.streams import backlog
+from workers.adapters.intent_stream import backlog
 
 
 def main() -> None:

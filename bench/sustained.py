@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from bench.harness import Env, percentile, private_env, wait
 from bench.throughput import children_stats, cpu_times, proc_stats
-from workers.streams import backlog
+from workers.adapters.intent_stream import backlog
 
 PRODUCERS_DEFAULT: Final = 2
 USERS_DEFAULT: Final = 10_000

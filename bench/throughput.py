@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from bench.harness import Env, private_env, wait
-from workers.streams import backlog
+from workers.adapters.intent_stream import backlog
 
 CLK_TCK = 100
 CORES_USED_MAX = 2  # the machine issue 6 names: what two fully busy cores would give

@@ -2,7 +2,7 @@
 producer may do under it, and its encoding in the Redis hash ``betstream:breaker``.
 
 Shared by the producer library (which sheds load while the breaker is open) and the
-server (whose writer moves it: ``workers/breaker_core.py``). Pure: no I/O, the clock is a
+server (whose writer moves it: ``workers/core/breaker_machine.py``). Pure: no I/O, the clock is a
 parameter.
 """
 

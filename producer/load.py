@@ -17,11 +17,11 @@ from typing import Any, Final
 
 import redis
 
+from producer.backoff import backoff_ms
 from producer.client import Producer, entry_fields
 from producer.contract import encode_body, new_intent_id, new_nonce, now_ms
 from producer.errors import BreakerOpen
 from producer.signing import Key
-from producer.backoff import backoff_ms
 
 CHUNK_SIZE_MAX: Final = 500  # intents per pipelined round trip
 # Paced loads send this often. Every send is a round trip that wakes Redis and the reading

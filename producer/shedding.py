@@ -14,8 +14,8 @@ from typing import Final
 import redis
 
 from producer import constants as c
-from producer.errors import BreakerOpen
 from producer.breaker_state import Breaker, BreakerLimits, admits, parse, retry_after_s
+from producer.errors import BreakerOpen
 
 CACHE_MS_DEFAULT: Final = 250
 

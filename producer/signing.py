@@ -64,7 +64,7 @@ class Key:
 
 
 class Keyring:
-    """Key ids mapped to keys, loaded from the JSON keyring file (see DESIGN.md)."""
+    """Key ids mapped to keys, loaded from the JSON keyring file (docs/wire-contract.md)."""
 
     def __init__(self, keys: Mapping[str, Key]) -> None:
         self._keys = dict(keys)

@@ -11,8 +11,8 @@ import redis
 
 from producer import constants as c
 from producer.contract import intent_body, new_bet, new_deposit
-from workers.decision import Candidate
-from workers.streams import backlog
+from workers.adapters.intent_stream import backlog
+from workers.core.decision import Candidate
 
 
 def candidate(intent, at_ms: int = 0) -> Candidate:
@@ -62,7 +62,7 @@ def deliver_confirmations(client: redis.Redis) -> int:
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
-    from workers.confirmer import confirmation_queue
+    from workers.adapters.confirmation_queue import confirmation_queue
 
     queue = confirmation_queue(client)
     waiting = queue.count
@@ -85,9 +85,9 @@ def log_events(log_path: str | Path, name: str | None = None) -> list[dict]:
 
 def writer_in_process(settings, keyring, name: str):  # -> tuple[Writer, Store]
     """A writer run on a thread of the test (to freeze or fence it precisely)."""
-    from workers.hooks import Hook
-    from workers.store import Store
-    from workers.writer import Writer
+    from workers.adapters.ledger_store import Store
+    from workers.writer.batch_writer import Writer
+    from workers.writer.hooks import Hook
 
     client = redis.Redis.from_url(settings.redis_url)
     store = Store(settings.db, settings.sqlite_busy_timeout_ms)

@@ -7,7 +7,6 @@ Operators get a clear message and an exit code, never a traceback, for expected 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -20,8 +19,8 @@ import redis
 
 from producer.errors import BetstreamError, ConfigError
 from workers.logs import configure_logging, get_logger
-from workers.runtime import tune_runtime
 from workers.settings import Settings, load_settings
+from workers.writer.gc_tuning import tune_runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -42,13 +41,14 @@ def ignore_sighup() -> None:
 
 
 def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.connections import redis_client
-    from workers.breaker import BreakerHook, BreakerStore
-    from workers.hooks import HealthBeacon, Hooks, MetricsHook, ProgressLog
-    from workers.keyreload import KeyringReloader, describe
-    from workers.metrics import Recorder
-    from workers.store import Store
-    from workers.writer import Writer, consumer_name
+    from workers.adapters.breaker_store import BreakerStore
+    from workers.adapters.ledger_store import Store
+    from workers.adapters.metrics_store import Recorder
+    from workers.adapters.redis_connection import redis_client
+    from workers.writer.batch_writer import Writer, consumer_name
+    from workers.writer.breaker_hook import BreakerHook
+    from workers.writer.hooks import HealthBeacon, Hooks, MetricsHook, ProgressLog
+    from workers.writer.keyring_reload import KeyringReloader, describe
 
     keyring = KeyringReloader(settings.keyring, get_logger("betstream.keyring"))
     signal.signal(signal.SIGHUP, keyring.request)  # re-read the keyring, no restart
@@ -74,8 +74,8 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.confirmer import run_confirmer
-    from workers.connections import redis_client
+    from workers.adapters.redis_connection import redis_client
+    from workers.confirmer.worker import run_confirmer
 
     ignore_sighup()
     get_logger("betstream.confirmer").info("confirmer.start")
@@ -86,7 +86,7 @@ def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from workers.gateway import create_app
+    from workers.gateway.app import create_app
 
     host = args.host or settings.gateway_host
     port = settings.gateway_port if args.port is None else args.port
@@ -102,8 +102,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
-    from workers import tokens
-
+    from workers.adapters import subscriber_tokens as tokens
     if args.user_id <= 0:
         raise ConfigError("USER_ID must be a positive integer")
     secret = tokens.load_or_create_secret(settings.gateway_secret_file)
@@ -112,9 +111,9 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.breaker import BreakerStore, now_ms
     from producer.breaker_state import CLOSED, OPEN
-    from workers.connections import redis_client
+    from workers.adapters.breaker_store import BreakerStore, now_ms
+    from workers.adapters.redis_connection import redis_client
 
     store = BreakerStore(redis_client(settings.redis_url), settings.breaker_limits)
     if args.action in ("open", "close"):
@@ -140,7 +139,7 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from workers.backup import backup
+    from workers.adapters.ledger_backup import backup
 
     source = args.db or settings.db
     with Progress(transient=True) as bar:
@@ -166,62 +165,27 @@ def utc_date_ms(text: str, option: str) -> int:
 
 
 def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
-    import datetime as dt
+    from workers.ops.statement import run_statement
 
-    from workers.statement import statement
-
-    since = utc_date_ms(args.since, "--since") if args.since else 0
-    archive_dir = None if args.live_only else (args.archive_dir or settings.archive_path)
-    st = statement(args.db or settings.db, args.user_id, since, settings.sqlite_busy_timeout_ms,
-                   archive_dir)
-    if args.json:
-        print(json.dumps(st.as_dict()))
-        return EXIT_OK if st.consistent else EXIT_FAILED
-    print(f"statement of account {st.user_id}   (amounts in minor units)")
-    if st.archives:
-        print(f"including archives: {', '.join(st.archives)}")
-    print(f"{'entry':>8}  {'when (UTC)':<19}  {'what':<10}  {'reference':<36}  "
-          f"{'amount':>12}  {'balance':>12}")
-    print(f"{'':>8}  {'':<19}  {'opening':<10}  {'':<36}  {'':>12}  {st.opening:>12}")
-    for ln in st.lines:
-        when = dt.datetime.fromtimestamp(ln.at_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{ln.entry_id:>8}  {when:<19}  {ln.ref_type:<10}  {ln.ref_id:<36}  "
-              f"{ln.amount:>12}  {ln.balance:>12}")
-    verdict = "matches" if st.consistent else "DOES NOT MATCH"
-    print(f"closing balance {st.closing}; account snapshot {st.snapshot}: {verdict}")
-    return EXIT_OK if st.consistent else EXIT_FAILED
+    ok = run_statement(settings, args, utc_date_ms(args.since, "--since") if args.since else 0)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.archive_audit import audit_with_archives
-    from workers.audit import audit
+    from workers.ops.audit import run_audit
 
-    path = args.db or settings.db
-    if args.with_archives:
-        checks = audit_with_archives(path, args.archive_dir or settings.archive_path,
-                                     settings.sqlite_busy_timeout_ms)
-    else:
-        checks = audit(path, settings.sqlite_busy_timeout_ms)
-    if args.json:
-        print(json.dumps({"db": str(path), "ok": all(c.ok for c in checks),
-                          "checks": [dataclasses.asdict(c) for c in checks]}))
-    else:
-        print(f"audit of {path}")
-        for c in checks:
-            print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
-        print("all invariants hold" if all(c.ok for c in checks) else "INVARIANTS VIOLATED")
-    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
+    return EXIT_OK if run_audit(settings, args) else EXIT_FAILED
 
 
 def cmd_archive(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.archivecmd import run_archive_command
+    from workers.ops.archive import run_archive_command
 
     return run_archive_command(settings, args, utc_date_ms(args.before, "--before"))
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.connections import redis_client
-    from workers.health import writer_health
+    from workers.adapters.redis_connection import redis_client
+    from workers.adapters.writer_health import writer_health
 
     health = writer_health(redis_client(settings.redis_url))
     if args.json:
@@ -240,14 +204,14 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.loadcmd import run_load_command
+    from workers.ops.load import run_load_command
 
     return run_load_command(settings, args)
 
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.connections import redis_client
-    from workers.reconcilecmd import run_reconcile
+    from workers.adapters.redis_connection import redis_client
+    from workers.ops.reconcile import run_reconcile
 
     client = None if args.offline else redis_client(settings.redis_url)
     return run_reconcile(args.db or settings.db, settings.sqlite_busy_timeout_ms, client, args,
@@ -255,7 +219,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.devrun import run_demo
+    from workers.ops.demo_run import run_demo
 
     return run_demo(settings, args)
 
@@ -263,6 +227,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="betstream", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_processes, _add_operations, _add_ledger_commands, _add_load_and_demo):
+        add(sub)
+    return p
+
+
+def _add_processes(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("writer", help="run the single batching writer")
     w.add_argument("--consumer", help="consumer name (default writer-<host>-<pid>)")
     w.set_defaults(func=cmd_writer)
@@ -273,15 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, default=None, help="default BETSTREAM_GATEWAY_PORT (8000)")
     g.add_argument("--demo", action="store_true", help="serve the demo bet slip at /")
     g.set_defaults(func=cmd_gateway)
-    t = sub.add_parser("token", help="print a subscriber token for USER_ID")
-    t.add_argument("user_id", type=int, metavar="USER_ID")
-    t.add_argument("--ttl", type=int, default=None, help="seconds (default BETSTREAM_TOKEN_TTL_S)")
-    t.set_defaults(func=cmd_token)
-    b = sub.add_parser("breaker", help="show or force the circuit breaker")
-    b.add_argument("action", choices=["status", "open", "close"], nargs="?", default="status")
-    b.add_argument("--reason", help="why (required to force; recorded in the transition log)")
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_breaker)
+
+
+def _add_ledger_commands(sub: argparse._SubParsersAction) -> None:
     bk = sub.add_parser("backup", help="online consistent copy of the ledger")
     bk.add_argument("dest", help="new file to write the copy to")
     bk.add_argument("--db", help="database file (default BETSTREAM_DB)")
@@ -310,10 +274,36 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--json", action="store_true", help="print a JSON summary")
     ar.add_argument("--quiet", action="store_true", help="no progress bar")
     ar.set_defaults(func=cmd_archive)
+
+
+def _add_operations(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("token", help="print a subscriber token for USER_ID")
+    t.add_argument("user_id", type=int, metavar="USER_ID")
+    t.add_argument("--ttl", type=int, default=None, help="seconds (default BETSTREAM_TOKEN_TTL_S)")
+    t.set_defaults(func=cmd_token)
+    b = sub.add_parser("breaker", help="show or force the circuit breaker")
+    b.add_argument("action", choices=["status", "open", "close"], nargs="?", default="status")
+    b.add_argument("--reason", help="why (required to force; recorded in the transition log)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_breaker)
     h = sub.add_parser("health", help="writer lease, beacons, backlog and breaker; exit 1 if "
                                       "no writer leads or the breaker is not closed")
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_health)
+    rc = sub.add_parser("reconcile", help="producer journals against the ledger: exit 1 if "
+                                          "an acknowledged intent has no outcome")
+    rc.add_argument("--journal", action="append", required=True, metavar="PATH",
+                    help="a journal written by load --journal (repeat for several producers)")
+    rc.add_argument("--db", help="database file (default BETSTREAM_DB)")
+    rc.add_argument("--wait", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds for the writer to drain the stream")
+    rc.add_argument("--offline", action="store_true",
+                    help="do not ask Redis (no drain check, no dead letters)")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(func=cmd_reconcile)
+
+
+def _add_load_and_demo(sub: argparse._SubParsersAction) -> None:
     ld = sub.add_parser("load", help="push signed demo intents at a given rate")
     ld.add_argument("--users", type=int, default=100)
     ld.add_argument("--bets", type=int, default=10_000)
@@ -332,24 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--redis-wait", type=float, default=None, metavar="S",
                     help="ride out a Redis outage this long, re-sending the chunk (default 60)")
     ld.set_defaults(func=cmd_load)
-    rc = sub.add_parser("reconcile", help="producer journals against the ledger: exit 1 if "
-                                          "an acknowledged intent has no outcome")
-    rc.add_argument("--journal", action="append", required=True, metavar="PATH",
-                    help="a journal written by load --journal (repeat for several producers)")
-    rc.add_argument("--db", help="database file (default BETSTREAM_DB)")
-    rc.add_argument("--wait", type=float, default=0.0, metavar="S",
-                    help="wait up to S seconds for the writer to drain the stream")
-    rc.add_argument("--offline", action="store_true",
-                    help="do not ask Redis (no drain check, no dead letters)")
-    rc.add_argument("--json", action="store_true")
-    rc.set_defaults(func=cmd_reconcile)
     r = sub.add_parser("run", help="start a private pipeline with demo data (make run)")
     r.add_argument("--users", type=int, default=50)
     r.add_argument("--bets", type=int, default=20_000)
     r.add_argument("--rate", type=float, default=0.0)
     r.add_argument("--exit-after-demo", action="store_true", help="stop once the demo is done")
     r.set_defaults(func=cmd_run)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

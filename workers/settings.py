@@ -7,16 +7,33 @@ keeps its own global configuration. Build it once with :func:`load_settings` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producer.errors import ConfigError
 from producer.breaker_state import BreakerLimits
-from workers.listing import (LISTING_INTERVAL_MS_DEFAULT, LISTING_LAG_ROWS_MIN_DEFAULT,
-                             LISTING_SLICE_ROWS_MAX_DEFAULT, Listing)
+from producer.errors import ConfigError
+
+LISTING_INTERVAL_MS_DEFAULT: Final = 1_000
+# A round starts once this many ledger rows wait past the mark: each page of
+# user_entries is written about once per round, and a statement scans at most this many
+# rows (plus what a round takes to finish) of the ledger's tail.
+LISTING_LAG_ROWS_MIN_DEFAULT: Final = 200_000
+# Rows listed per transaction (a slice of rows in (account, entry) order):
+# the longest the writer's next commit waits for the write lock.
+LISTING_SLICE_ROWS_MAX_DEFAULT: Final = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """How the writer's lister runs (settings ``LISTING_*``)."""
+
+    interval_ms: int = LISTING_INTERVAL_MS_DEFAULT
+    lag_rows_min: int = LISTING_LAG_ROWS_MIN_DEFAULT
+    slice_rows_max: int = LISTING_SLICE_ROWS_MAX_DEFAULT
 
 
 class Settings(BaseSettings):
@@ -41,7 +58,7 @@ class Settings(BaseSettings):
     # CPython's young collections (every 700 net allocations; 50,000 until round 4) ran
     # several times per batch and found them all alive. Startup objects are frozen out of
     # the GC, and a collection waits for this many net new objects: in steady state
-    # reference counting frees each batch first (workers/runtime.py). Writer and its child.
+    # reference counting frees each batch first (workers/writer/gc_tuning.py). Writer and its child.
     writer_gc_gen0_threshold: int = Field(1_000_000, ge=100, le=10_000_000)
     # Read and admit the next batch while this one commits on the committer thread.
     commit_overlap: bool = True
@@ -52,7 +69,7 @@ class Settings(BaseSettings):
     # committed in turn (docs/performance.md, round 8).
     read_ahead_size_min: int = Field(1000, ge=1, le=100_000)
     # ... and do that reading and admitting in a child process, on the other core (the
-    # writer is bound by the GIL; workers/admission.py). A child that fails or stays
+    # writer is bound by the GIL; workers/writer/admission.py). A child that fails or stays
     # silent past the reply timeout is stopped; the writer reads what it had read from its
     # own pending list, reads in process meanwhile and starts a new child after
     # admission_restart_ms.
@@ -78,7 +95,7 @@ class Settings(BaseSettings):
     retry_backoff_max_ms: int = Field(5_000, ge=1)
     sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000)
     # The writer's lister lists ledger rows in user_entries, the table statements find an
-    # account's entries in (workers/listing.py): a round every listing_interval_ms once
+    # account's entries in (workers/adapters/ledger_listing.py): a round every listing_interval_ms once
     # listing_lag_rows_min rows wait (more: fewer page writes per posting, a longer tail
     # for statements to scan), in transactions of about listing_slice_rows_max rows (the
     # longest a commit waits for the write lock).

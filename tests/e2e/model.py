@@ -2,7 +2,7 @@
 
 Written without any of betstream's own decision code: plain dict arithmetic over the
 entries as Redis holds them, so a bug in the writer cannot hide in a shared helper.
-Settlements pay as DESIGN.md says (won: floor(stake x odds), lost: nothing, void: the
+Settlements pay as docs/ledger.md says (won: floor(stake x odds), lost: nothing, void: the
 stake back), computed here with ``Decimal`` rather than betstream's integer odds helper.
 """
 

@@ -19,14 +19,13 @@ from producer.contract import new_deposit
 from tests.conftest import Procs, wait_for
 from tests.support import drained, log_events, query
 
-
 BACKLOG = 60_000  # deposits: several seconds of work, so every kill lands mid-drain
 USERS = 300
 KILLS = 3
 
 
 def _child_of(pid: int) -> int | None:
-    found = subprocess.run(["pgrep", "-P", str(pid), "-f", "workers.admitter"],
+    found = subprocess.run(["pgrep", "-P", str(pid), "-f", "workers.writer.admission_child"],
                            capture_output=True, text=True).stdout.split()
     return int(found[0]) if found else None
 

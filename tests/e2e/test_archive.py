@@ -15,9 +15,8 @@ from producer.client import Producer
 from producer.contract import new_bet, new_deposit, new_settle
 from tests.conftest import Procs, wait_for
 from tests.support import drained, outcome_of, query
-from workers.archive_audit import audit_with_archives
-from workers.statement import statement
-
+from workers.adapters.ledger_archive_audit import audit_with_archives
+from workers.adapters.ledger_statement import statement
 
 AGE_MAX_MS = 5000  # a short freshness window, so history is old enough to archive quickly
 WRITER_ENV = {"BETSTREAM_INTENT_AGE_MAX_MS": str(AGE_MAX_MS), "BETSTREAM_CLOCK_SKEW_MAX_MS": "0",

@@ -13,7 +13,6 @@ from tests.conftest import Procs, wait_for
 from tests.e2e.gateway_support import start_pipeline
 from tests.support import drained
 
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",

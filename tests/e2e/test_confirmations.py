@@ -17,7 +17,7 @@ from producer.contract import new_bet, new_deposit
 from tests.conftest import Procs, wait_for
 from tests.e2e.gateway_support import Collector, receive, start_pipeline
 from tests.support import drained, query
-from workers import tokens
+from workers.adapters import subscriber_tokens as tokens
 
 
 def test_each_subscriber_gets_its_own_confirmations_once(
@@ -125,7 +125,7 @@ def published_seqs(client: redis.Redis) -> set[int]:
 
 def confirmer_state(client: redis.Redis, wanted: set[int], procs: Procs) -> str:
     """What a failure needs to be understood (this test once timed out in a full run)."""
-    from workers.confirmer import confirmation_queue
+    from workers.adapters.confirmation_queue import confirmation_queue
 
     queue = confirmation_queue(client)
     missing = sorted(wanted - published_seqs(client))

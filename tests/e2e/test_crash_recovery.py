@@ -12,7 +12,6 @@ from tests.conftest import KEYRING, Procs, wait_for
 from tests.e2e.model import replay
 from tests.support import drained, query
 
-
 USERS = 40
 BETS_PER_PRODUCER = 9_960  # 2 x (40 deposits + 9,960 intents) = 20,000 intents
 KILLS_MIN = 3

@@ -17,7 +17,7 @@ from rich.console import Console
 from producer.contract import new_deposit
 from tests.conftest import BETSTREAM, ROOT, free_port, wait_for
 from tests.support import confirmations, drained, outcome_of
-from workers.devrun import REDIS_SERVER_TUNING, ensure_redis
+from workers.ops.demo_run import REDIS_SERVER_TUNING, ensure_redis
 
 
 def test_run_demo_starts_private_redis_and_prints_a_summary(tmp_path: Path,

@@ -14,7 +14,6 @@ import redis
 from tests.conftest import Procs, wait_for
 from tests.support import drained, query
 
-
 INTENTS = 200_000
 PRODUCERS = 2
 USERS = 200

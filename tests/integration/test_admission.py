@@ -1,7 +1,7 @@
 """The admission child reads and admits as the writer would, and failing costs no entry.
 
 It reads batches ahead as the writer's own consumer and admits them on the other core
-(workers/admission.py). What the writer gets back must be exactly what it would have
+(workers/writer/admission.py). What the writer gets back must be exactly what it would have
 admitted itself, for every kind of entry, and a child that dies must leave the writer
 with a way on (it reads in process, a new child is started).
 """
@@ -24,11 +24,11 @@ from producer.contract import encode_body, intent_body, new_bet, new_deposit, ne
 from producer.errors import LeaseLost
 from producer.signing import Key, Keyring
 from tests.support import plain_intents
-from workers.admitter import Admitter
-from workers.decision import Candidate
-from workers.intake import DeadLetter, admit_entry
+from workers.adapters.intent_stream import IntentStream, _fields
+from workers.core.decision import Candidate
+from workers.core.intake import DeadLetter, admit_entry
 from workers.settings import Settings, load_settings
-from workers.streams import IntentStream, _fields
+from workers.writer.admission_child import Admitter
 
 CONSUMER = "writer-under-test"
 OWNER = "writer-under-test:0001"  # its lease token

@@ -14,10 +14,10 @@ from typing import Final
 import pytest
 
 from producer.contract import new_bet, new_deposit, new_settle
-from workers.audit import CHECKS, audit
-from workers.batch import build_batch
-from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers.store import Store
+from workers.adapters.ledger_audit import CHECKS, audit
+from workers.adapters.ledger_store import Store
+from workers.core.batch_rows import build_batch
+from workers.core.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 
 BETS: Final = 1_500
 BATCH: Final = 500

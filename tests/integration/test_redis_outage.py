@@ -16,6 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from producer.breaker_state import BreakerLimits
 from producer.client import Producer
 from producer.contract import new_deposit
 from producer.journal import Journal, JournaledProducer, read_journal
@@ -23,12 +24,12 @@ from producer.load import LoadPlan, run_load
 from producer.signing import Keyring
 from tests.conftest import Procs, RedisServer, private_redis_server, wait_for
 from tests.support import drained, query
-from workers.breaker import BreakerHook, BreakerStore
-from producer.breaker_state import BreakerLimits
-from workers.hooks import Hook
+from workers.adapters.breaker_store import BreakerStore
+from workers.adapters.ledger_store import Store
 from workers.settings import Settings
-from workers.store import Store
-from workers.writer import Writer
+from workers.writer.batch_writer import Writer
+from workers.writer.breaker_hook import BreakerHook
+from workers.writer.hooks import Hook
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_backlog_counts_unread_entries_while_redis_forgot_the_lag(
         redis_server, redis_client: redis.Redis) -> None:
     """After an AOF reload XINFO's lag is unknown (nil) until the group reads again: it used
     to read as 0, so health, drain checks and reconcile saw an empty backlog."""
-    from workers.streams import backlog
+    from workers.adapters.intent_stream import backlog
 
     redis_server.restart("--appendonly", "yes", "--appendfsync", "always")
     redis_client.flushall()
@@ -174,8 +175,7 @@ def test_backlog_ignores_a_lag_counter_stuck_after_reloads(
         redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen in the full torture run: after 5 AOF reloads XINFO said lag 20133 while nothing
     lay after the last delivered id; reconcile then refused forever ("not drained yet")."""
-    from workers import streams
-
+    from workers.adapters import intent_stream as streams
     last = redis_client.xadd("betstream:intents", {"n": 1}).decode()
     stuck = {"name": b"betstream:writers", "pending": 0, "lag": 20133,
              "last-delivered-id": last.encode()}

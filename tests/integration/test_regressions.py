@@ -6,9 +6,9 @@ from pathlib import Path
 
 from producer.contract import new_bet, new_deposit, new_settle
 from tests.conftest import Procs
-from workers.batch import build_batch
-from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers.store import Store
+from workers.adapters.ledger_store import Store
+from workers.core.batch_rows import build_batch
+from workers.core.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 
 
 def _cand(entry: str, intent) -> Candidate:

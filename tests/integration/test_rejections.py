@@ -28,14 +28,14 @@ from producer.contract import encode_body, new_nonce, now_ms
 from producer.signing import Key, Keyring, sign
 from tests.conftest import Procs, wait_for
 from tests.support import balances, confirmations, deadletters, drained, query
-from workers.confirmer import confirmation_queue
-from workers.connections import redis_client as make_client
-from workers.decision import REASONS
-from workers.hooks import Hooks, MetricsHook
-from workers.metrics import Recorder
+from workers.adapters.confirmation_queue import confirmation_queue
+from workers.adapters.ledger_store import Store
+from workers.adapters.metrics_store import Recorder
+from workers.adapters.redis_connection import redis_client as make_client
+from workers.core.decision import REASONS
 from workers.settings import Settings, load_settings
-from workers.store import Store
-from workers.writer import Writer
+from workers.writer.batch_writer import Writer
+from workers.writer.hooks import Hooks, MetricsHook
 
 DEADLINE_S = 15.0
 _next_user = iter(range(1000, 10_000_000))
@@ -594,7 +594,7 @@ def test_settling_a_bet_twice_is_rejected_already_settled(w: RunningWriter) -> N
 
 
 def test_every_rejection_reason_is_covered_here() -> None:
-    """Guard: a new reason in workers/decision.py must get a test in this module."""
+    """Guard: a new reason in workers/core/decision.py must get a test in this module."""
     import sys
 
     source = open(sys.modules[__name__].__file__, encoding="utf-8").read()
@@ -663,14 +663,14 @@ def test_replays_and_resends_across_batches_read_ahead(
     admission child, or on the writer's I/O thread) while this one commits: a replay of a
     nonce claimed one batch earlier is still refused, a re-sent copy still gets its
     original outcome, and nothing is applied twice."""
-    from workers import admitter
-    from workers.pipeline import BatchPipeline
+    from workers.writer.batch_pipeline import BatchPipeline
+    from workers.writer import admission_child
     early_claims = []
-    claim_early, claims_of = BatchPipeline.claim_early, admitter.claims_of
+    claim_early, claims_of = BatchPipeline.claim_early, admission_child.claims_of
     monkeypatch.setattr(
         BatchPipeline, "claim_early",
         lambda self, admitted: early_claims.append("writer") or claim_early(self, admitted))
-    monkeypatch.setattr(admitter, "claims_of", lambda reply: (
+    monkeypatch.setattr(admission_child, "claims_of", lambda reply: (
         claims := claims_of(reply)) and early_claims.append("admission child") or claims)
     w = start_writer(batch_size_max=4, admission_process=claimed_by == "admission child")
     users = [new_user() for _ in range(4)]
@@ -704,7 +704,7 @@ def test_a_new_user_who_stakes_all_of_a_deposit_in_one_batch_still_has_an_accoun
     """Regression (found by CI under load, there since the first commit): a new user whose
     postings in one batch net to zero (a deposit staked in full) got ledger rows but no
     ``users`` row, and the audit found a balance that did not match its ledger."""
-    from workers.audit import audit
+    from workers.adapters.ledger_audit import audit
     user = new_user()
     deposit, stake = body("deposit", user, amount=1_000), bet_body(user, 1_000)
     pipe = w.client.pipeline(transaction=True)  # one MULTI: one batch

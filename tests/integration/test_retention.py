@@ -32,7 +32,7 @@ def test_writer_trims_acknowledged_intents_but_keeps_pending_ones(
 
 def test_retention_never_trims_pending_or_unread_entries(redis_client: redis.Redis,
                                                           settings) -> None:
-    from workers.streams import IntentStream
+    from workers.adapters.intent_stream import IntentStream
 
     stream = IntentStream(redis_client, settings, "t")
     stream.ensure_group()
@@ -59,7 +59,7 @@ def test_the_unacknowledged_floor_is_the_first_entry_not_yet_delivered(
     writer that was idle for an hour and is about to read new entries must not hold
     archival back by that hour (the archive crash test failed 1 run in 3 this way when
     the writer lingered 50 ms before reading: its cutoff fell before every batch)."""
-    from workers.streams import unacked_floor_ms
+    from workers.adapters.intent_stream import unacked_floor_ms
 
     redis_client.xgroup_create("betstream:intents", "betstream:writers", id="0", mkstream=True)
     redis_client.xadd("betstream:intents", {"v": "1"}, id="1000-0")

@@ -22,8 +22,8 @@ import redis
 from rq import Queue, get_current_job
 
 from tests.conftest import wait_for
-from workers.confirmer import ConfirmerWorker
-from workers.jobjson import JobJSON
+from workers.adapters.rq_job_codec import JobJSON
+from workers.confirmer.worker import ConfirmerWorker
 
 MONITORING_S, GRACE_S = 2, 3
 STOP_RETURNS_S = 2.0

@@ -20,10 +20,10 @@ from producer.errors import FencedOut
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import balances, drained, log_events, query, writer_in_process
-from workers.batch import build_batch
-from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
+from workers.adapters.ledger_store import Store
+from workers.core.batch_rows import build_batch
+from workers.core.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from workers.settings import Settings, load_settings
-from workers.store import Store
 
 WRITER_ENV = {
     "BETSTREAM_LEASE_MS": "1000",

@@ -15,10 +15,10 @@ from producer.errors import BreakerOpen, StoreError
 from tests.conftest import Procs, wait_for
 from tests.integration.test_breaker_faults import BREAKER_ENV, start, state, write_lock
 from tests.support import drained, outcome_of
-from workers.audit import audit
-from workers.batch import build_batch
-from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers.store import Store
+from workers.adapters.ledger_audit import audit
+from workers.adapters.ledger_store import Store
+from workers.core.batch_rows import build_batch
+from workers.core.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 
 SLOW_LEASE = {"BETSTREAM_LEASE_MS": "4000"}  # the next writer waits in standby meanwhile
 

@@ -1,4 +1,4 @@
-"""The ledger file holds exactly the rows build_batch made (workers/store.py, real SQLite).
+"""The ledger file holds exactly the rows build_batch made (workers/adapters/ledger_store.py, real SQLite).
 
 The commit binds a batch's constants once per statement, slices rows into statements of
 power-of-two lengths, and creates an account only when the balance update finds it
@@ -19,15 +19,21 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from producer.contract import BetIntent, DepositIntent, SettleIntent
-from workers.batch import BatchWrite, build_batch
-from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers import store as store_module
-from workers.audit import audit
-from workers.statement import statement
-from workers.listing import (LISTED_ACCOUNT_MIN, copy_unlisted, list_round, list_slice,
-                             move_mark, slices)
-from workers.store import Store, connect
 from tests.support import candidate, query
+from workers.adapters import ledger_store as store_module
+from workers.adapters.ledger_audit import audit
+from workers.adapters.ledger_listing import (
+    LISTED_ACCOUNT_MIN,
+    copy_unlisted,
+    list_round,
+    list_slice,
+    move_mark,
+    slices,
+)
+from workers.adapters.ledger_statement import statement
+from workers.adapters.ledger_store import Store, connect
+from workers.core.batch_rows import BatchWrite, build_batch
+from workers.core.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 
 FEW = settings(max_examples=25, deadline=None, database=None)
 NOW = 1_700_000_000_000
@@ -159,7 +165,7 @@ def test_a_round_skips_rows_archived_after_it_copied_them(tmp_path: Path) -> Non
     """A slice lists only rows above the archive anchor's entry_id_max, read under its write
     lock: rows archived between the copy and the slice are not listed (the audit would find
     a listed row that is not live), the rest are, and statements stay whole."""
-    from workers.archive import archive
+    from workers.adapters.ledger_archive import archive
 
     path = tmp_path / "ledger.sqlite3"
     store = Store(path, 1000, checkpoint_interval_ms=0)

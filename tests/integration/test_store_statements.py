@@ -1,4 +1,4 @@
-"""Batches of any size reuse a small set of compiled statements (workers/store.py, SQLite).
+"""Batches of any size reuse a small set of compiled statements (workers/adapters/ledger_store.py, SQLite).
 
 SQLite compiles each distinct statement text, and a multi-row VALUES or IN list of n rows
 is a distinct text for each n. Slicing by a fixed size left a remainder of a new length
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from producer.contract import BetIntent, DepositIntent, SettleIntent
-from workers.batch import build_batch
-from workers.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 from tests.support import candidate
-from workers.store import STATEMENTS_CACHED_MAX, Store
+from workers.adapters.ledger_store import STATEMENTS_CACHED_MAX, Store
+from workers.core.batch_rows import build_batch
+from workers.core.decision import SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
 
 NOW = 1_700_000_000_000
 SIZES = range(1, 1_200, 19)  # 64 batch sizes, 1 to 1,198 intents
@@ -110,7 +110,7 @@ def test_bytes_and_none_bind_as_blob_and_null(tmp_path: Path) -> None:
     """The store binds bytes and None through identity adapters (sqlite3 would otherwise
     look each up in its adapter protocol): what reaches SQLite is still a BLOB with the
     same bytes and a NULL."""
-    from workers.store import connect
+    from workers.adapters.ledger_store import connect
 
     conn = connect(tmp_path / "x.sqlite3", 1000)
     raw = bytes(range(32))
@@ -122,7 +122,7 @@ def test_bytes_and_none_bind_as_blob_and_null(tmp_path: Path) -> None:
 def test_the_ledger_connection_is_durable(tmp_path: Path) -> None:
     """WAL with synchronous=FULL: an outcome is confirmed only once its batch is durable,
     whatever a faster setting would measure."""
-    from workers.store import connect
+    from workers.adapters.ledger_store import connect
 
     conn = connect(tmp_path / "x.sqlite3", 1000)
     pragma = {name: conn.execute(f"PRAGMA {name}").fetchone()[0]

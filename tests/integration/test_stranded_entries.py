@@ -18,16 +18,16 @@ import threading
 import pytest
 import redis
 
+from producer import constants as c
 from producer.client import Producer
 from producer.contract import new_bet, new_deposit
-from producer import constants as c
 from producer.errors import FencedOut, LeaseLost
 from producer.signing import Keyring
 from tests.conftest import wait_for
 from tests.support import drained, query, writer_in_process
+from workers.adapters.intent_stream import Entry, _entries
 from workers.settings import Settings, load_settings
-from workers.streams import Entry, _entries
-from workers.writer import Writer
+from workers.writer.batch_writer import Writer
 
 BACKLOG = 60_000  # intents: a few seconds of work for the writer, several 500 ms lease periods
 BATCH = 500

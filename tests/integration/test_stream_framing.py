@@ -15,10 +15,10 @@ from producer import constants as c
 from producer.client import entry_fields
 from producer.contract import intent_body, new_deposit
 from producer.signing import Keyring
-from workers.decision import Candidate
-from workers.intake import DeadLetter, admit
+from workers.adapters.intent_stream import IntentStream
+from workers.core.decision import Candidate
+from workers.core.intake import DeadLetter, admit
 from workers.settings import Settings
-from workers.streams import IntentStream
 
 
 def xadd_pairs(client: redis.Redis, pairs: list[tuple[str, bytes | str]]) -> str:

@@ -25,9 +25,8 @@ from producer.contract import encode_body, new_nonce, now_ms
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import drained
-from tests.torture.report import scaled
 from tests.torture.exactly_once import verify
-
+from tests.torture.report import scaled
 
 USERS = scaled(30, 200)
 DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable

@@ -36,9 +36,8 @@ from producer.signing import Key, Keyring
 from tests.conftest import KEYRING, Procs, wait_for
 from tests.e2e.gateway_support import Collector, receive, start_pipeline
 from tests.support import deadletters, drained, query
-from workers import tokens
-from workers.intake import ingress_ms
-
+from workers.adapters import subscriber_tokens as tokens
+from workers.core.intake import ingress_ms
 
 NEW_KID = "cashier-2"
 NEW_SECRET = "cashier-rotated-secret-0002"

@@ -29,7 +29,6 @@ from producer.errors import ContractError
 from producer.signing import sign
 from tests.conftest import Procs, wait_for
 from tests.support import deadletters, drained, query
-from tests.torture.report import scaled
 from tests.torture.hostile import (
     BUILDERS,
     FUNDED_USER,
@@ -41,9 +40,9 @@ from tests.torture.hostile import (
     json_bomb,
     valid,
 )
-from workers.decision import Candidate
-from workers.intake import DeadLetter, admit
-
+from tests.torture.report import scaled
+from workers.core.decision import Candidate
+from workers.core.intake import DeadLetter, admit
 
 BIG_BODY_BYTES = 1 << 20  # a few 1 MiB bodies per round: read, refused, freed
 # After the first round, RSS may grow only as much as the ledger (SQLite's page cache holds

@@ -29,6 +29,7 @@ import pytest
 import redis
 
 from producer import constants as c
+from producer.breaker_state import BreakerLimits
 from producer.client import Producer
 from producer.journal import Journal, JournaledProducer, read_journal
 from producer.load import LoadPlan, run_load
@@ -36,10 +37,8 @@ from producer.signing import Keyring
 from tests.conftest import Procs, RedisServer, private_redis_server, wait_for
 from tests.support import confirmations, query
 from tests.torture.report import scaled
-from workers.breaker import BreakerStore
-from producer.breaker_state import BreakerLimits
-from workers.health import writer_health
-
+from workers.adapters.breaker_store import BreakerStore
+from workers.adapters.writer_health import writer_health
 
 RETRY_BACKOFF_MIN_MS, RETRY_BACKOFF_MAX_MS = 50, 1000
 WRITER_ENV = {"BETSTREAM_LEASE_MS": "2000", "BETSTREAM_BATCH_SIZE_MAX": "200",

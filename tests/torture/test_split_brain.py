@@ -26,9 +26,8 @@ from producer.contract import new_deposit
 from producer.signing import Keyring
 from tests.conftest import Procs, wait_for
 from tests.support import drained, log_events, outcome_of, query
-from tests.torture.report import scaled
 from tests.torture.exactly_once import verify
-
+from tests.torture.report import scaled
 
 USERS = scaled(20, 100)
 DEPOSIT = scaled(200_000, 1_000_000)  # per user and producer: most bets are affordable

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from producer.breaker_state import BreakerLimits
 from tests.conftest import Procs, wait_for
 from tests.integration.test_breaker_faults import BREAKER_ENV, STABILITY_S, state, write_lock
 from tests.support import query
@@ -33,9 +34,7 @@ from tests.torture.storage_support import (
     slow_sync,
     tmpfs,
 )
-from workers.breaker import BreakerStore
-from producer.breaker_state import BreakerLimits
-
+from workers.adapters.breaker_store import BreakerStore
 
 USERS = 30
 ROOMY_MB = 512  # tmpfs size once space is "freed": room for the WAL's high-water mark

@@ -1,6 +1,6 @@
 """A reply from the admission child is checked before the writer decides on it: one that
 does not give every entry read exactly once, in stream order, is refused (pure logic:
-``workers/admission.py``; the child itself is exercised in tests/integration)."""
+``workers/writer/admission.py``; the child itself is exercised in tests/integration)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from producer.client import entry_fields
 from producer.signing import Key, Keyring
 from tests.conftest import KEYRING
 from tests.support import plain_intents
-from workers.admission import Reply, merge, split
-from workers.streams import Entry
+from workers.adapters.intent_stream import Entry
+from workers.writer.admission import Reply, merge, split
 
 RING = Keyring({kid: Key(kid, spec["secret"].encode(), frozenset(spec["kinds"]))
                 for kid, spec in KEYRING.items()})

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from producer.errors import InvariantViolation
-from workers.archive_plan import carried, carry_entry_id, effective_cutoff, period_of
-from workers.statement import statement
-from workers.store import SCHEMA_VERSION, Store
+from workers.adapters.ledger_statement import statement
+from workers.adapters.ledger_store import SCHEMA_VERSION, Store
+from workers.core.archive_rules import carried, carry_entry_id, effective_cutoff, period_of
 
 ms = st.integers(0, 2**45)
 
@@ -73,7 +73,7 @@ def test_archive_files_are_per_utc_month() -> None:
 def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     """A file from before archival keeps its rows and gets the new tables and trigger."""
     path = tmp_path / "old.sqlite3"
-    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    schema = resources.files("workers.adapters").joinpath("schema.sql").read_text()
     old = (schema.replace("('schema_version', 5)", "('schema_version', 2)")
            .replace("WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0)\n",
                     ""))
@@ -98,7 +98,7 @@ def test_a_schema_3_ledger_loses_the_unread_market_index_and_keeps_its_rows(
         tmp_path: Path) -> None:
     """Version 4 drops bets_by_market (nothing reads it; it cost ~15 % of a commit)."""
     path = tmp_path / "v3.sqlite3"
-    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    schema = resources.files("workers.adapters").joinpath("schema.sql").read_text()
     conn = sqlite3.connect(path)
     conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 3)"))
     conn.execute("CREATE INDEX bets_by_market ON bets(market, status)")
@@ -122,7 +122,7 @@ def _upgraded(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
 
 def _schema_4_file(path: Path) -> sqlite3.Connection:
     """A ledger as version 4 made it: ledger_by_user, and no user_entries or mark."""
-    schema = resources.files("workers").joinpath("schema.sql").read_text()
+    schema = resources.files("workers.adapters").joinpath("schema.sql").read_text()
     conn = sqlite3.connect(path)
     conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
     conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "

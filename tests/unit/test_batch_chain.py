@@ -1,4 +1,4 @@
-"""Batch rows, the tamper-evident hash chain and retry backoff (workers/batch.py, chain.py,
+"""Batch rows, the tamper-evident hash chain and retry backoff (workers/core/batch_rows.py, chain.py,
 backoff.py).
 
 build_batch turns decisions into exactly the rows one SQLite transaction writes: outcome
@@ -16,13 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from producer.backoff import backoff_ms
 from producer.contract import BetIntent, DepositIntent, SettleIntent
 from producer.errors import InvariantViolation
-from producer.backoff import backoff_ms
 from tests.support import candidate
-from workers.batch import MESSAGE_FIELDS, BatchWrite, Heads, build_batch
-from workers.chain import GENESIS_HASH, batch_hash
-from workers.decision import (
+from workers.core.batch_rows import MESSAGE_FIELDS, BatchWrite, Heads, build_batch
+from workers.core.decision import (
     ACCEPTED,
     CASH,
     ESCROW,
@@ -33,6 +32,7 @@ from workers.decision import (
     Decision,
     decide_batch,
 )
+from workers.core.hash_chain import GENESIS_HASH, batch_hash
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 NOW, EPOCH = 1_700_000_000_000, 3

@@ -15,7 +15,7 @@ from producer.breaker_state import (
     cooldown_s,
     retry_after_s,
 )
-from workers.breaker_core import force, on_failure, on_success, on_tick
+from workers.core.breaker_machine import force, on_failure, on_success, on_tick
 
 LIM = BreakerLimits(failures_max=3, commit_ms_max=500, backlog_age_ms_max=10_000,
                     cooldown_s=5, cooldown_max_s=40, stability_s=30, half_open_share=0.25)

@@ -1,4 +1,4 @@
-"""Money rules of the pure decision core (workers/decision.py), with dedupe and batch rows.
+"""Money rules of the pure decision core (workers/core/decision.py), with dedupe and batch rows.
 
 Random sequences of deposits, withdrawals, bets and settlements are cut into random batches
 and run through the same pure steps the writer uses (split_repeats -> decide_batch ->
@@ -35,9 +35,8 @@ from producer.contract import (
 )
 from producer.errors import InvariantViolation
 from tests.support import candidate
-from workers.batch import Heads, OutcomeRow, Stored, build_batch
-from workers.chain import GENESIS_HASH
-from workers.decision import (
+from workers.core.batch_rows import Heads, OutcomeRow, Stored, build_batch
+from workers.core.decision import (
     ACCEPTED,
     BALANCE_ABS_MAX,
     CASH,
@@ -55,7 +54,8 @@ from workers.decision import (
     payout,
     settlement_postings,
 )
-from workers.dedupe import Repeat, split_repeats
+from workers.core.hash_chain import GENESIS_HASH
+from workers.core.repeats import Repeat, split_repeats
 
 PROPS = settings(max_examples=200, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -199,7 +199,7 @@ def cut(items: list, cuts: list[int]) -> list[list]:
     return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-# --- the pure writer pipeline (what workers/pipeline.py does, without Redis/SQLite) --------
+# --- the pure writer pipeline (what workers/writer/batch_pipeline.py does, without Redis/SQLite) --------
 
 
 @dataclass
@@ -263,7 +263,7 @@ class Ledger:
 def reference(cands: list[Candidate]) -> tuple[list[tuple], dict[int, int]]:
     """Expected (id, status, reason, balance) per first-time candidate, and final balances.
 
-    Written from DESIGN.md alone: plain dicts, Fraction for payouts, no project helpers.
+    Written from docs/ledger.md and docs/wire-contract.md alone: plain dicts, Fraction for payouts, no project helpers.
     """
     bal: dict[int, int] = {0: 0, -1: 0, -2: 0}
     bets: dict[str, list] = {}  # id -> [owner, stake, odds Fraction, status]

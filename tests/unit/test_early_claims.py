@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import redis
 
-from workers.decision import Candidate
-from workers.pipeline import BatchPipeline
+from workers.core.decision import Candidate
 from workers.settings import load_settings
+from workers.writer.batch_pipeline import BatchPipeline
 
 
 class FakeStream:
@@ -55,7 +55,7 @@ def test_early_claims_are_used_and_replays_still_refused() -> None:
 
 
 def test_claims_the_admission_child_made_are_used_and_replays_still_refused() -> None:
-    """The child hands its claims over done, by entry id (workers/admission.py)."""
+    """The child hands its claims over done, by entry id (workers/writer/admission.py)."""
     stream = FakeStream()
     batch = [cand("a", "n1"), cand("b", "n1"), cand("c", "n2")]
     done = dict(zip([x.entry_id for x in batch],

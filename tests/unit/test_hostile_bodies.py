@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from producer.client import entry_fields
 from producer.signing import Keyring
-from workers.decision import REASONS, Candidate
-from workers.intake import DeadLetter, admit
+from workers.core.decision import REASONS, Candidate
+from workers.core.intake import DeadLetter, admit
 
 RING = Keyring.from_mapping({
     "frontend": {"secret": "frontend-test-secret-0001", "kinds": ["bet"]},

@@ -1,4 +1,4 @@
-"""Authentication and classification of raw stream entries (workers/intake.py).
+"""Authentication and classification of raw stream entries (workers/core/intake.py).
 
 admit() decides whether an entry is somebody's intent (a Candidate that will get exactly one
 outcome) or an unauthenticated/unidentifiable entry (a DeadLetter, never applied nor
@@ -29,8 +29,8 @@ from producer.contract import (
 )
 from producer.fastparse import intent_fields
 from producer.signing import Keyring, sign
-from workers.decision import Candidate
-from workers.intake import DeadLetter, admit, freshness_reason, ingress_ms
+from workers.core.decision import Candidate
+from workers.core.intake import DeadLetter, admit, freshness_reason, ingress_ms
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

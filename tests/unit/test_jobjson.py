@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rq.serializers import JSONSerializer
 
-from workers.jobjson import JOB_ZLIB_LEVEL, JobJSON
+from workers.adapters.rq_job_codec import JOB_ZLIB_LEVEL, JobJSON
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
@@ -39,8 +39,8 @@ def test_a_job_the_writer_enqueues_is_read_by_rqs_own_job_class() -> None:
     import fakeredis
     from rq.job import Job
 
-    from workers.batch import MESSAGE_FIELDS
-    from workers.confirmer import JOB_FUNC, confirmation_queue
+    from workers.adapters.confirmation_queue import JOB_FUNC, confirmation_queue
+    from workers.core.batch_rows import MESSAGE_FIELDS
 
     client = fakeredis.FakeRedis()
     rows = [[f"id-{i}", "bet", 7, "accepted", None, 900, i, 1_764_000_000_000, False, None]
@@ -50,7 +50,7 @@ def test_a_job_the_writer_enqueues_is_read_by_rqs_own_job_class() -> None:
     job = confirmation_queue(client).enqueue_call(JOB_FUNC, args=args, pipeline=pipe)
     pipe.execute()
     loaded = Job.fetch(job.id, connection=client, serializer=JobJSON)
-    assert loaded.func_name == "workers.confirmer.deliver_rows"
+    assert loaded.func_name == "workers.confirmer.worker.deliver_rows"
     assert list(loaded.args) == args
     stored = client.hget(job.key, "data")
     assert json.loads(zlib.decompress(stored)) == [JOB_FUNC, None, args, {}]

@@ -19,10 +19,10 @@ from producer.client import Producer, entry_fields
 from producer.contract import intent_body, new_bet, new_deposit, now_ms
 from producer.errors import AuthError, ForbiddenKind, KeyRetired, KeyringError
 from producer.signing import RETIRE_MARGIN_MS, Keyring, sign, verify
-from workers import tokens
-from workers.decision import Candidate
-from workers.intake import DeadLetter, admit
-from workers.keyreload import KeyringReloader
+from workers.adapters import subscriber_tokens as tokens
+from workers.core.decision import Candidate
+from workers.core.intake import DeadLetter, admit
+from workers.writer.keyring_reload import KeyringReloader
 
 RETIRE_AT = 1_700_000_000_000
 RING = {

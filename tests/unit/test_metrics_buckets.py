@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.metrics import HISTOGRAMS, LATENCY_BUCKETS_MS, Recorder
+from workers.adapters.metrics_store import HISTOGRAMS, LATENCY_BUCKETS_MS, Recorder
 
 _EDGES = st.sampled_from([0, *LATENCY_BUCKETS_MS, *(b + 1 for b in LATENCY_BUCKETS_MS)])
 

@@ -8,7 +8,7 @@ import pytest
 
 from producer.errors import JournalError
 from producer.journal import Ack, Journal, read_journal
-from workers.reconcile import Recorded, reconcile
+from workers.core.reconciliation import Recorded, reconcile
 
 
 def ack(intent: str, ms: int, seq: int = 0, kind: str = "bet") -> Ack:

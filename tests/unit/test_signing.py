@@ -13,11 +13,10 @@ import json
 from pathlib import Path
 
 import fakeredis
+import hiredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import hiredis
 
 from producer.client import Producer, entry_fields, pack_xadd
 from producer.errors import AuthError, ConfigError, ContractError, ForbiddenKind, KeyringError
@@ -193,7 +192,7 @@ def test_sign_matches_stdlib_hmac_at_the_block_size_edges() -> None:
 
 
 def test_signature_uses_the_utf8_bytes_of_the_secret(ring: Keyring) -> None:
-    """The HMAC key is the secret's UTF-8 bytes, as DESIGN.md says."""
+    """The HMAC key is the secret's UTF-8 bytes, as docs/wire-contract.md says."""
     expected = hmac.new(RING["ops"]["secret"].encode("utf-8"), BODY, hashlib.sha256).hexdigest()
     assert sign(ring.get("ops"), BODY) == expected
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from producer.contract import new_deposit
 from producer.errors import InvariantViolation
-from workers.batch import OutcomeRow, Stored
-from workers.decision import Candidate
-from workers.dedupe import split_repeats
-from workers.store import _chunks
+from workers.adapters.ledger_store import _chunks
+from workers.core.batch_rows import OutcomeRow, Stored
+from workers.core.decision import Candidate
+from workers.core.repeats import split_repeats
 
 
 def _cand(entry: str, intent) -> Candidate:

@@ -1,0 +1,66 @@
+"""The breaker's state in Redis: one hash and a transition log.
+
+The writer is the only process that moves the breaker automatically; operators can force
+it with ``betstream breaker open|close``. Every change is a compare-and-set on a version
+number, so an operator's force is never overwritten by a writer that had not seen it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+import redis
+
+from producer import constants as c
+from producer.breaker_state import Breaker, BreakerLimits, Snapshot, hash_fields, parse
+from workers.core.breaker_machine import force
+
+LOG_LEN_MAX: Final = 10_000
+REDIS_UNREACHABLE: Final = (redis.ConnectionError, redis.TimeoutError)  # incl. LOADING
+
+# KEYS[1] hash, KEYS[2] log stream; ARGV[1] expected version, ARGV[2] log maxlen,
+# then field/value pairs. Writes only if nobody changed the version meanwhile.
+_CAS: Final = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then return -1 end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'version', current + 1, unpack(fields))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+return current + 1
+"""
+
+
+class BreakerStore:
+    def __init__(self, client: redis.Redis, limits: BreakerLimits) -> None:
+        self._redis = client
+        self.limits = limits
+        self._cas = client.register_script(_CAS)
+
+    def load(self) -> Snapshot:
+        snap = parse(self._redis.hgetall(c.KEY_BREAKER), self.limits)
+        return Snapshot(snap.breaker, snap.version, self.limits)  # the writer's own limits
+
+    def save(self, expected_version: int, b: Breaker) -> int | None:
+        """New version, or None if someone else (an operator) changed it first."""
+        flat = [x for kv in hash_fields(b, self.limits).items() for x in kv]
+        version = self._cas(keys=[c.KEY_BREAKER, c.STREAM_BREAKER_LOG],
+                            args=[expected_version, LOG_LEN_MAX, *flat])
+        return None if int(version) < 0 else int(version)
+
+    def force(self, state: str, reason: str) -> Breaker:
+        for _ in range(10):  # a bounded compare-and-set loop
+            snap = self.load()
+            forced = force(snap.breaker, state, now_ms(), reason)
+            if self.save(snap.version, forced) is not None:
+                return forced
+        raise RuntimeError("breaker kept changing; try again")
+
+    def transitions(self, count: int = 20) -> list[dict[str, str]]:
+        rows = self._redis.xrevrange(c.STREAM_BREAKER_LOG, count=count)
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

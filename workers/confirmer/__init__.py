@@ -1,0 +1,2 @@
+"""The confirmer process: publishes committed outcomes to the confirmation stream and to
+the users' channels."""

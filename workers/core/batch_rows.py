@@ -1,0 +1,137 @@
+"""Turn a batch of decisions into the rows one SQLite transaction writes. Pure.
+
+Sequence numbers, ledger entry ids and the batch hash are assigned here from the store's
+current heads, so the write itself is a handful of multi-row statements.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from producer.errors import InvariantViolation
+from producer.invariants import require
+from workers.core.decision import ACCEPTED, BetState, Candidate, Decision
+from workers.core.hash_chain import LedgerRow, batch_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """Where the ledger ends: the next write continues from here."""
+
+    seq: int
+    batch_no: int
+    entry_id: int
+    hash: str
+
+
+# The fields of a confirmation (docs/wire-contract.md), in the order of OutcomeRow.message_row.
+MESSAGE_FIELDS: Final = ("id", "kind", "user_id", "status", "reason", "balance", "seq",
+                         "committed_at", "duplicate", "detail")
+
+
+class OutcomeRow(msgspec.Struct, gc=False):  # never mutated; see workers/core/decision.py
+    seq: int
+    id: str
+    entry_id: str
+    kind: str
+    user_id: int
+    status: str
+    reason: str | None
+    detail: str | None
+    balance: int | None
+    body_sha: bytes
+    batch_no: int
+    committed_at: int
+
+    def message_row(self, duplicate: bool = False) -> tuple:
+        """The confirmation's values in :data:`MESSAGE_FIELDS` order: how the writer hands a
+        batch to the confirmer, which publishes them as one object (a tuple costs the
+        writer less to build, encode and compress)."""
+        return (self.id, self.kind, self.user_id, self.status, self.reason, self.balance,
+                self.seq, self.committed_at, duplicate, self.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Outcomes already on disk for a batch: by intent id (first outcome) and by entry id."""
+
+    by_id: dict[str, OutcomeRow]
+    by_entry: dict[str, OutcomeRow]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    epoch: int
+    batch_no: int
+    committed_at: int
+    outcomes: list[OutcomeRow]
+    ledger: list[LedgerRow]
+    new_bets: list[tuple[int, str, int, str, str, str, int]]  # placed bets: status 'open'
+    settled_bets: list[tuple[str, int, int]]  # (status, settled_seq, the bet's seq)
+    # (account, delta, created_at) for every account the batch posts to, even when its
+    # postings net to 0 (a new user who deposits and stakes it all still gets a row)
+    balance_deltas: list[tuple[int, int, int]]
+    prev_hash: str
+    hash: str
+    after: Heads  # the store's heads once this batch is committed
+
+
+def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int) -> BatchWrite:
+    """Rows for one transaction; checks that every transaction's postings sum to zero.
+    (Names bound to locals: this loop runs for every intent of a batch.)"""
+    batch_no = heads.batch_no + 1
+    outcomes: list[OutcomeRow] = []
+    ledger: list[LedgerRow] = []
+    new_bets, settled = [], []
+    deltas: dict[int, int] = defaultdict(int)
+    add_outcome, add_row = outcomes.append, ledger.append
+    seq, entry_id = heads.seq, heads.entry_id
+    for d in decisions:
+        cand = d.candidate
+        seq += 1
+        add_outcome(OutcomeRow(seq, cand.id, cand.entry_id, cand.kind, cand.user_id, d.status,
+                               d.reason, d.detail, d.balance, cand.body_sha, batch_no, now))
+        postings = d.postings
+        if not _posts(d):
+            continue
+        txn_id, kind = cand.id, cand.kind
+        ref_id = d.settled_bet.id if d.settled_bet else txn_id
+        for account, amount in postings:
+            entry_id += 1
+            add_row((entry_id, txn_id, account, amount, kind, ref_id, now))
+            deltas[account] += amount
+        if d.new_bet:
+            d.new_bet.seq = seq  # a settle later in this batch refers to it by this seq
+            new_bets.append(_bet_row(d.new_bet, cand))
+        if d.settled_bet:
+            require(d.settled_bet.seq is not None, "a settled bet must have been placed")
+            settled.append((d.settled_bet.status, seq, d.settled_bet.seq))
+    digest = batch_hash(heads.hash, ledger)
+    after = Heads(seq, batch_no, entry_id, digest)
+    return BatchWrite(
+        epoch, batch_no, now, outcomes, ledger, new_bets, settled,
+        [(acc, delta, now) for acc, delta in deltas.items()],  # 0 too: the account must exist
+        heads.hash, digest, after,
+    )
+
+
+def _posts(d: Decision) -> bool:
+    """Whether the decision moves money; its postings must then sum to zero, and a
+    rejection must post nothing (either breach is a bug: it stops the writer)."""
+    if d.status != ACCEPTED:
+        if d.postings:
+            raise InvariantViolation("a rejected intent must not post")
+        return False
+    if sum(amount for _, amount in d.postings) != 0:
+        raise InvariantViolation(f"txn {d.candidate.id} does not sum to zero")
+    return True
+
+
+def _bet_row(bet: BetState, cand: Candidate) -> tuple[int, str, int, str, str, str, int]:
+    intent = cand.intent
+    return (bet.seq, bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake)

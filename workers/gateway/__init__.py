@@ -1,0 +1,2 @@
+"""The gateway process: WebSocket confirmations per user, bet lookups, health, metrics and
+the demo bet slip."""
