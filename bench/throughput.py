@@ -17,7 +17,7 @@ from bench.harness import Env, private_env, wait
 from workers.adapters.intent_stream import backlog
 
 CLK_TCK = 100
-CORES_USED_MAX = 2  # the machine issue 6 names: what two fully busy cores would give
+CORES_USED_MAX = 2  # the machine benchmarked: what two fully busy cores would give
 
 
 def cpu_times() -> tuple[int, int]:

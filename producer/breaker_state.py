@@ -19,8 +19,8 @@ HALF_OPEN: Final = "half_open"
 @dataclass(frozen=True, slots=True)
 class BreakerLimits:
     failures_max: int = 3  # consecutive failed commits
-    commit_ms_max: int = 2_000
-    backlog_age_ms_max: int = 30_000  # below the freshness window, so we shed before `stale`
+    commit_max_ms: int = 2_000
+    backlog_age_max_ms: int = 30_000  # below the freshness window, so we shed before `stale`
     cooldown_s: float = 5.0
     cooldown_max_s: float = 60.0  # each re-open from HALF_OPEN doubles the cool-down up to this
     stability_s: float = 30.0

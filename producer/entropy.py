@@ -3,7 +3,7 @@
 A producer needs fresh randomness twice per intent (a UUIDv7's random bits and a nonce).
 One ``os.urandom`` per value is one ``getrandom`` system call each: an id and a nonce
 cost 2.6 µs in a loop, 1.7 drawn here, where one call draws ``BLOCKS_PER_DRAW`` values
-at once (docs/performance.md, round 12). The bytes are the same CSPRNG's.
+at once (docs/performance.md). The bytes are the same CSPRNG's.
 
 Two ways a pool could hand out the same bytes twice, and so a duplicate id (a distinct
 bet answered ``duplicate``) or nonce (answered ``replay``), are closed:

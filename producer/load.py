@@ -26,7 +26,7 @@ from producer.signing import Key
 CHUNK_SIZE_MAX: Final = 500  # intents per pipelined round trip
 # Paced loads send this often. Every send is a round trip that wakes Redis and the reading
 # side: at 100 sends/s, streaming 15,000/s cost 6-10 % more CPU over all processes than at
-# 33 (producers, Redis and the admission child; docs/performance.md, round 12).
+# 33 (producers, Redis and the admission child; docs/performance.md).
 SENDS_PER_S: Final = 33
 RECENT_MAX: Final = 100  # duplicates are drawn from this many recent intents
 SHED_WAIT_MAX_S: Final = 5.0  # longest back-off after the breaker refused a chunk
@@ -106,7 +106,7 @@ def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
 
     A settlement always follows the bet it refers to, so it is in the stream after it.
     The bet path draws with ``_below`` and builds its dict in place: a producer streaming
-    at its share of 30,000/s spends most of its CPU here (docs/performance.md, round 9)."""
+    at its share of 30,000/s spends most of its CPU here (docs/performance.md)."""
     first, last_user = plan.user_first, plan.user_first + plan.users - 1
     for user in range(first, last_user + 1):
         yield _body("deposit", user, amount=plan.deposit)

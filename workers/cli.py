@@ -183,6 +183,13 @@ def cmd_archive(settings: Settings, args: argparse.Namespace) -> int:
     return run_archive_command(settings, args, utc_date_ms(args.before, "--before"))
 
 
+def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.settings import settings_table
+
+    print(settings_table(), end="")
+    return EXIT_OK
+
+
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     from workers.adapters.redis_connection import redis_client
     from workers.adapters.writer_health import writer_health
@@ -286,6 +293,9 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--reason", help="why (required to force; recorded in the transition log)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_breaker)
+    st = sub.add_parser("settings", help="print every BETSTREAM_* setting with its default "
+                                         "and meaning (Markdown)")
+    st.set_defaults(func=cmd_settings)
     h = sub.add_parser("health", help="writer lease, beacons, backlog and breaker; exit 1 if "
                                       "no writer leads or the breaker is not closed")
     h.add_argument("--json", action="store_true")

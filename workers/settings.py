@@ -39,128 +39,190 @@ class Listing:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BETSTREAM_", frozen=True, extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    db: Path = Path("./var/betstream.sqlite3")
-    keyring: Path = Path("./var/keyring.json")
-    log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redis_url: str = Field("redis://127.0.0.1:6379/0",
+                           description="Redis holding the streams, the lease and the breaker")
+    db: Path = Field(Path("./var/betstream.sqlite3"), description="the SQLite ledger")
+    keyring: Path = Field(
+        Path("./var/keyring.json"),
+        description="key ids, secrets, the kinds each may sign and an optional `retire_at` "
+                    "(ms); `kill -HUP` the writer to re-read it (docs/wire-contract.md)")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="log lines as JSON, or for a terminal; auto: JSON unless stderr "
+                            "is a terminal")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least important log level written")
 
-    # Batching: one SQLite transaction per batch of at most batch_size_max intents. A batch
-    # is what is waiting, up to this: small under light load, large under heavy load.
-    # Each batch writes every index page it touches to the WAL; the per-user ledger index
-    # took one page per distinct user, so a larger batch wrote fewer pages per intent,
-    # more so as the ledger grew: 4000 wrote ~half the pages per intent of 1000, and
-    # 8000 drained 2M intents 12 % faster than 4000 (docs/performance.md, round 6). Since
-    # schema 5 that index is user_entries, listed in bulk beside the writer (listing_*).
-    batch_size_max: int = Field(8000, ge=1, le=100_000)
-    batch_wait_ms: int = Field(20, ge=1, le=10_000)
+    # Larger batches write fewer index pages per intent: 8000 drained 2M intents 12 % faster
+    # than 4000 (docs/performance.md).
+    batch_size_max: int = Field(8000, ge=1, le=100_000,
+                                description="intents committed in one SQLite transaction")
+    batch_wait_ms: int = Field(20, ge=1, le=10_000,
+                               description="how long a read of new intents blocks")
     # A batch keeps tens of GC-tracked objects per intent alive until it is finished, so
-    # CPython's young collections (every 700 net allocations; 50,000 until round 4) ran
-    # several times per batch and found them all alive. Startup objects are frozen out of
-    # the GC, and a collection waits for this many net new objects: in steady state
-    # reference counting frees each batch first (workers/writer/gc_tuning.py). Writer and its child.
-    writer_gc_gen0_threshold: int = Field(1_000_000, ge=100, le=10_000_000)
-    # Read and admit the next batch while this one commits on the committer thread.
-    commit_overlap: bool = True
-    # ... once a batch holds at least this many entries (or batch_size_max, if smaller).
-    # Under light load overlapping only splits the flow into more, smaller batches, one
-    # confirmation job each. A stream fed at tens of thousands per second rarely leaves a
-    # full batch waiting, and without overlap each batch is read, admitted, decided and
-    # committed in turn (docs/performance.md, round 8).
-    read_ahead_size_min: int = Field(1000, ge=1, le=100_000)
-    # ... and do that reading and admitting in a child process, on the other core (the
-    # writer is bound by the GIL; workers/writer/admission.py). A child that fails or stays
-    # silent past the reply timeout is stopped; the writer reads what it had read from its
-    # own pending list, reads in process meanwhile and starts a new child after
-    # admission_restart_ms.
-    admission_process: bool = True
-    admission_reply_timeout_ms: int = Field(10_000, ge=100, le=600_000)
-    admission_restart_ms: int = Field(5_000, ge=0, le=3_600_000)
-    # How long a thread may hold the GIL before another asks for it back: the committer
-    # thread needs it for a moment after every SQLite step (CPython's default is 5000).
-    writer_switch_interval_us: int = Field(500, ge=50, le=100_000)
-    pending_claim_count: int = Field(1000, ge=1, le=100_000)
+    # CPython's default young collections ran several times per batch for nothing.
+    writer_gc_gen0_threshold: int = Field(
+        1_000_000, ge=100, le=10_000_000,
+        description="net new objects before a young GC pass, in the writer and its "
+                    "admission child (CPython: 700)")
+    commit_overlap: bool = Field(
+        True, description="under a backlog, read and admit the next batch and confirm the "
+                          "one before while a batch commits")
+    # Under light load overlapping only splits the flow into more, smaller batches.
+    read_ahead_size_min: int = Field(
+        1000, ge=1, le=100_000,
+        description="what counts as a backlog for `COMMIT_OVERLAP`: a batch of at least this "
+                    "many new entries (or a full batch, if smaller)")
+    admission_process: bool = Field(
+        True, description="the batch read ahead is read and admitted by a child process "
+                          "of the writer, on the other core (the writer is bound by the GIL)")
+    admission_reply_timeout_ms: int = Field(
+        10_000, ge=100, le=600_000,
+        description="an admission child silent this long is stopped; the writer reads what "
+                    "it had read from its own pending list, in process meanwhile")
+    admission_restart_ms: int = Field(
+        5_000, ge=0, le=3_600_000,
+        description="when a new admission child is started after one failed")
+    writer_switch_interval_us: int = Field(
+        500, ge=50, le=100_000,
+        description="how long a writer thread may hold the GIL before another asks for it "
+                    "back (CPython: 5000); the committer thread needs it after every SQLite "
+                    "step")
+    pending_claim_count: int = Field(
+        1000, ge=1, le=100_000,
+        description="pending entries of dead consumers claimed per call when a writer "
+                    "starts leading")
 
-    # Freshness and replay protection (the seed's 90 s nonce TTL).
-    nonce_ttl_s: int = Field(90, ge=1, le=86_400)
-    intent_age_max_ms: int = Field(60_000, ge=100)
-    clock_skew_max_ms: int = Field(5_000, ge=0)
+    nonce_ttl_s: int = Field(90, ge=1, le=86_400,
+                             description="how long a nonce is remembered (the seed's value)")
+    intent_age_max_ms: int = Field(
+        60_000, ge=100,
+        description="older intents are rejected `stale`; must stay below the nonce TTL")
+    clock_skew_max_ms: int = Field(5_000, ge=0,
+                                   description="how far in the future `issued_at` may be")
 
-    # Single writer: Redis lease plus fencing epoch in SQLite.
-    lease_ms: int = Field(10_000, ge=500, le=600_000)
-    standby_poll_ms: int = Field(500, ge=10, le=60_000)
+    lease_ms: int = Field(10_000, ge=500, le=600_000,
+                          description="writer lease: a dead writer is replaced after at most "
+                                      "this")
+    standby_poll_ms: int = Field(500, ge=10, le=60_000,
+                                 description="how often a standby writer tries to take the "
+                                             "lease")
 
-    # Retries of a failed commit or Redis call: bounded exponential backoff with jitter.
-    retry_backoff_min_ms: int = Field(50, ge=1)
-    retry_backoff_max_ms: int = Field(5_000, ge=1)
-    sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000)
-    # The writer's lister lists ledger rows in user_entries, the table statements find an
-    # account's entries in (workers/adapters/ledger_listing.py): a round every listing_interval_ms once
-    # listing_lag_rows_min rows wait (more: fewer page writes per posting, a longer tail
-    # for statements to scan), in transactions of about listing_slice_rows_max rows (the
-    # longest a commit waits for the write lock).
-    listing_interval_ms: int = Field(LISTING_INTERVAL_MS_DEFAULT, ge=10, le=3_600_000)
-    listing_lag_rows_min: int = Field(LISTING_LAG_ROWS_MIN_DEFAULT, ge=1, le=10_000_000)
-    listing_slice_rows_max: int = Field(LISTING_SLICE_ROWS_MAX_DEFAULT, ge=1, le=10_000_000)
+    retry_backoff_min_ms: int = Field(50, ge=1, description="first wait before retrying a "
+                                                            "failed commit or Redis call")
+    retry_backoff_max_ms: int = Field(5_000, ge=1, description="longest wait between retries "
+                                                               "(exponential, with jitter)")
+    sqlite_busy_timeout_ms: int = Field(2_000, ge=0, le=600_000,
+                                        description="wait for the SQLite write lock before "
+                                                    "retrying")
+    listing_interval_ms: int = Field(
+        LISTING_INTERVAL_MS_DEFAULT, ge=10, le=3_600_000,
+        description="how often the writer's lister lists users' ledger rows in "
+                    "`user_entries`, where statements find them (docs/ledger.md)")
+    listing_lag_rows_min: int = Field(
+        LISTING_LAG_ROWS_MIN_DEFAULT, ge=1, le=10_000_000,
+        description="a listing round starts once this many rows wait (more: fewer page "
+                    "writes per posting, a longer tail for statements to scan)")
+    listing_slice_rows_max: int = Field(
+        LISTING_SLICE_ROWS_MAX_DEFAULT, ge=1, le=10_000_000,
+        description="rows listed per transaction: the longest a commit waits for the lock")
 
-    # Retention of the intents stream: acknowledged entries older than this are trimmed
-    # (never one still pending or undelivered), checked every intents_trim_interval_s.
-    intents_retention_ms: int = Field(3_600_000, ge=0)
-    intents_trim_interval_s: float = Field(10.0, gt=0)
+    intents_retention_ms: int = Field(
+        3_600_000, ge=0,
+        description="acknowledged intents older than this are trimmed from the stream, "
+                    "never a pending or unread one")
+    intents_trim_interval_s: float = Field(10.0, gt=0, description="how often the writer "
+                                                                   "trims the intents stream")
+    confirmations_len_max: int = Field(200_000, ge=1_000,
+                                       description="approximate length bound of "
+                                                   "`betstream:confirmations`")
+    deadletter_len_max: int = Field(100_000, ge=100, description="approximate length bound "
+                                                                 "of `betstream:deadletter`")
 
-    # Retention of the output streams (approximate MAXLEN).
-    confirmations_len_max: int = Field(200_000, ge=1_000)
-    deadletter_len_max: int = Field(100_000, ge=100)
+    archive_dir: Path | None = Field(
+        None, description="where `betstream archive` writes its monthly files (default: "
+                          "`archive/` beside the ledger)")
+    archive_chunk_rows_max: int = Field(5_000, ge=1, le=1_000_000,
+                                        description="ledger rows moved per archival step (a "
+                                                    "short live transaction)")
+    archive_chunk_batches_max: int = Field(500, ge=1, le=100_000,
+                                           description="batches moved per archival step")
+    archive_pause_ms: int = Field(20, ge=0, le=60_000,
+                                  description="the writer's turn between archival steps")
 
-    # Archival (betstream archive): per-month files in archive_dir (default: an "archive"
-    # directory beside the ledger), moved in chunks of at most archive_chunk_rows_max ledger
-    # rows / archive_chunk_batches_max batches, each a short live transaction.
-    archive_dir: Path | None = None
-    archive_chunk_rows_max: int = Field(5_000, ge=1, le=1_000_000)
-    archive_chunk_batches_max: int = Field(500, ge=1, le=100_000)
-    archive_pause_ms: int = Field(20, ge=0, le=60_000)  # the writer's turn between chunks
+    user_confirmations_len_max: int = Field(
+        100, ge=10,
+        description="outcomes kept per user for subscribers that resume with `since` (Redis "
+                    "memory grows with users x this)")
+    user_confirmations_ttl_s: int = Field(3_600, ge=60, description="how long a quiet user's "
+                                                                    "kept outcomes live")
+    confirm_job_timeout_s: int = Field(30, ge=1, description="longest run of one "
+                                                             "confirmation job")
+    confirm_retries_max: int = Field(20, ge=1, description="retries of a failing "
+                                                           "confirmation job (backoff 1, 2, "
+                                                           "5, 10, 30 s)")
+    confirm_failure_ttl_s: int = Field(7 * 86_400, ge=60, description="how long a job that "
+                                                                      "ran out of retries "
+                                                                      "stays visible")
+    confirm_worker_ttl_s: int = Field(20, ge=16, description="the confirmer's registration "
+                                                             "TTL (RQ blocks for at most "
+                                                             "this minus 15 s)")
+    confirm_maintenance_s: int = Field(5, ge=1, description="how often the confirmer looks "
+                                                            "for abandoned jobs")
+    confirm_monitoring_s: int = Field(5, ge=1, description="how often a running job's "
+                                                           "heartbeat is renewed")
+    confirm_heartbeat_grace_s: int = Field(10, ge=1, description="how long after a dead "
+                                                                 "confirmer's last heartbeat "
+                                                                 "its job is requeued")
+    confirm_guard_ttl_s: int = Field(3_600, ge=60, description="how long a published job is "
+                                                               "remembered, so a retry does "
+                                                               "not publish it again")
+    # RQ's per-job cost caps the confirmer: under light load every batch is one job.
+    confirm_jobs_waiting_max: int = Field(
+        2, ge=1, le=1_000_000,
+        description="when this many confirmation jobs wait, the writer lingers before "
+                    "reading a batch that is not full: fewer, bigger jobs")
+    confirm_linger_ms: int = Field(50, ge=0, le=10_000,
+                                   description="how long it lingers (a full batch never "
+                                               "waits; 0 turns it off)")
 
-    # Confirmer (RQ worker): one job per committed batch, retried until delivered.
-    # Per-user replay window for reconnecting subscribers: memory is users x this, so it is
-    # kept short (a bet slip needs its last few outcomes, not its history).
-    user_confirmations_len_max: int = Field(100, ge=10)
-    user_confirmations_ttl_s: int = Field(3_600, ge=60)
-    confirm_job_timeout_s: int = Field(30, ge=1)
-    confirm_retries_max: int = Field(20, ge=1)
-    confirm_failure_ttl_s: int = Field(7 * 86_400, ge=60)  # failed jobs stay visible
-    confirm_worker_ttl_s: int = Field(20, ge=16)  # RQ blocks for worker_ttl - 15 s at most
-    confirm_maintenance_s: int = Field(5, ge=1)  # how often abandoned jobs are looked for
-    confirm_monitoring_s: int = Field(5, ge=1)
-    confirm_heartbeat_grace_s: int = Field(10, ge=1)
-    confirm_guard_ttl_s: int = Field(3_600, ge=60)  # a published job is not re-published
-    # Under light load every batch is one confirmation job, and RQ's per-job cost caps the
-    # confirmer. When at least confirm_jobs_waiting_max jobs wait, the writer waits
-    # confirm_linger_ms before reading a batch that would not be full: fewer, bigger jobs.
-    # A full batch (a backlog) never waits; 0 turns it off.
-    confirm_jobs_waiting_max: int = Field(2, ge=1, le=1_000_000)
-    confirm_linger_ms: int = Field(50, ge=0, le=10_000)
+    gateway_host: str = Field("127.0.0.1", description="where the gateway listens")
+    gateway_port: int = Field(8000, ge=0, le=65_535, description="the gateway's port")
+    gateway_secret_file: Path = Field(Path("./var/gateway-secret"),
+                                      description="the token signing secret (created on "
+                                                  "first use)")
+    token_ttl_s: int = Field(3_600, ge=1, le=30 * 86_400,
+                             description="lifetime of a subscriber token")
+    ws_seen_max: int = Field(10_000, ge=100, description="seqs remembered per WebSocket to "
+                                                         "drop repeated confirmations")
 
-    # Gateway (WebSocket confirmations, bet lookups, health, metrics).
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(8000, ge=0, le=65_535)
-    gateway_secret_file: Path = Path("./var/gateway-secret")
-    token_ttl_s: int = Field(3_600, ge=1, le=30 * 86_400)
-    ws_seen_max: int = Field(10_000, ge=100)  # seqs remembered per WebSocket for dedupe
+    breaker_failures_max: int = Field(3, ge=1, description="consecutive failed commits that "
+                                                           "open the breaker")
+    breaker_commit_max_ms: int = Field(2_000, ge=1, description="a slower commit opens the "
+                                                                "breaker")
+    breaker_backlog_age_max_ms: int = Field(
+        30_000, ge=100,
+        description="an older unacknowledged intent opens the breaker; below "
+                    "`INTENT_AGE_MAX_MS`, so load is shed before intents turn stale")
+    breaker_cooldown_s: float = Field(5.0, gt=0, description="OPEN for at least this before "
+                                                             "probing (HALF_OPEN)")
+    breaker_cooldown_max_s: float = Field(60.0, gt=0, description="the cool-down doubles at "
+                                                                  "each re-open, up to this")
+    breaker_stability_s: float = Field(30.0, gt=0, description="healthy this long without "
+                                                               "interruption before CLOSED "
+                                                               "(the seed's window)")
+    breaker_half_open_share: float = Field(0.1, ge=0, le=1, description="share of intents "
+                                                                        "producers send "
+                                                                        "while probing")
+    breaker_sync_ms: int = Field(1_000, ge=10, description="how often the writer re-reads "
+                                                           "an operator's breaker changes")
 
-    # Circuit breaker (state shared in Redis; the seed's 30 s stability window).
-    breaker_failures_max: int = Field(3, ge=1)
-    breaker_commit_ms_max: int = Field(2_000, ge=1)
-    breaker_backlog_age_ms_max: int = Field(30_000, ge=100)
-    breaker_cooldown_s: float = Field(5.0, gt=0)
-    breaker_cooldown_max_s: float = Field(60.0, gt=0)
-    breaker_stability_s: float = Field(30.0, gt=0)
-    breaker_half_open_share: float = Field(0.1, ge=0, le=1)
-    breaker_sync_ms: int = Field(1_000, ge=10)  # how often the writer re-reads operator changes
-
-    # Observability.
-    progress_interval_s: float = Field(5.0, gt=0)
-    health_ttl_ms: int = Field(15_000, ge=1_000)
-    metrics_flush_interval_s: float = Field(1.0, gt=0)
+    progress_interval_s: float = Field(5.0, gt=0, description="how often processes log "
+                                                              "their progress")
+    health_ttl_ms: int = Field(15_000, ge=1_000, description="a writer's health beacon "
+                                                             "expires after this")
+    metrics_flush_interval_s: float = Field(1.0, gt=0, description="how often processes "
+                                                                   "write their metrics to "
+                                                                   "Redis")
 
     @model_validator(mode="after")
     def _bounds_agree(self) -> Settings:
@@ -169,9 +231,9 @@ class Settings(BaseSettings):
                 "intent_age_max_ms must stay below nonce_ttl_s, or a replayed nonce could "
                 "outlive its record"
             )
-        if self.breaker_backlog_age_ms_max >= self.intent_age_max_ms:
+        if self.breaker_backlog_age_max_ms >= self.intent_age_max_ms:
             raise ValueError(
-                "breaker_backlog_age_ms_max must stay below intent_age_max_ms, so load is "
+                "breaker_backlog_age_max_ms must stay below intent_age_max_ms, so load is "
                 "shed before intents turn stale")
         if self.retry_backoff_min_ms > self.retry_backoff_max_ms:
             raise ValueError("retry_backoff_min_ms must not exceed retry_backoff_max_ms")
@@ -185,8 +247,8 @@ class Settings(BaseSettings):
     @property
     def breaker_limits(self) -> BreakerLimits:
         return BreakerLimits(
-            failures_max=self.breaker_failures_max, commit_ms_max=self.breaker_commit_ms_max,
-            backlog_age_ms_max=self.breaker_backlog_age_ms_max,
+            failures_max=self.breaker_failures_max, commit_max_ms=self.breaker_commit_max_ms,
+            backlog_age_max_ms=self.breaker_backlog_age_max_ms,
             cooldown_s=self.breaker_cooldown_s, cooldown_max_s=self.breaker_cooldown_max_s,
             stability_s=self.breaker_stability_s,
             half_open_share=self.breaker_half_open_share)
@@ -199,6 +261,20 @@ class Settings(BaseSettings):
     def lease_renew_ms(self) -> int:
         """Renew well before expiry: three chances per lease period."""
         return self.lease_ms // 3
+
+
+SETTINGS_TABLE_START: Final = "<!-- generated by `betstream settings`: do not edit -->"
+SETTINGS_TABLE_END: Final = "<!-- end of settings table -->"
+
+
+def settings_table() -> str:
+    """The settings reference as a Markdown table, from the fields' descriptions (the
+    README carries it between SETTINGS_TABLE_START and SETTINGS_TABLE_END)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else f"`{field.default}`"
+        rows.append(f"| `BETSTREAM_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join([SETTINGS_TABLE_START, *rows, SETTINGS_TABLE_END]) + "\n"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,5 +1,5 @@
 """Archival: history moves to monthly files, the live ledger stays whole on its own, and the
-archives plus the live file prove the whole history (issue #7)."""
+archives plus the live file prove the whole history."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from workers.adapters.ledger_statement import statement
 
 AGE_MAX_MS = 5000  # a short freshness window, so history is old enough to archive quickly
 WRITER_ENV = {"BETSTREAM_INTENT_AGE_MAX_MS": str(AGE_MAX_MS), "BETSTREAM_CLOCK_SKEW_MAX_MS": "0",
-              "BETSTREAM_BREAKER_BACKLOG_AGE_MS_MAX": "4000", "BETSTREAM_BATCH_SIZE_MAX": "40"}
+              "BETSTREAM_BREAKER_BACKLOG_AGE_MAX_MS": "4000", "BETSTREAM_BATCH_SIZE_MAX": "40"}
 USERS = range(1, 21)
 
 

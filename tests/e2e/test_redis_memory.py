@@ -1,4 +1,4 @@
-"""Redis memory stays bounded over a 200,000-intent load with retention on (issue #7).
+"""Redis memory stays bounded over a 200,000-intent load with retention on.
 
 Without retention Redis would keep every intent (about 450 bytes each) and every
 confirmation; with it, acknowledged intents are trimmed, the confirmations and per-user
@@ -23,7 +23,7 @@ GROWTH_MAX = 1.5  # memory in the second half vs the first: a growing history wo
 # The nonce records (one key per intent for nonce_ttl_s) are bounded by rate x TTL, not by
 # history: a shorter TTL than the default 90 s reaches that plateau within the test.
 RETENTION = {"BETSTREAM_NONCE_TTL_S": "10", "BETSTREAM_INTENT_AGE_MAX_MS": "8000",
-             "BETSTREAM_BREAKER_BACKLOG_AGE_MS_MAX": "5000",
+             "BETSTREAM_BREAKER_BACKLOG_AGE_MAX_MS": "5000",
              "BETSTREAM_INTENTS_RETENTION_MS": "2000", "BETSTREAM_INTENTS_TRIM_INTERVAL_S": "0.5",
              "BETSTREAM_CONFIRMATIONS_LEN_MAX": "5000", "BETSTREAM_USER_CONFIRMATIONS_LEN_MAX": "20"}
 

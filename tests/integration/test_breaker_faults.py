@@ -29,7 +29,7 @@ BREAKER_ENV = {
     "BETSTREAM_SQLITE_BUSY_TIMEOUT_MS": "100", "BETSTREAM_BREAKER_FAILURES_MAX": "3",
     "BETSTREAM_BREAKER_COOLDOWN_S": "1", "BETSTREAM_BREAKER_STABILITY_S": str(STABILITY_S),
     "BETSTREAM_BREAKER_SYNC_MS": "50", "BETSTREAM_RETRY_BACKOFF_MAX_MS": "300",
-    "BETSTREAM_BREAKER_COMMIT_MS_MAX": "1500",
+    "BETSTREAM_BREAKER_COMMIT_MAX_MS": "1500",
 }
 
 
@@ -153,7 +153,7 @@ def test_read_only_file_opens_sheds_and_recovers(
 
 def test_slow_commits_open_it(procs: Procs, producer: Producer, redis_client: redis.Redis,
                               keyring: Keyring) -> None:
-    db = start(procs, producer, redis_client, BETSTREAM_BREAKER_COMMIT_MS_MAX="150",
+    db = start(procs, producer, redis_client, BETSTREAM_BREAKER_COMMIT_MAX_MS="150",
                BETSTREAM_SQLITE_BUSY_TIMEOUT_MS="5000")
     stop = threading.Event()
     contender = threading.Thread(target=hold_lock_in_bursts, args=(db, stop, 0.3, 0.05))
@@ -196,7 +196,7 @@ def test_flapping_store_opens_a_bounded_number_of_times(
 def test_intents_that_waited_out_an_outage_are_rejected_stale_not_dropped(
         procs: Procs, producer: Producer, redis_client: redis.Redis, keyring: Keyring) -> None:
     db = start(procs, producer, redis_client, BETSTREAM_INTENT_AGE_MAX_MS="2000",
-               BETSTREAM_BREAKER_BACKLOG_AGE_MS_MAX="1500")
+               BETSTREAM_BREAKER_BACKLOG_AGE_MAX_MS="1500")
     unshed = Producer(redis_client, keyring, shed=False)  # e.g. sent just before the trip
     with write_lock(db):
         bets = [new_bet(1, 1, "m", "s", "2.00") for _ in range(10)]

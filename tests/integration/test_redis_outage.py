@@ -1,4 +1,4 @@
-"""Redis vanishing under the writer, the breaker and the producers (regressions of issue 8).
+"""Redis vanishing under the writer, the breaker and the producers.
 
 Before: a lease renewal that met a dead Redis ended the writer process; the breaker
 forgot failures it could not save; ``betstream load`` exited on the first refused XADD.

@@ -335,7 +335,7 @@ def test_intent_waiting_in_the_stream_too_long_is_rejected_stale(
     wait_for(lambda: now_ms() - ingress > 800, 5, "the queued intent to age past 500 ms")
 
     writer = procs.start("writer", BETSTREAM_INTENT_AGE_MAX_MS="500",
-                         BETSTREAM_BREAKER_BACKLOG_AGE_MS_MAX="400")
+                         BETSTREAM_BREAKER_BACKLOG_AGE_MAX_MS="400")
     out = wait_outcome(db, old["id"])
     assert (out["status"], out["reason"]) == ("rejected", "stale")
 

@@ -100,7 +100,7 @@ def test_statements_bind_only_anonymous_parameters(statement_texts: set[str]) ->
     """``?1`` or ``:name`` cost SQLite a linear search per placeholder whenever it maps a
     parameter's number to its name, and from Python 3.12 on sqlite3 does that for every
     parameter it binds: a 512-row insert with numbered placeholders bound ~80x slower
-    there (docs/performance.md, round 12)."""
+    there (docs/performance.md)."""
     named = re.compile(r"\?\d|[:@$][A-Za-z_]")
     offending = sorted(text[:120] for text in statement_texts if named.search(text))
     assert not offending, offending

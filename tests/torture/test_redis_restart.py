@@ -1,4 +1,4 @@
-"""Redis itself crashes (SIGKILL) or stays away, under load, with AOF on (issue 8, scenario 2).
+"""Redis itself crashes (SIGKILL) or stays away, under load, with AOF on.
 
 What a producer can know is what Redis told it: each producer journals its acknowledged
 XADDs, and ``betstream reconcile`` compares the journals with the ledger's outcomes.

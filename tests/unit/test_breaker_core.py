@@ -17,7 +17,7 @@ from producer.breaker_state import (
 )
 from workers.core.breaker_machine import force, on_failure, on_success, on_tick
 
-LIM = BreakerLimits(failures_max=3, commit_ms_max=500, backlog_age_ms_max=10_000,
+LIM = BreakerLimits(failures_max=3, commit_max_ms=500, backlog_age_max_ms=10_000,
                     cooldown_s=5, cooldown_max_s=40, stability_s=30, half_open_share=0.25)
 S = 1000  # ms per second
 

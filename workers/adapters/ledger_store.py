@@ -403,8 +403,8 @@ def _rows_sql(rows: int, width: int, fixed: int) -> str:
     followed by the same ``fixed`` constants, bound first (``[*consts, *row values]``).
 
     Only anonymous ``?`` placeholders: SQLite numbers them in the order they appear, so
-    the constants' come first in the SELECT list. Numbered ones (``?1``, as until round
-    12) cost a linear search per placeholder where SQLite maps numbers to names. Python
+    the constants' come first in the SELECT list. Numbered ones (``?1``)
+    cost a linear search per placeholder where SQLite maps numbers to names. Python
     3.11 never asks, but from 3.12 on its sqlite3 module asks for every parameter it
     binds: an insert of 512 rows bound ~80x slower than this one there."""
     if not fixed:

@@ -39,8 +39,8 @@ def on_success(b: Breaker, lim: BreakerLimits, now_ms: int, commit_ms: float,
     """A batch committed in ``commit_ms``; the oldest unacknowledged intent is this old."""
     if b.forced:
         return b
-    if commit_ms > lim.commit_ms_max:
-        return _trip(b, now_ms, f"commit took {commit_ms:.0f} ms > {lim.commit_ms_max} ms")
+    if commit_ms > lim.commit_max_ms:
+        return _trip(b, now_ms, f"commit took {commit_ms:.0f} ms > {lim.commit_max_ms} ms")
     b = replace(b, failures=0)
     return on_tick(b, lim, now_ms, backlog_age_ms)
 
@@ -49,10 +49,10 @@ def on_tick(b: Breaker, lim: BreakerLimits, now_ms: int, backlog_age_ms: int) ->
     """Time passes (and the backlog has this age): cool-downs and windows may complete."""
     if b.forced:
         return b
-    backlogged = backlog_age_ms > lim.backlog_age_ms_max
+    backlogged = backlog_age_ms > lim.backlog_age_max_ms
     if b.state == CLOSED:
         if backlogged:
-            return b.to(OPEN, now_ms, f"backlog {backlog_age_ms} ms old > {lim.backlog_age_ms_max} ms")
+            return b.to(OPEN, now_ms, f"backlog {backlog_age_ms} ms old > {lim.backlog_age_max_ms} ms")
         return b
     if b.state == OPEN:
         if now_ms - b.since_ms >= cooldown_s(b, lim) * 1000 and not backlogged:

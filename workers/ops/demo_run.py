@@ -42,7 +42,7 @@ DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
 PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
 # Every intent leaves a nonce key that expires after nonce_ttl_s. At Redis's default effort
 # (1) expiry fell behind at 30,000 intents/s: 4.2M keys instead of ~2.7M, and the keyspace
-# doubled again, slowing every SET for ~25 s (docs/performance.md, round 13). Also in
+# doubled again, slowing every SET for ~25 s (docs/performance.md). Also in
 # compose.yaml and the benchmark's Redis.
 REDIS_SERVER_TUNING: Final = ("--active-expire-effort", "10")
 
