@@ -305,7 +305,10 @@ class Store:
         except FencedOut:
             self._rollback()
             raise
-        except (sqlite3.Error, InvariantViolation) as exc:
+        except InvariantViolation as exc:  # a bug, not a fault: the writer stops on it
+            self._rollback()
+            raise InvariantViolation(f"batch {batch.batch_no} rolled back: {exc}") from exc
+        except sqlite3.Error as exc:
             self._rollback()
             self._broken = True
             raise StoreError(f"batch {batch.batch_no} not known to be committed (retried; "

@@ -18,7 +18,7 @@ from typing import TypeAlias, TypeVar
 import redis
 
 from producer.backoff import backoff_ms
-from producer.errors import FencedOut, LeaseLost, StoreError
+from producer.errors import FencedOut, InvariantViolation, LeaseLost, StoreError
 from producer.signing import Keyring
 from workers.adapters.intent_stream import Entry, IntentStream
 from workers.adapters.ledger_store import Store
@@ -114,6 +114,9 @@ class Writer:
                 except (FencedOut, LeaseLost) as exc:
                     self._hooks.on_fenced(exc)
                     self.pipeline.forget()
+                except InvariantViolation as exc:  # a bug: never retried, never swallowed
+                    self._hooks.on_invariant_violation(exc)
+                    raise
         finally:
             self._release()
 

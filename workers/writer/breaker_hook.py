@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from producer.breaker_state import Breaker, Snapshot
+from producer.breaker_state import OPEN, Breaker, Snapshot
 from producer.errors import StoreError
 from workers.adapters.breaker_store import REDIS_UNREACHABLE, BreakerStore, now_ms
 from workers.core.breaker_machine import on_failure, on_success, on_tick
@@ -43,6 +43,13 @@ class BreakerHook(Hook):
 
     def on_idle(self) -> None:
         self._apply(lambda b, lim, t: on_tick(b, lim, t, 0))
+
+    def on_invariant_violation(self, error: Exception) -> None:
+        """Forced open: producers shed until an operator has looked (``breaker close``)."""
+        try:
+            self._store.force(OPEN, f"invariant violation: {error}"[:200])
+        except redis.RedisError:
+            self._log.error("breaker.force_failed", reason="Redis unreachable")
 
     def _apply(self, step) -> None:
         """Decide on what we know; a transition Redis could not take is saved (first, with

@@ -39,6 +39,7 @@ class Hook:
     def on_retry(self, what: str, error: Exception, attempt: int, delay_ms: int) -> None: ...
     def on_fenced(self, error: Exception) -> None: ...
     def on_idle(self) -> None: ...
+    def on_invariant_violation(self, error: Exception) -> None: ...
 
 
 class Hooks(Hook):
@@ -70,6 +71,10 @@ class Hooks(Hook):
     def on_idle(self) -> None:
         for h in self._hooks:
             h.on_idle()
+
+    def on_invariant_violation(self, error: Exception) -> None:
+        for h in self._hooks:
+            h.on_invariant_violation(error)
 
 
 @dataclass
@@ -114,6 +119,11 @@ class ProgressLog(Hook):
 
     def on_fenced(self, error: Exception) -> None:
         self.log.error("writer.fenced_out", error=str(error))
+
+    def on_invariant_violation(self, error: Exception) -> None:
+        self.log.error("writer.invariant_violation", error=str(error),
+                       action="the breaker is forced open and the writer stops; audit the "
+                              "ledger before starting a writer again")
 
 
 @dataclass
