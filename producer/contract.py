@@ -23,7 +23,6 @@ from producer.errors import ContractError
 from producer.invariants import require
 
 KINDS: Final = ("bet", "deposit", "withdrawal", "settle")
-OUTCOMES_SETTLE: Final = ("won", "lost", "void")
 USER_ID_MAX: Final = 2**53 - 1  # JSON-safe integer: browsers receive user ids too.
 AMOUNT_MAX: Final = 10**15  # minor units; keeps every sum far below 2**63.
 ISSUED_AT_MAX: Final = 2**53 - 1
@@ -281,5 +280,7 @@ def new_bet(
     )
 
 
-def new_settle(user_id: int, bet_id: str, outcome: str, intent_id: str | None = None) -> SettleIntent:
-    return SettleIntent(kind="settle", bet_id=bet_id, outcome=outcome, **_common(user_id, intent_id))
+def new_settle(user_id: int, bet_id: str, outcome: str,
+               intent_id: str | None = None) -> SettleIntent:
+    return SettleIntent(kind="settle", bet_id=bet_id, outcome=outcome,
+                        **_common(user_id, intent_id))

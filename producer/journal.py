@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -152,8 +152,3 @@ def _parse(line: str) -> Ack:
     if not (ms.isdigit() and seq.isdigit()):
         raise ValueError(f"entry id {ack.entry_id!r}")
     return ack
-
-
-def read_journals(paths: Iterable[Path | str]) -> Iterator[tuple[list[Ack], int]]:
-    for path in paths:
-        yield read_journal(path)

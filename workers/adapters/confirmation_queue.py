@@ -1,7 +1,7 @@
 """The confirmation queue: the RQ queue the writer enqueues one delivery job on per
 committed batch (in its post-commit MULTI), and the confirmer works. Jobs are JSON
-(``workers/adapters/rq_job_codec.py``), never pickle; the job names its function by path, so the writer
-never imports the confirmer."""
+(``workers/adapters/rq_job_codec.py``), never pickle; the job names its function by path,
+so the writer never imports the confirmer."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ STEPS: Final[dict[int, tuple[str, ...]]] = {
         "UPDATE meta SET value = 4 WHERE key = 'schema_version'",
     ),
     4: (  # 5: statements read user_entries, kept in bulk; the per-posting index goes
-        # Users' rows only: system accounts are found by a scan (workers/adapters/ledger_listing.py).
+        # Users' rows only: system accounts are found by a scan
+        # (workers/adapters/ledger_listing.py).
         "INSERT OR IGNORE INTO user_entries(user_id, entry_id) SELECT user_id, entry_id "
         f"FROM transaction_ledger WHERE entry_id > 0 AND user_id >= {LISTED_ACCOUNT_MIN} "
         "ORDER BY user_id, entry_id",

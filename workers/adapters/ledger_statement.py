@@ -94,7 +94,8 @@ def _live(conn: sqlite3.Connection, user_id: int, carried: bool) -> list[list[tu
         sources.append(conn.execute(f"SELECT {COLS} FROM transaction_ledger WHERE entry_id = ?",
                                     (carry_entry_id(user_id),)).fetchall())
     # Listed rows up to the mark, the ledger past it: a listing round half done may have
-    # listed rows above the mark, and they must not show twice (workers/adapters/ledger_listing.py). A
+    # listed rows above the mark, and they must not show twice
+    # (workers/adapters/ledger_listing.py). A
     # system account is not listed: all of its rows are the ledger's.
     listed = read_mark(conn) if user_id >= LISTED_ACCOUNT_MIN else 0
     if listed > 0:

@@ -153,7 +153,7 @@ class Store:
             if listing is not None:  # once the file is upgraded: it lists into schema 5
                 self._beside.append(Beside(
                     "lister", self.path, listing.interval_ms, busy_timeout_ms,
-                    lambda conn, l=listing: list_round(conn, l.lag_rows_min, l.slice_rows_max),
+                    lambda conn, lst=listing: list_round(conn, lst.lag_rows_min, lst.slice_rows_max),
                     LISTING_CACHE_MB))
         except BaseException:
             self.close()  # the caller retries with a new Store: leave no thread behind

@@ -100,14 +100,3 @@ def read_histogram(client: redis.Redis, name: str) -> tuple[list[tuple[str, int]
         cumulative.append((str(bound), total))
     cumulative.append(("+Inf", total + raw.get("+Inf", 0)))
     return cumulative, raw.get("sum", 0), raw.get("count", 0)
-
-
-def quantile_ms(client: redis.Redis, name: str, q: float) -> float | None:
-    """Upper bucket bound below which a share ``q`` of observations fall (None if empty)."""
-    cumulative, _, count = read_histogram(client, name)
-    if not count:
-        return None
-    for bound, n in cumulative:
-        if n >= q * count:
-            return float("inf") if bound == "+Inf" else float(bound)
-    return float("inf")

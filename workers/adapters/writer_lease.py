@@ -1,5 +1,6 @@
 """The single-writer lease in Redis. Correctness does not rest on it alone: a writer that
-lost the lease is stopped by the fencing epoch in SQLite (see :mod:`workers.adapters.ledger_store`)."""
+lost the lease is stopped by the fencing epoch in SQLite
+(see :mod:`workers.adapters.ledger_store`)."""
 
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ def on_tick(b: Breaker, lim: BreakerLimits, now_ms: int, backlog_age_ms: int) ->
     backlogged = backlog_age_ms > lim.backlog_age_max_ms
     if b.state == CLOSED:
         if backlogged:
-            return b.to(OPEN, now_ms, f"backlog {backlog_age_ms} ms old > {lim.backlog_age_max_ms} ms")
+            return b.to(OPEN, now_ms,
+                        f"backlog {backlog_age_ms} ms old > {lim.backlog_age_max_ms} ms")
         return b
     if b.state == OPEN:
         if now_ms - b.since_ms >= cooldown_s(b, lim) * 1000 and not backlogged:

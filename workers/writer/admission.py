@@ -112,8 +112,8 @@ def with_claims(reply: Reply, claim: Callable[[list[Claim]], list[str | None]], 
                 age_max_ms: int, skew_max_ms: int) -> Reply:
     """The child's second step: claim the nonces of the fast candidates still fresh at
     ``now`` (a later decision finds no fewer of them stale), as the writer would before
-    deciding (workers/writer/batch_pipeline.py). Moved here from the writer, where packing the claims
-    held its GIL ~5 % of the time. Claims are keyed by intent id, so claiming for an
+    deciding (workers/writer/batch_pipeline.py). In the child, because packing the claims
+    held the writer's GIL ~5 % of the time. Claims are keyed by intent id, so claiming for an
     intent that turns out to be a repeat, or again after a crash, changes nothing."""
     fast = reply.fast
     picked = [n for n, (_, at, _, _, intent) in enumerate(fast)

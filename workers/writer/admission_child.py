@@ -1,4 +1,5 @@
-"""The admission child process (``python -m workers.writer.admission_child``) and the writer's handle.
+"""The admission child process (``python -m workers.writer.admission_child``) and the
+writer's handle.
 
 See workers/writer/admission.py for why and for the frames. The child reads only when the writer
 asks (one batch per request), so it never reads while the writer is not leading, and at
