@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from itertools import chain
 from pathlib import Path
@@ -153,7 +153,8 @@ class Store:
             if listing is not None:  # once the file is upgraded: it lists into schema 5
                 self._beside.append(Beside(
                     "lister", self.path, listing.interval_ms, busy_timeout_ms,
-                    lambda conn, lst=listing: list_round(conn, lst.lag_rows_min, lst.slice_rows_max),
+                    partial(list_round, lag_rows_min=listing.lag_rows_min,
+                            slice_rows_max=listing.slice_rows_max),
                     LISTING_CACHE_MB))
         except BaseException:
             self.close()  # the caller retries with a new Store: leave no thread behind
