@@ -184,9 +184,9 @@ def cmd_archive(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.settings import settings_table
+    from workers.settings import settings_reference
 
-    print(settings_table(), end="")
+    print(settings_reference(), end="")
     return EXIT_OK
 
 
@@ -294,7 +294,7 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_breaker)
     st = sub.add_parser("settings", help="print every BETSTREAM_* setting with its default "
-                                         "and meaning (Markdown)")
+                                         "and meaning (docs/settings.md)")
     st.set_defaults(func=cmd_settings)
     h = sub.add_parser("health", help="writer lease, beacons, backlog and breaker; exit 1 if "
                                       "no writer leads or the breaker is not closed")
