@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from tests.support import log_events
 RUNNING = "Ctrl-C stops."
 STOPPED = "stopped writer, confirmer, gateway and redis-server"
 START_S, STOP_S = 90, 30
+# A terminal's make has SIGINT at its default; a test run started in the background (a
+# script, CI) would hand it down ignored, so the Ctrl-C case sets it before exec'ing make.
+WITH_SIGINT_DEFAULT = [sys.executable, "-c", "import os, signal, sys; "
+                       "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execvp(sys.argv[1], sys.argv[1:])"]
 # make must not rebuild the venv this test runs in (make test has just built it)
 MAKE = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"),
         "-o", str(ROOT / ".venv" / ".installed-stamp")]
@@ -106,8 +112,8 @@ def test_make_run_stopped_by_ctrl_c_stops_everything(tmp_path: Path, env: dict[s
     """A terminal's Ctrl-C: SIGINT to make and everything under it. betstream run stops its
     children and exits 0; make then reports the interrupt as make always does (130)."""
     port = free_port()
-    proc, out = start([*MAKE, "run", "BETSTREAM_RUN_ARGS=--users 5 --bets 300"],
-                      _demo_env(env, port))
+    proc, out = start([*WITH_SIGINT_DEFAULT, *MAKE, "run",
+                       "BETSTREAM_RUN_ARGS=--users 5 --bets 300"], _demo_env(env, port))
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(STOP_S) == -signal.SIGINT, out.read_text()
     _assert_all_stopped(proc, out, tmp_path, port)
