@@ -35,7 +35,8 @@ def _ledger(path: Path, bets: int) -> Path:
                  for i, it in enumerate(chunk)]
         balances = store.load_balances([*SYSTEM_ACCOUNTS, 1])
         book = Book({**dict.fromkeys(SYSTEM_ACCOUNTS, 0), **balances})
-        store.commit(build_batch(decide_batch(cands, book), store.heads, epoch, 1))
+        decisions, _ = decide_batch(cands, book)
+        store.commit(build_batch(decisions, store.heads, epoch, 1))
     store.close()
     return path
 
@@ -86,7 +87,7 @@ def _settled_ledger(path: Path, bets: int) -> None:
         for start in range(0, len(intents), BATCH):
             cands = [Candidate.of(f"{start + i + 1}-0", 1, intent, intent.id.encode(), "k")
                      for i, intent in enumerate(intents[start:start + BATCH])]
-            decisions = decide_batch(cands, book)
+            decisions, book = decide_batch(cands, book)
             assert {d.status for d in decisions} == {"accepted"}
             store.commit(build_batch(decisions, store.heads, epoch, 1))
     finally:

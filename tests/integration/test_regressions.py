@@ -23,7 +23,7 @@ def test_a_won_settlement_paying_exactly_the_stake_commits(tmp_path: Path) -> No
     bet = new_bet(5, 1, "m", "s", "1.50")
     cands = [_cand("1-0", new_deposit(5, 10)), _cand("1-1", bet),
              _cand("1-2", new_settle(5, bet.id, "won"))]
-    decisions = decide_batch(cands, Book({a: 0 for a in SYSTEM_ACCOUNTS}))
+    decisions, _ = decide_batch(cands, Book({a: 0 for a in SYSTEM_ACCOUNTS}))
     assert [d.status for d in decisions] == ["accepted"] * 3
     assert all(amount != 0 for _, amount in decisions[2].postings)
     store.commit(build_batch(decisions, store.heads, epoch, 1))

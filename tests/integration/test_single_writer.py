@@ -209,7 +209,7 @@ def _counts(db: Path) -> tuple[int, ...]:
 def _batch_for(store: Store, epoch: int, user_id: int, amount: int, entry_id: str):
     book = Book({**dict.fromkeys(SYSTEM_ACCOUNTS, 0), **store.load_balances(SYSTEM_ACCOUNTS),
                  **store.load_balances([user_id])})
-    decisions = decide_batch([_candidate(user_id, amount, entry_id)], book)
+    decisions, _ = decide_batch([_candidate(user_id, amount, entry_id)], book)
     return build_batch(decisions, store.heads, epoch, now_ms())
 
 

@@ -76,7 +76,8 @@ def _deposit_batch(store: Store, epoch: int, user_id: int, entry_id: str):
     cand = Candidate.of(entry_id, 1, intent, intent.id.encode(), "cashier")
     book = Book({**dict.fromkeys(SYSTEM_ACCOUNTS, 0), **store.load_balances(SYSTEM_ACCOUNTS),
                  **store.load_balances([user_id])})
-    return intent, build_batch(decide_batch([cand], book), store.heads, epoch, now_ms())
+    decisions, _ = decide_batch([cand], book)
+    return intent, build_batch(decisions, store.heads, epoch, now_ms())
 
 
 def test_a_commit_reported_failed_but_durable_does_not_wedge_the_store(tmp_path: Path) -> None:

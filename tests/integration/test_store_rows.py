@@ -203,7 +203,8 @@ def _commit_all(store: Store, batches: list[list[tuple]],
         if store.heads.batch_no:  # a later batch sees the bets on disk, as the writer does
             book.bets.update(store.load_bets([c.intent.bet_id for c in cands
                                               if c.intent and c.kind == "settle"]))
-        write = build_batch(decide_batch(cands, book), store.heads, epoch, NOW + n)
+        decisions, book = decide_batch(cands, book)
+        write = build_batch(decisions, store.heads, epoch, NOW + n)
         store.commit(write)
         written.append(write)
         after()

@@ -79,7 +79,8 @@ def statement_texts(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             book.balances.update(store.load_balances([c.user_id for c in cands]))
             book.bets.update(store.load_bets([c.intent.bet_id for c in cands
                                               if c.kind == "settle"]))
-            store.commit(build_batch(decide_batch(cands, book), store.heads, epoch, NOW + n))
+            decisions, book = decide_batch(cands, book)
+            store.commit(build_batch(decisions, store.heads, epoch, NOW + n))
             n += size
     finally:
         store.close()

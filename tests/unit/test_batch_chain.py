@@ -12,6 +12,7 @@ import hashlib
 import random
 import uuid
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,7 +62,7 @@ def settle(user: int, bet_n: int, outcome: str, n: int) -> Candidate:
 def mixed_decisions() -> list[Decision]:
     """deposit, bet, rejected bet, won settle of the bet, unknown user, pre-rejected."""
     book = Book({CASH: 0, HOUSE: 0, ESCROW: 0})
-    return decide_batch([
+    decisions, _ = decide_batch([
         dep(7, 1000, 1),
         bet(7, 250, "2.50", 2),
         bet(7, 5000, "2.00", 3),  # insufficient_funds
@@ -69,6 +70,7 @@ def mixed_decisions() -> list[Decision]:
         bet(8, 10, "2.00", 5),  # unknown_user
         dep(7, 5, 6).rejected_early("stale", "too old"),
     ], book)
+    return decisions
 
 
 @pytest.fixture
@@ -132,7 +134,7 @@ def test_batch_hash_chains_to_the_previous_batch(write: BatchWrite) -> None:
 def test_heads_advance_even_when_every_intent_is_rejected() -> None:
     """An all-rejected batch stores outcomes and a chained hash, but no ledger rows."""
     book = Book({CASH: 0, HOUSE: 0, ESCROW: 0})
-    decisions = decide_batch([bet(9, 10, "2.00", 1), settle(9, 77, "won", 2)], book)
+    decisions, _ = decide_batch([bet(9, 10, "2.00", 1), settle(9, 77, "won", 2)], book)
     assert [d.status for d in decisions] == [REJECTED, REJECTED]
     w = build_batch(decisions, HEADS, EPOCH, NOW)
     assert w.ledger == [] and w.balance_deltas == [] and w.new_bets == [] and w.settled_bets == []
@@ -148,11 +150,14 @@ def test_consecutive_batches_form_a_chain() -> None:
                [bet(5, 1, "2.00", 4)], [settle(1, 3, "lost", 5), dep(1, 1, 6)]]
     seqs, entries, prev = [], [], GENESIS_HASH
     for n, cands in enumerate(batches, start=1):
-        w = build_batch(decide_batch(cands, book), heads, EPOCH, NOW + n)
+        decisions, book = decide_batch(cands, book)
+        w = build_batch(decisions, heads, EPOCH, NOW + n)
         assert w.prev_hash == prev and w.batch_no == n
         seqs += [o.seq for o in w.outcomes]
         entries += [r[0] for r in w.ledger]
         heads, prev = w.after, w.hash
+        for seq, bet_id, *_ in w.new_bets:  # as the store would load them: placed at seq
+            book.bets[bet_id] = msgspec.structs.replace(book.bets[bet_id], seq=seq)
     assert seqs == list(range(1, 7))
     assert entries == list(range(1, len(entries) + 1)) and len(entries) == 10
     assert heads.seq == 6 and heads.entry_id == 10 and heads.batch_no == 4

@@ -10,6 +10,7 @@ same entries changes nothing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import uuid
 from collections import Counter, defaultdict
@@ -226,7 +227,7 @@ class Ledger:
         settles = {c.intent.bet_id for c in fresh if isinstance(c.intent, SettleIntent)}
         book = Book({a: self.balances[a] for a in wanted if a in self.balances},
                     {b: msgspec.structs.replace(self.bets[b]) for b in settles if b in self.bets})
-        decisions = decide_batch(fresh, book)
+        decisions, book = decide_batch(fresh, book)
         if not decisions:
             return []
         write = build_batch(decisions, self.heads, epoch=1, now=5)
@@ -236,11 +237,11 @@ class Ledger:
         for acc, bal in book.balances.items():  # accounts opened with a zero balance too
             assert self.balances.get(acc, 0) == bal, "deltas disagree with the book"
             self.balances[acc] = bal
-        for d in decisions:
+        for d, outcome in zip(decisions, write.outcomes, strict=True):
             if d.new_bet:
                 self.bets[d.new_bet.id] = BetState(d.new_bet.id, d.new_bet.user_id,
                                                    d.new_bet.stake, d.new_bet.odds, "open",
-                                                   d.new_bet.seq)
+                                                   outcome.seq)
             if d.settled_bet:
                 self.bets[d.settled_bet.id].status = d.settled_bet.status
         for o in write.outcomes:
@@ -359,7 +360,10 @@ def test_decide_batch_on_one_book_matches_the_reference(ops: list[tuple], cuts: 
     seen: set[str] = set()
     cands = [c for c in build(ops) if not (c.id in seen or seen.add(c.id))]
     book = Book({CASH: 0, HOUSE: 0, ESCROW: 0})
-    decisions = [d for batch in cut(cands, cuts) for d in decide_batch(batch, book)]
+    decisions = []
+    for batch in cut(cands, cuts):
+        decided, book = decide_batch(batch, book)
+        decisions += decided
     expected, balances = reference(cands)
     assert [(d.candidate.id, d.status, d.reason, d.balance) for d in decisions] == expected
     assert dict(book.balances) == balances
@@ -594,8 +598,8 @@ def test_won_lost_void_postings_follow_the_design() -> None:
 def test_a_bet_settles_once_and_only_by_its_owner() -> None:
     """Settling someone else's bet is unknown_bet; a second settlement is already_settled."""
     book = fresh_book()
-    decide_batch([candidate(dep(7, 1000)), candidate(dep(8, 1000), 5),
-                  candidate(bet(7, 250, "2.50"))], book)
+    _, book = decide_batch([candidate(dep(7, 1000)), candidate(dep(8, 1000), 5),
+                            candidate(bet(7, 250, "2.50"))], book)
     assert decide(candidate(settle(8, 3, "won")), book).reason == "unknown_bet"
     assert decide(candidate(settle(7, 99, "won")), book).reason == "unknown_bet"
     d = decide(candidate(settle(7, 3, "won")), book)
@@ -642,3 +646,25 @@ def test_a_refused_first_deposit_opens_no_account() -> None:
     d = decide(candidate(dep(7, 1)), book)
     assert (d.status, d.reason, d.balance) == (REJECTED, "invalid", None)
     assert 7 not in book.balances
+
+
+@PROPS
+@given(SEQUENCES, CUTS)
+def test_deciding_and_building_a_batch_leave_their_inputs_as_they_were(
+        ops: list[tuple], cuts: list[int]) -> None:
+    """The core returns new values: the book handed to decide_batch (balances and bet
+    records) and the decisions handed to build_batch are unchanged afterwards."""
+    seen: set[str] = set()
+    cands = [c for c in build(ops) if not (c.id in seen or seen.add(c.id))]
+    book = Book({CASH: 0, HOUSE: 0, ESCROW: 0})
+    heads = Heads(0, 0, 0, GENESIS_HASH)
+    for batch in cut(cands, cuts):
+        given_book = copy.deepcopy((dict(book.balances), dict(book.bets), batch))
+        decisions, after = decide_batch(batch, book)
+        assert (dict(book.balances), dict(book.bets), batch) == given_book, "decide_batch"
+        given_decisions = copy.deepcopy(decisions)
+        write = build_batch(decisions, heads, epoch=1, now=5)
+        assert decisions == given_decisions, "build_batch"
+        heads, book = write.after, after
+        for seq, bet_id, *_ in write.new_bets:  # as the store would load them: placed at seq
+            book.bets[bet_id] = msgspec.structs.replace(book.bets[bet_id], seq=seq)

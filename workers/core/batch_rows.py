@@ -82,12 +82,14 @@ class BatchWrite:
 
 
 def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int) -> BatchWrite:
-    """Rows for one transaction; checks that every transaction's postings sum to zero.
-    (Names bound to locals: this loop runs for every intent of a batch.)"""
+    """Rows for one transaction, built anew (the decisions are left as they are); checks
+    that every transaction's postings sum to zero. (Names bound to locals: this loop runs
+    for every intent of a batch.)"""
     batch_no = heads.batch_no + 1
     outcomes: list[OutcomeRow] = []
     ledger: list[LedgerRow] = []
     new_bets, settled = [], []
+    placed: dict[str, int] = {}  # bets placed in this batch: their seq
     deltas: dict[int, int] = defaultdict(int)
     add_outcome, add_row = outcomes.append, ledger.append
     seq, entry_id = heads.seq, heads.entry_id
@@ -106,11 +108,13 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
             add_row((entry_id, txn_id, account, amount, kind, ref_id, now))
             deltas[account] += amount
         if d.new_bet:
-            d.new_bet.seq = seq  # a settle later in this batch refers to it by this seq
-            new_bets.append(_bet_row(d.new_bet, cand))
+            placed[d.new_bet.id] = seq  # a settle later in this batch refers to it by this
+            new_bets.append(_bet_row(d.new_bet, cand, seq))
         if d.settled_bet:
-            require(d.settled_bet.seq is not None, "a settled bet must have been placed")
-            settled.append((d.settled_bet.status, seq, d.settled_bet.seq))
+            bet_seq = d.settled_bet.seq if d.settled_bet.seq is not None else placed.get(
+                d.settled_bet.id)
+            require(bet_seq is not None, "a settled bet must have been placed")
+            settled.append((d.settled_bet.status, seq, bet_seq))
     digest = batch_hash(heads.hash, ledger)
     after = Heads(seq, batch_no, entry_id, digest)
     return BatchWrite(
@@ -132,6 +136,7 @@ def _posts(d: Decision) -> bool:
     return True
 
 
-def _bet_row(bet: BetState, cand: Candidate) -> tuple[int, str, int, str, str, str, int]:
+def _bet_row(bet: BetState, cand: Candidate, seq: int) -> tuple[int, str, int, str, str, str,
+                                                                  int]:
     intent = cand.intent
-    return (bet.seq, bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake)
+    return (seq, bet.id, bet.user_id, intent.market, intent.selection, bet.odds, bet.stake)

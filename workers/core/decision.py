@@ -104,13 +104,16 @@ def payout(stake: int, odds: str) -> int:
     return stake * odds_x100(odds) // 100
 
 
-def decide_batch(candidates: Sequence[Candidate], book: Book) -> list[Decision]:
-    """Decide every candidate in order; ``book`` is updated with the accepted effects."""
-    return [decide(candidate, book) for candidate in candidates]
+def decide_batch(candidates: Sequence[Candidate], book: Book) -> tuple[list[Decision], Book]:
+    """Decide every candidate in order: the decisions, and the book after their accepted
+    effects. ``book`` itself is left as it was (its bets included)."""
+    after = Book(dict(book.balances), dict(book.bets))
+    return [decide(candidate, after) for candidate in candidates], after
 
 
 def decide(candidate: Candidate, book: Book) -> Decision:
-    """One intent against the book: an outcome, and postings that sum to zero."""
+    """One intent against a batch's working book, which it updates: an outcome, and
+    postings that sum to zero. Bet records in the book are replaced, never changed."""
     intent = candidate.intent
     if candidate.pre_reason is not None:
         return _reject(candidate, book, candidate.pre_reason, candidate.detail)
@@ -181,9 +184,10 @@ def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book)
     if not _within_bounds(book, postings):
         return _reject(candidate, book, "invalid", "balance would leave the supported range")
     _apply(book, postings)
-    bet.status = intent.outcome
+    settled = msgspec.structs.replace(bet, status=intent.outcome)
+    book.bets[bet.id] = settled
     balance = book.balances[intent.user_id]
-    return Decision(candidate, ACCEPTED, None, balance, postings, settled_bet=bet)
+    return Decision(candidate, ACCEPTED, None, balance, postings, settled_bet=settled)
 
 
 def settlement_postings(bet: BetState, outcome: str) -> tuple[tuple[int, int], ...]:

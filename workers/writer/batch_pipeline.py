@@ -82,7 +82,7 @@ class BatchPipeline:
         fresh, repeats = split_repeats(candidates, stored)
         fresh = self._check_nonces(self._check_freshness(fresh), early)
         book = self._book(fresh)
-        decisions = decide_batch(fresh, book)
+        decisions, after = decide_batch(fresh, book)
         if not decisions:
             return _committed(entries, [], [], dead, repeats)
         batch = build_batch(decisions, self._store.heads, epoch, now_ms())
@@ -95,9 +95,9 @@ class BatchPipeline:
         try:
             commit_ms = self._commit(batch, meanwhile, prepare)
         except Exception:
-            self.forget(list(book.balances))
+            self.forget(list(after.balances))
             raise
-        self._remember(book)
+        self._remember(after)
         require(len(prepared) == 1, "a batch's confirmations must be prepared exactly once")
         committed = prepared[0]
         return Committed(committed.finish, replace(committed.report, commit_ms=commit_ms))
