@@ -264,7 +264,7 @@ def backlog(client: redis.Redis) -> tuple[int, int] | None:
     """(pending, not yet delivered) of the writers' group; None before a writer made it.
 
     XINFO's lag is a counter Redis can lose across an AOF reload: it reads as unknown for
-    a while (it used to count as 0 here), and after several reloads under load it was seen
+    a while (read as 0, it would hide a backlog), and after several reloads under load it was seen
     stuck at 20,133 with nothing left to read. So it is checked against the stream: unknown
     -> the entries after the last delivered id are counted (up to a bound); positive but
     nothing after the last delivered id -> 0.

@@ -153,9 +153,9 @@ def run_confirmer(settings: Settings, client: redis.Redis) -> None:
     """Work the confirmation queue until SIGTERM/SIGINT (RQ's warm shutdown).
 
     RQ's worker returns (logging "unhandled exception, quitting") when Redis vanishes
-    outside its dequeue loop, e.g. during a heartbeat or maintenance: the process used to
-    exit 0 and confirmations stopped. A worker that ended without a stop request is
-    replaced after a bounded backoff, as long as it takes Redis to come back.
+    outside its dequeue loop, e.g. during a heartbeat or maintenance; left alone, the
+    process would exit 0 and confirmations would stop. A worker that ended without a stop
+    request is replaced after a bounded backoff, as long as it takes Redis to come back.
     """
     log = get_logger("betstream.confirmer")
     attempt, stop = 0, threading.Event()

@@ -156,7 +156,7 @@ class BatchPipeline:
 
     def claim_early(self, admitted: Admitted) -> EarlyClaims | None:
         """Start claiming the nonces of a batch read ahead, on an I/O thread, so Redis runs
-        the claims while this thread admits and acknowledges (it used to wait ~25 ms per
+        the claims while this thread admits and acknowledges (inline, it waits ~25 ms per
         4,000 intents). Claims are keyed by intent id: claiming again, or for a candidate
         that turns out to be a repeat (same id, so same holder), changes nothing."""
         now = now_ms()

@@ -144,7 +144,7 @@ class Writer:
     def _serve_batches(self, stop: threading.Event, after: str | None) -> None:
         while not stop.is_set():
             # Redis may vanish between two steps (a restart): retried here like any step,
-            # where an unhandled ConnectionError used to end the writer process.
+            # or an unhandled ConnectionError would end the writer process.
             self._retry("renew_lease", self._keep_lease, stop, leading=True)
             self.pipeline.keyring = self._keyring()  # between batches: SIGHUP reloads
             if self._ahead is None and self.admitter is not None and self.admitter.asked:
@@ -214,8 +214,8 @@ class Writer:
             self._finish_unfinished(stop)
         elif self._ahead is None:
             # The admission child reads and admits the next batch while this one is decided,
-            # not only while it commits: the writer's thread used to wait ~30 % of a drain
-            # for it. Still one request in flight, collected after this batch's commit.
+            # not only while it commits: asked only then, the writer's thread waited ~30 %
+            # of a drain for it. Still one request in flight, collected after this batch's commit.
             self._ask_ahead()
 
         def meanwhile(prepare: Callable[[], None]) -> None:
