@@ -112,7 +112,8 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
     from producer.breaker_state import CLOSED, OPEN
-    from workers.adapters.breaker_store import BreakerStore, now_ms
+    from producer.contract import now_ms
+    from workers.adapters.breaker_store import BreakerStore
     from workers.adapters.redis_connection import redis_client
 
     store = BreakerStore(redis_client(settings.redis_url), settings.breaker_limits)

@@ -7,13 +7,13 @@ number, so an operator's force is never overwritten by a writer that had not see
 
 from __future__ import annotations
 
-import time
 from typing import Final
 
 import redis
 
 from producer import constants as c
 from producer.breaker_state import Breaker, BreakerLimits, Snapshot, hash_fields, parse
+from producer.contract import now_ms
 from workers.core.breaker_machine import force
 
 LOG_LEN_MAX: Final = 10_000
@@ -61,6 +61,3 @@ class BreakerStore:
         rows = self._redis.xrevrange(c.STREAM_BREAKER_LOG, count=count)
         return [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

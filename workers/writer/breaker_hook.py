@@ -8,8 +8,9 @@ import time
 import redis
 
 from producer.breaker_state import OPEN, Breaker, Snapshot
+from producer.contract import now_ms
 from producer.errors import StoreError
-from workers.adapters.breaker_store import REDIS_UNREACHABLE, BreakerStore, now_ms
+from workers.adapters.breaker_store import REDIS_UNREACHABLE, BreakerStore
 from workers.core.breaker_machine import on_failure, on_success, on_tick
 from workers.logs import get_logger
 from workers.writer.hooks import BatchReport, Hook
