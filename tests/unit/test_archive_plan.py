@@ -4,7 +4,6 @@ redelivered, carried-forward rows keep every account whole, and ids never collid
 from __future__ import annotations
 
 import sqlite3
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 
 from producer.errors import InvariantViolation
 from workers.adapters.ledger_statement import statement
-from workers.adapters.ledger_store import SCHEMA_VERSION, Store
+from workers.adapters.ledger_store import SCHEMA_VERSION, Store, schema_sql
 from workers.core.archive_rules import carried, carry_entry_id, effective_cutoff, period_of
 
 ms = st.integers(0, 2**45)
@@ -73,7 +72,7 @@ def test_archive_files_are_per_utc_month() -> None:
 def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     """A file from before archival keeps its rows and gets the new tables and trigger."""
     path = tmp_path / "old.sqlite3"
-    schema = resources.files("workers.adapters").joinpath("schema.sql").read_text()
+    schema = schema_sql()
     old = (schema.replace("('schema_version', 5)", "('schema_version', 2)")
            .replace("WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0)\n",
                     ""))
@@ -98,7 +97,7 @@ def test_a_schema_3_ledger_loses_the_unread_market_index_and_keeps_its_rows(
         tmp_path: Path) -> None:
     """Version 4 drops bets_by_market (nothing reads it; it cost ~15 % of a commit)."""
     path = tmp_path / "v3.sqlite3"
-    schema = resources.files("workers.adapters").joinpath("schema.sql").read_text()
+    schema = schema_sql()
     conn = sqlite3.connect(path)
     conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 3)"))
     conn.execute("CREATE INDEX bets_by_market ON bets(market, status)")
@@ -122,7 +121,7 @@ def _upgraded(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
 
 def _schema_4_file(path: Path) -> sqlite3.Connection:
     """A ledger as version 4 made it: ledger_by_user, and no user_entries or mark."""
-    schema = resources.files("workers.adapters").joinpath("schema.sql").read_text()
+    schema = schema_sql()
     conn = sqlite3.connect(path)
     conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
     conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "

@@ -21,12 +21,16 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from producer.errors import ConfigError, StoreError
 from producer.invariants import require
-from workers.adapters.ledger_store import LEDGER_BY_USER_INDEX, SQL_VARIABLES_MAX, connect
+from workers.adapters.ledger_store import (
+    LEDGER_BY_USER_INDEX,
+    SQL_VARIABLES_MAX,
+    connect,
+    schema_sql,
+)
 from workers.core.archive_rules import CARRY_REF, carried, carry_entry_id, period_of
 from workers.core.hash_chain import GENESIS_HASH
 from workers.logs import get_logger
@@ -149,7 +153,7 @@ def _by_seq(conn: sqlite3.Connection, seqs: list[int]) -> list[tuple]:
 def open_archive(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     """An archive file has the ledger's own schema (append-only triggers included)."""
     conn = connect(path, busy_timeout_ms)
-    conn.executescript(resources.files("workers.adapters").joinpath("schema.sql").read_text())
+    conn.executescript(schema_sql())
     # History may hold an id twice: the original outcome and, once that was archived, a
     # `stale` refusal of the same intent re-sent. Lookups by id still have an index.
     # An archive is written once and then read by statements: it keeps the per-account

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from producer.errors import ConfigError
@@ -24,7 +23,7 @@ from workers.adapters.ledger_archive import (
     read_anchor,
 )
 from workers.adapters.ledger_audit import Check, require_ledger, run_checks
-from workers.adapters.ledger_store import LEDGER_BY_USER_INDEX, connect
+from workers.adapters.ledger_store import LEDGER_BY_USER_INDEX, connect, schema_sql
 
 TABLES = (("batches", BATCH_COLS), ("transaction_ledger", LEDGER_COLS),
           ("outcomes", OUTCOME_COLS), ("bets", BET_COLS))
@@ -57,7 +56,7 @@ def audit_with_archives(db: Path, archive_dir: Path, busy_timeout_ms: int) -> li
 def _prepare(merged: sqlite3.Connection) -> None:
     merged.execute("PRAGMA journal_mode = OFF")
     merged.execute("PRAGMA synchronous = OFF")
-    merged.executescript(resources.files("workers.adapters").joinpath("schema.sql").read_text())
+    merged.executescript(schema_sql())
     merged.executescript(f"DROP INDEX outcomes_by_id; {LEDGER_BY_USER_INDEX}; "
                          "CREATE TEMP TABLE carry(user_id INTEGER PRIMARY KEY, amount INTEGER);")
 

@@ -59,6 +59,12 @@ def _none(value: None) -> None:
     return value
 
 
+def schema_sql() -> str:
+    """The ledger's schema (``schema.sql`` beside this module): idempotent, so applying it
+    to a file that has it changes nothing."""
+    return resources.files(__package__).joinpath("schema.sql").read_text()
+
+
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
             cache_mb: int = CACHE_MB_DEFAULT) -> sqlite3.Connection:
     """A connection with the durability settings the ledger depends on."""
@@ -181,7 +187,7 @@ class Store:
             conn = connect(self.path, self._busy_timeout_ms)
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
-            conn.executescript(resources.files("workers.adapters").joinpath("schema.sql").read_text())
+            conn.executescript(schema_sql())
             return conn
         except sqlite3.Error as exc:
             if conn is not None:
