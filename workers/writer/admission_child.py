@@ -142,7 +142,7 @@ class Admitter:
     def _start(self) -> subprocess.Popen:
         # In a process group of its own: a Ctrl-C or SIGTERM to the writer's group stops
         # the writer, which then ends the child (close(), or its pipe closing when the
-        # writer dies); the child, signalled too, died mid-import with a traceback.
+        # writer dies); signalled too, the child could die mid-import with a traceback.
         proc = subprocess.Popen([sys.executable, "-m", "workers.writer.admission_child"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
                                 process_group=0)
