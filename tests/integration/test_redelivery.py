@@ -27,9 +27,9 @@ def test_committed_but_unacked_batch_is_republished_not_reapplied(
 
     first = _writer(settings, redis_client, keyring, "first")
     first.stream.ensure_group()
-    assert first._try_lead()
+    assert first.try_lead()
     entries = first.stream.read_new(first.lease.owner)
-    first.pipeline.run(entries, first.epoch)  # COMMIT ... and the process "dies" here
+    first.commit(first.source.admit(entries), threading.Event())  # COMMIT ... and the process "dies" here
     first.lease.release()
     assert confirmations(redis_client) == [], "nothing was confirmed before the crash"
 

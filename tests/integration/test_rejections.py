@@ -663,15 +663,16 @@ def test_replays_and_resends_across_batches_read_ahead(
     admission child, or on the writer's I/O thread) while this one commits: a replay of a
     nonce claimed one batch earlier is still refused, a re-sent copy still gets its
     original outcome, and nothing is applied twice."""
-    from workers.writer.batch_pipeline import BatchPipeline
-    from workers.writer import admission_child
+    from workers.writer.admission_child import Admitter
+    from workers.writer.nonce_claims import NonceClaimer
     early_claims = []
-    claim_early, claims_of = BatchPipeline.claim_early, admission_child.claims_of
+    start, collect = NonceClaimer.start, Admitter.collect
     monkeypatch.setattr(
-        BatchPipeline, "claim_early",
-        lambda self, admitted: early_claims.append("writer") or claim_early(self, admitted))
-    monkeypatch.setattr(admission_child, "claims_of", lambda reply: (
-        claims := claims_of(reply)) and early_claims.append("admission child") or claims)
+        NonceClaimer, "start",
+        lambda self, cands: early_claims.append("writer") or start(self, cands))
+    monkeypatch.setattr(Admitter, "collect", lambda self, *a: (
+        got := collect(self, *a)) and got.claims and early_claims.append("admission child")
+        or got)
     w = start_writer(batch_size_max=4, admission_process=claimed_by == "admission child")
     users = [new_user() for _ in range(4)]
     deposits = [body("deposit", u, amount=1_000) for u in users]

@@ -43,7 +43,7 @@ def test_entries_stranded_by_a_fenced_out_writer_are_taken_over_under_load(
     thread = threading.Thread(target=fresh.run, args=(stop,), daemon=True)
     try:
         zombie.stream.ensure_group()
-        assert zombie._try_lead()
+        assert zombie.try_lead()
         zombie.lease.release()  # ... and then it froze; the other writer leads and serves
         # The backlog is there before the new writer starts: a writer that keeps up with the
         # producer would otherwise have drained nearly everything before the zombie reads.
@@ -55,7 +55,7 @@ def test_entries_stranded_by_a_fenced_out_writer_are_taken_over_under_load(
         entries = _unguarded_read(zombie)  # as an earlier release's zombie did on waking
         assert entries, "the zombie pulled entries into its own pending list"
         try:
-            zombie.process(entries, threading.Event())
+            zombie.process(zombie.source.admit(entries), threading.Event())
         except FencedOut:
             pass
         else:
@@ -109,7 +109,7 @@ def test_a_writer_that_lost_the_lead_reads_nothing_even_mid_wait(
 
     try:
         zombie.stream.ensure_group()
-        assert zombie._try_lead()
+        assert zombie.try_lead()
         waiting = threading.Thread(target=wait_for_entries)
         waiting.start()  # nothing to read yet: it waits up to 3 s for entries
         wait_for(lambda: _waiting_in_xread(redis_client), 5, "the zombie to wait for entries")
@@ -180,7 +180,7 @@ def test_a_connection_dropped_after_the_read_ran_is_an_error_not_an_empty_read(
 
     try:
         writer.stream.ensure_group()
-        assert writer._try_lead()
+        assert writer.try_lead()
         producer.submit(new_deposit(3, 10))
         monkeypatch.setattr(redis.client.Pipeline, "_execute_transaction", run_then_drop)
         with pytest.raises(redis.ConnectionError):

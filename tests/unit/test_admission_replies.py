@@ -43,7 +43,7 @@ def test_a_reply_that_skips_or_reorders_entries_is_refused(damage: str) -> None:
     """A reply of fast candidates only (the one-pass path) that does not give every entry
     read exactly once, in stream order, is nonsense: the writer refuses it (the child is
     then replaced) instead of deciding a wrong batch."""
-    reply = split(_signed_entries(4), RING)
+    reply, _ = split(_signed_entries(4), RING)
     assert len(merge(reply, RING)[1]) == 4, "the undamaged reply is taken"
     with pytest.raises(ValueError):
         merge(Reply(reply.ids, _damaged(reply.fast, damage), []), RING)
@@ -55,7 +55,7 @@ def test_a_mixed_reply_that_skips_or_repeats_entries_is_refused(damage: str) -> 
     entry out, names one twice or names one outside the batch is refused all the same
     (a ValueError, which replaces the child, not an IndexError that stops the writer)."""
     entries = _signed_entries(4)
-    reply = split(entries, RING)
+    reply, _ = split(entries, RING)
     mixed = Reply(reply.ids, reply.fast[1:], [(0, entries[0][1])])
     assert len(merge(mixed, RING)[1]) == 4, "the undamaged mixed reply is taken"
     with pytest.raises(ValueError):

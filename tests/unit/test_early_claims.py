@@ -1,5 +1,6 @@
-"""Nonce claims started early (while the batch before commits) decide exactly what claims
-made at decision time would, and a failed early claim is made again, not skipped."""
+"""Nonce claims started early (while the batch before commits, or in the admission child)
+decide exactly what claims made at decision time would, and a failed early claim is made
+again, not skipped."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from types import SimpleNamespace
 import redis
 
 from workers.core.decision import Candidate
+from workers.core.intake import reject_replays
 from workers.settings import load_settings
-from workers.writer.batch_pipeline import BatchPipeline
+from workers.writer.nonce_claims import EarlyClaims, NonceClaimer
+
+NOW_MS = 1_000  # the candidates below entered the stream and were issued then
 
 
 class FakeStream:
@@ -30,13 +34,16 @@ class FakeStream:
 
 
 def cand(intent_id: str, nonce: str) -> Candidate:
-    intent = SimpleNamespace(nonce=nonce)
-    return Candidate(f"1-{intent_id}", 1, intent_id, "deposit", 1, b"", intent,  # type: ignore
+    intent = SimpleNamespace(nonce=nonce, issued_at=NOW_MS)
+    return Candidate(f"1-{intent_id}", NOW_MS, intent_id, "deposit", 1, b"", intent,  # type: ignore
                      kid="cashier")
 
 
-def pipeline(stream: FakeStream) -> BatchPipeline:
-    return BatchPipeline(load_settings(), None, stream, None)  # type: ignore[arg-type]
+def checked(stream: FakeStream, batch: list[Candidate], early: EarlyClaims) -> list[Candidate]:
+    """The batch with replays rejected, as the writer decides it: claims settled, then
+    applied."""
+    claimer = NonceClaimer(load_settings(), stream.claim_nonces, lambda: NOW_MS)
+    return reject_replays(batch, claimer.settle(batch, early, NOW_MS))
 
 
 def reasons(out: list[Candidate]) -> list[str | None]:
@@ -50,7 +57,7 @@ def test_early_claims_are_used_and_replays_still_refused() -> None:
     early.set_result(dict(zip([x.entry_id for x in batch],
                               stream.claim_nonces([("cashier", x.intent.nonce, x.id)  # type: ignore
                                                    for x in batch]))))
-    assert reasons(pipeline(stream)._check_nonces(batch, early)) == [None, "replay", None]
+    assert reasons(checked(stream, batch, early)) == [None, "replay", None]
     assert stream.calls == 1  # nothing claimed twice
 
 
@@ -61,7 +68,7 @@ def test_claims_the_admission_child_made_are_used_and_replays_still_refused() ->
     done = dict(zip([x.entry_id for x in batch],
                     stream.claim_nonces([("cashier", x.intent.nonce, x.id)  # type: ignore
                                          for x in batch])))
-    assert reasons(pipeline(stream)._check_nonces(batch, done)) == [None, "replay", None]
+    assert reasons(checked(stream, batch, done)) == [None, "replay", None]
     assert stream.calls == 1  # nothing claimed twice
 
 
@@ -70,7 +77,7 @@ def test_failed_early_claims_are_made_at_decision_time() -> None:
     stream.records[("cashier", "n1")] = "other"
     early: Future = Future()
     early.set_exception(redis.ConnectionError("Redis went away"))
-    out = pipeline(stream)._check_nonces([cand("a", "n1"), cand("b", "n2")], early)
+    out = checked(stream, [cand("a", "n1"), cand("b", "n2")], early)
     assert reasons(out) == ["replay", None]
     assert stream.records[("cashier", "n2")] == "b"
 
@@ -80,5 +87,5 @@ def test_a_candidate_missing_from_the_early_claims_is_claimed() -> None:
     stream.records[("cashier", "n9")] = "other"
     early: Future = Future()
     early.set_result({"1-a": None})
-    out = pipeline(stream)._check_nonces([cand("a", "n1"), cand("z", "n9")], early)
+    out = checked(stream, [cand("a", "n1"), cand("z", "n9")], early)
     assert reasons(out) == [None, "replay"]

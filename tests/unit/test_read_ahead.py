@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workers.settings import load_settings
-from workers.writer.batch_writer import reads_ahead
+from workers.writer.batch_source import reads_ahead
 
 
 def test_a_stream_fed_near_the_commit_rate_overlaps_without_a_full_batch() -> None:

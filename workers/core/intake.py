@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -152,3 +153,62 @@ def freshness_reason(intent: Intent | FastIntent, ingress: int, now: int, age_ma
     if ingress - intent.issued_at > age_max_ms or intent.issued_at - ingress > skew_max_ms:
         return "stale"
     return None
+
+
+def admit_entries(entries: Sequence[tuple[str, dict[bytes, bytes] | None]], keyring: Keyring
+                  ) -> tuple[list[Candidate], list[DeadLetter]]:
+    """A batch's entries authenticated and parsed, in stream order: candidates to decide
+    and dead letters. One keyring for the whole batch, even if a reload swaps it."""
+    candidates, dead = [], []
+    for entry_id, fields in entries:
+        result = admit_entry(entry_id, fields, keyring)
+        (dead if isinstance(result, DeadLetter) else candidates).append(result)
+    return candidates, dead
+
+
+def undecided(cand: Candidate) -> bool:
+    """Still to be checked and decided: no reason found yet, and a valid intent."""
+    return cand.pre_reason is None and cand.intent is not None
+
+
+def undecided_fresh(candidates: Sequence[Candidate], now: int, age_max_ms: int,
+                    skew_max_ms: int) -> list[Candidate]:
+    """The undecided candidates still fresh at ``now``: those whose nonces are claimed.
+    Fresh at a later time means fresh now too (only the wait grows)."""
+    return [c for c in candidates if undecided(c)
+            and freshness_reason(c.intent, c.ingress_ms, now, age_max_ms,  # type: ignore[arg-type]
+                                 skew_max_ms) is None]
+
+
+def reject_stale(candidates: Sequence[Candidate], now: int, age_max_ms: int,
+                 skew_max_ms: int) -> list[Candidate]:
+    """The candidates, with those that are stale at ``now`` rejected: where freshness is
+    decided, at decision time, so a batch retried after an outage is judged anew."""
+    out = []
+    for cand in candidates:  # written out: runs for every intent
+        if cand.pre_reason is None and cand.intent is not None:
+            reason = freshness_reason(cand.intent, cand.ingress_ms, now, age_max_ms,
+                                      skew_max_ms)
+            if reason is not None:
+                cand = cand.rejected_early(reason, "intent too old or issued too far "
+                                           "from its ingress time")
+        out.append(cand)
+    return out
+
+
+def reject_replays(candidates: Sequence[Candidate], holders: Mapping[str, str | None]
+                   ) -> list[Candidate]:
+    """The candidates, with replays rejected: ``holders`` gives, by stream entry id, who
+    held each undecided candidate's nonce when it claimed it (None: the candidate itself).
+    Every undecided candidate must have claimed its nonce: deciding one without a claim
+    could accept a replay."""
+    out = list(candidates)
+    for i, cand in enumerate(candidates):
+        if not undecided(cand):
+            continue
+        require(cand.entry_id in holders, f"entry {cand.entry_id} was about to be decided "
+                "without a claim on its nonce")
+        holder = holders[cand.entry_id]
+        if holder is not None and holder != cand.id:
+            out[i] = cand.rejected_early("replay", "nonce already used by another intent")
+    return out

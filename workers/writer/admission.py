@@ -10,8 +10,9 @@ with a fast-path intent and no reason travel as such; every other entry (a dead 
 rejection found at admission, a body only the pydantic path accepts) travels raw and is
 admitted again in the writer. The child reads as the writer's own consumer, so what it
 reads is pending under the writer exactly as an in-process read would be. It then claims
-the nonces of the fresh fast candidates (``with_claims``), which the writer would
-otherwise claim before deciding; the writer claims any it did not.
+the nonces of the fresh fast candidates, the same way the writer would before deciding
+(workers/writer/nonce_claims.py): in the child, because packing the claims held the
+writer's GIL ~5 % of the time. The writer claims any it did not.
 
 Frames on the child's stdin/stdout: a 4-byte big-endian length, then msgpack (msgspec),
 never pickle. A child that fails, hangs or dies costs one read-ahead: entries it had read
@@ -23,16 +24,15 @@ child later (workers/writer/batch_writer.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Final
 
 import msgspec
 
 from producer.fastparse import FastIntent
 from producer.signing import Keyring
-from workers.adapters.intent_stream import Claim, Claims, Entry
+from workers.adapters.intent_stream import Entry
 from workers.core.decision import Candidate
-from workers.core.intake import ADMITTED_ELSEWHERE, DeadLetter, admit_entry, freshness_reason
+from workers.core.intake import ADMITTED_ELSEWHERE, DeadLetter, admit_entry
 
 FRAME_HEADER_BYTES: Final = 4
 FRAME_BYTES_MAX: Final = 256 * 2**20  # far above a batch (~2 MB at 8,000 intents)
@@ -55,11 +55,9 @@ class Reply(msgspec.Struct, frozen=True):
     fast: list[tuple[int, int, bytes, str, FastIntent]]
     raw: list[tuple[int, dict[bytes, bytes] | None]]  # (index, fields): admitted by the writer
     error: str | None = None  # Redis failed the read (it may have run: the writer rereads)
-    # Nonces the child claimed: places in ``fast`` and what each claim returned (None: the
-    # intent holds it, else the holder's intent id). None: it claimed nothing (Redis
-    # failed the claims), and the writer claims them itself.
-    claimed: list[int] | None = None
-    holders: list[str | None] | None = None
+    # The nonce claims the child made, by entry id (``Claims``): None if it made none
+    # (Redis failed them), and the writer claims them itself.
+    claims: dict[str, str | None] | None = None
 
 
 def write_frame(fd: int, payload: bytes) -> None:
@@ -95,42 +93,19 @@ def raw_keyring(keyring: Keyring) -> RawKeyring:
             for kid in keyring.kids() for key in (keyring.get(kid),)}
 
 
-def split(entries: list[Entry], keyring: Keyring) -> Reply:
-    """The child's work: admit each entry; send fast candidates as such, the rest raw."""
-    fast, raw = [], []
+def split(entries: list[Entry], keyring: Keyring) -> tuple[Reply, list[Candidate]]:
+    """The child's work: admit each entry; send fast candidates as such, the rest raw.
+    Returns the reply and its fast candidates (whose nonces the child claims)."""
+    fast, raw, candidates = [], [], []
     for index, (entry_id, fields) in enumerate(entries):
         result = admit_entry(entry_id, fields, keyring)
         if (isinstance(result, Candidate) and result.pre_reason is None
                 and isinstance(result.intent, msgspec.Struct)):
             fast.append((index, result.ingress_ms, result.body_sha, result.kid, result.intent))
+            candidates.append(result)
         else:
             raw.append((index, fields))
-    return Reply([entry_id for entry_id, _ in entries], fast, raw)
-
-
-def with_claims(reply: Reply, claim: Callable[[list[Claim]], list[str | None]], now: int,
-                age_max_ms: int, skew_max_ms: int) -> Reply:
-    """The child's second step: claim the nonces of the fast candidates still fresh at
-    ``now`` (a later decision finds no fewer of them stale), as the writer would before
-    deciding (workers/writer/batch_pipeline.py). In the child, because packing the claims
-    held the writer's GIL ~5 % of the time. Claims are keyed by intent id, so claiming for an
-    intent that turns out to be a repeat, or again after a crash, changes nothing."""
-    fast = reply.fast
-    picked = [n for n, (_, at, _, _, intent) in enumerate(fast)
-              if freshness_reason(intent, at, now, age_max_ms, skew_max_ms) is None]
-    holders = claim([(fast[n][3], fast[n][4].nonce, fast[n][4].id) for n in picked]
-                    ) if picked else []
-    return msgspec.structs.replace(reply, claimed=picked, holders=holders)
-
-
-def claims_of(reply: Reply) -> Claims | None:
-    """The child's nonce claims, by entry id (``Claims``), or None if it made none."""
-    if reply.claimed is None or reply.holders is None:
-        return None
-    if len(reply.claimed) != len(reply.holders):
-        raise ValueError("admission reply has a nonce claim without its result")
-    ids, fast = reply.ids, reply.fast
-    return {ids[fast[n][0]]: holder for n, holder in zip(reply.claimed, reply.holders)}
+    return Reply([entry_id for entry_id, _ in entries], fast, raw), candidates
 
 
 def merge(reply: Reply, keyring: Keyring) -> tuple[list[Entry], list[Candidate],

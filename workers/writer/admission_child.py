@@ -30,15 +30,14 @@ from workers.writer.admission import (
     Hello,
     Reply,
     Request,
-    claims_of,
     merge,
     raw_keyring,
     read_frame,
     split,
-    with_claims,
     write_frame,
 )
 from workers.writer.gc_tuning import tune_runtime
+from workers.writer.nonce_claims import claim_fresh
 
 _ENCODER = msgspec.msgpack.Encoder()
 _REPLIES = msgspec.msgpack.Decoder(Reply)
@@ -119,7 +118,7 @@ class Admitter:
             reply = _REPLIES.decode(frame)
             if reply.error is not None:
                 return None  # Redis failed the read (maybe after it ran); the child is fine
-            return Collected(*merge(reply, keyring), claims_of(reply))
+            return Collected(*merge(reply, keyring), reply.claims)
         except (OSError, ValueError, EOFError, TimeoutError, msgspec.MsgspecError) as exc:
             self._fail("collect", exc)
             return None
@@ -173,15 +172,15 @@ def _keyring(raw: dict) -> Keyring:
                     for kid, (secret, kinds, retire_at) in raw.items()})
 
 
-def _claimed(reply: Reply, stream: IntentStream, settings: Settings) -> Reply:
-    """The reply with its nonces claimed, or as it is if Redis failed the claims: the
-    writer then claims them itself (a claim is keyed by intent id, so one that ran before
-    the failure changes nothing)."""
+def _claimed(reply: Reply, fast: list[Candidate], stream: IntentStream,
+             settings: Settings) -> Reply:
+    """The reply with the nonces of its fast candidates claimed, or as it is if Redis
+    failed the claims: the writer then claims them itself."""
     try:
-        return with_claims(reply, stream.claim_nonces, now_ms(), settings.intent_age_max_ms,
-                           settings.clock_skew_max_ms)
+        claims = claim_fresh(stream.claim_nonces, fast, now_ms(), settings)
     except redis.RedisError:
         return reply
+    return msgspec.structs.replace(reply, claims=claims)
 
 
 def main() -> int:
@@ -209,11 +208,11 @@ def main() -> int:
         if os.getppid() != parent:
             return 0  # the writer died (SIGKILL): read nothing more under its name
         try:
-            reply = split(stream.read_new_now(request.lease_owner), keyring)
+            reply, fast = split(stream.read_new_now(request.lease_owner), keyring)
         except redis.RedisError as exc:
             reply = Reply([], [], [], error=str(exc)[:200])
         else:
-            reply = _claimed(reply, stream, settings)
+            reply = _claimed(reply, fast, stream, settings)
         try:
             write_frame(wfd, _ENCODER.encode(reply))
         except BrokenPipeError:

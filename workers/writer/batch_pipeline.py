@@ -1,9 +1,9 @@
 """One batch, in the order that makes it correct (docs/architecture.md, writer rules 3 and 4).
 
-authenticate -> repeats -> freshness -> nonces -> decide -> ONE transaction -> (caller)
-ack + confirm. Every step before COMMIT may be re-run after a failure: lookups are
-repeated, nonces recognise their own intent id, and the balance cache is only updated
-after a successful commit.
+(admitted by workers/writer/batch_source.py) -> repeats -> freshness -> nonces -> decide
+-> ONE transaction -> (caller) ack + confirm. Everything before COMMIT may be run again
+after a failure: lookups are repeated, nonce claims recognise their own intent id, and
+the balance cache is only updated after a successful commit.
 """
 
 from __future__ import annotations
@@ -12,30 +12,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Final, TypeAlias
-
-import redis
+from dataclasses import dataclass
+from typing import Final
 
 from producer.contract import now_ms
-from producer.invariants import require
-from producer.signing import Keyring
-from workers.adapters.intent_stream import Claim, Claims, Entry, Finish, IntentStream
+from workers.adapters.intent_stream import Claims, Entry, Finish
 from workers.adapters.ledger_store import Store
 from workers.core.batch_rows import BatchWrite, OutcomeRow, build_batch
 from workers.core.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
-from workers.core.intake import DeadLetter, admit_entry, freshness_reason, ingress_ms
+from workers.core.intake import DeadLetter, ingress_ms, reject_replays, reject_stale
 from workers.core.repeats import Repeat, split_repeats
 from workers.settings import Settings
+from workers.writer.batch_source import Batch
 from workers.writer.hooks import BatchReport
 
 BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache starts afresh
-Admitted: TypeAlias = tuple[list[Candidate], list[DeadLetter]]
-# Nonce claims made before a batch is decided: by the admission child (done), or on an I/O
-# thread while the batch before commits (a future).
-EarlyClaims: TypeAlias = "Future[Claims] | Claims"
-# Runs while a batch commits; it is handed the batch's own side work to fit in.
-Meanwhile: TypeAlias = Callable[[Callable[[], None]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +35,37 @@ class Committed:
     report: BatchReport
 
 
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A batch decided: what to write (None: nothing new, only repeats or dead letters),
+    and the balances as they will be once it is written."""
+
+    batch: Batch
+    write: BatchWrite | None
+    ingress: list[int]  # the new outcomes' ingress times, in order
+    repeats: list[Repeat]
+    book_after: Book
+
+    def confirmations(self, commit_ms: float = 0.0) -> Committed:
+        """What to ack and publish once (and only if) the write is durable (pure)."""
+        outcomes = self.write.outcomes if self.write is not None else []
+        messages, ingress = _messages(outcomes, self.ingress, self.repeats)
+        entries = self.batch.entries
+        finish = Finish([eid for eid, _ in entries], self.batch.dead, messages, ingress)
+        return Committed(finish, _report(entries, outcomes, ingress, self.batch.dead,
+                                         self.repeats, commit_ms))
+
+
 class BatchPipeline:
-    def __init__(self, settings: Settings, store: Store, stream: IntentStream,
-                 keyring: Keyring) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self._s = settings
         self._store = store
-        self._stream = stream
-        self.keyring = keyring
         self.balances: dict[int, int] = {}  # cache; valid only while we hold the epoch
         self._committer: ThreadPoolExecutor | None = None  # made on first overlapped commit
-        self._claimer: ThreadPoolExecutor | None = None  # made on first early nonce claim
 
     def close(self) -> None:
-        for pool in (self._committer, self._claimer):
-            if pool is not None:
-                pool.shutdown(wait=True)
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
 
     def forget(self, accounts: Sequence[int] | None = None) -> None:
         """Drop cached balances (all, or those a failed batch touched)."""
@@ -68,123 +75,50 @@ class BatchPipeline:
             for account in accounts:
                 self.balances.pop(account, None)
 
-    def run(self, entries: Sequence[Entry], epoch: int, admitted: Admitted | None = None,
-            meanwhile: Meanwhile | None = None, early: EarlyClaims | None = None) -> Committed:
-        """Decide and durably commit one batch; returns what to ack and publish.
-
-        ``admitted`` is ``admit(entries)`` done earlier (it is pure), ``early`` its nonce
-        claims started then (``claim_early``). ``meanwhile`` runs on this thread while the
-        commit runs on the committer thread; it must not raise, and it must call the
-        function it is given (which prepares this batch's confirmations) once.
-        """
-        candidates, dead = admitted if admitted is not None else self.admit(entries)
+    def decide(self, batch: Batch, claims: Claims, now: int, epoch: int) -> Decided:
+        """Repeats, freshness at ``now``, replays (``claims``: the nonce claims of every
+        candidate fresh at ``now``), then the decisions and the rows that record them.
+        Writes nothing: may be run again after any failure."""
+        candidates = batch.candidates
         stored = self._store.lookup([c.id for c in candidates], [c.entry_id for c in candidates])
         fresh, repeats = split_repeats(candidates, stored)
-        fresh = self._check_nonces(self._check_freshness(fresh), early)
-        book = self._book(fresh)
-        decisions, after = decide_batch(fresh, book)
-        if not decisions:
-            return _committed(entries, [], [], dead, repeats)
-        batch = build_batch(decisions, self._store.heads, epoch, now_ms())
-        prepared: list[Committed] = []
+        fresh = reject_stale(fresh, now, self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
+        fresh = reject_replays(fresh, claims)
+        decisions, after = decide_batch(fresh, self._book(fresh))
+        write = build_batch(decisions, self._store.heads, epoch, now_ms()) if decisions else None
+        return Decided(batch, write, [d.candidate.ingress_ms for d in decisions], repeats, after)
 
-        def prepare() -> None:  # pure: what to publish once (and only if) this is durable
-            ingress = [d.candidate.ingress_ms for d in decisions]  # one per outcome, in order
-            prepared.append(_committed(entries, batch.outcomes, ingress, dead, repeats))
+    def commit(self, decided: Decided) -> float:
+        """Durably commit here; returns the commit's own duration in ms."""
+        return self._applied(decided, lambda: self._timed_commit(decided.write))
 
-        try:
-            commit_ms = self._commit(batch, meanwhile, prepare)
-        except Exception:
-            self.forget(list(after.balances))
-            raise
-        self._remember(after)
-        require(len(prepared) == 1, "a batch's confirmations must be prepared exactly once")
-        committed = prepared[0]
-        return Committed(committed.finish, replace(committed.report, commit_ms=commit_ms))
-
-    def _commit(self, batch: BatchWrite, meanwhile: Meanwhile | None,
-                prepare: Callable[[], None]) -> float:
-        """SQLite steps release the GIL: with ``meanwhile``, the commit runs on its own
-        thread so the two overlap (and the batch's confirmations are prepared then too;
-        without it, after the commit). Either way this returns only once it is durable,
-        with the commit's own duration in ms (what the breaker watches, not
-        ``meanwhile``'s)."""
-        def timed() -> float:
-            started = time.perf_counter()
-            self._store.commit(batch)
-            return (time.perf_counter() - started) * 1000
-
-        if meanwhile is None:
-            took_ms = timed()
-            prepare()
-            return took_ms
+    def start_commit(self, decided: Decided) -> Future[float]:
+        """Commit on the committer thread: SQLite releases the GIL, so this thread's other
+        work overlaps it. ``wait_commit`` then returns once it is durable."""
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="committer")
-        future = self._committer.submit(timed)
+        return self._committer.submit(self._timed_commit, decided.write)
+
+    def wait_commit(self, decided: Decided, started: Future[float]) -> float:
+        return self._applied(decided, started.result)
+
+    def _applied(self, decided: Decided, commit: Callable[[], float]) -> float:
+        """The balance cache follows the ledger: updated once the write is durable,
+        emptied of what the batch touched if it failed."""
+        if decided.write is None:
+            return 0.0
         try:
-            meanwhile(prepare)
-        finally:
-            took_ms = future.result()  # the commit's own error, if any, is what propagates
+            took_ms = commit()
+        except Exception:
+            self.forget(list(decided.book_after.balances))
+            raise
+        self.balances.update(decided.book_after.balances)
         return took_ms
 
-    def admit(self, entries: Sequence[Entry]) -> Admitted:
-        """Authenticate and parse (pure: may run ahead of the batch before it)."""
-        candidates, dead = [], []
-        keyring = self.keyring  # one keyring per batch, even if a reload swaps it meanwhile
-        for entry_id, fields in entries:
-            result = admit_entry(entry_id, fields, keyring)
-            (dead if isinstance(result, DeadLetter) else candidates).append(result)
-        return candidates, dead
-
-    def _check_freshness(self, fresh: list[Candidate]) -> list[Candidate]:
-        now, age_max_ms, skew_max_ms = (now_ms(), self._s.intent_age_max_ms,
-                                        self._s.clock_skew_max_ms)
-        out = []
-        for cand in fresh:  # (_undecided and _freshness written out: runs for every intent)
-            if cand.pre_reason is None and cand.intent is not None:
-                reason = freshness_reason(cand.intent, cand.ingress_ms, now, age_max_ms,
-                                          skew_max_ms)
-                if reason is not None:
-                    cand = cand.rejected_early(reason, "intent too old or issued too far "
-                                               "from its ingress time")
-            out.append(cand)
-        return out
-
-    def _freshness(self, cand: Candidate, now: int) -> str | None:
-        return freshness_reason(cand.intent, cand.ingress_ms, now,  # type: ignore[arg-type]
-                                self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
-
-    def claim_early(self, admitted: Admitted) -> EarlyClaims | None:
-        """Start claiming the nonces of a batch read ahead, on an I/O thread, so Redis runs
-        the claims while this thread admits and acknowledges (inline, it waits ~25 ms per
-        4,000 intents). Claims are keyed by intent id: claiming again, or for a candidate
-        that turns out to be a repeat (same id, so same holder), changes nothing."""
-        now = now_ms()
-        picked = [c for c in admitted[0] if _undecided(c) and self._freshness(c, now) is None]
-        if not picked:
-            return None
-        if self._claimer is None:
-            self._claimer = ThreadPoolExecutor(1, thread_name_prefix="nonces")
-        return self._claimer.submit(self._claims, picked)
-
-    def _claims(self, cands: Sequence[Candidate]) -> Claims:
-        holders = self._stream.claim_nonces([_claim(c) for c in cands])
-        return {c.entry_id: holder for c, holder in zip(cands, holders)}
-
-    def _check_nonces(self, fresh: list[Candidate],
-                      early: EarlyClaims | None = None) -> list[Candidate]:
-        todo = [i for i, c in enumerate(fresh) if _undecided(c)]
-        known = _early_result(early)
-        missing = [fresh[i] for i in todo if fresh[i].entry_id not in known]
-        if missing:  # no early claims, or they failed, or the candidate was not yet read
-            known = {**known, **self._claims(missing)}
-        out = list(fresh)
-        for i in todo:
-            cand = fresh[i]
-            holder = known[cand.entry_id]
-            if holder is not None and holder != cand.id:
-                out[i] = cand.rejected_early("replay", "nonce already used by another intent")
-        return out
+    def _timed_commit(self, write: BatchWrite | None) -> float:
+        started = time.perf_counter()
+        self._store.commit(write)  # type: ignore[arg-type]  (None never reaches here)
+        return (time.perf_counter() - started) * 1000
 
     def _book(self, fresh: list[Candidate]) -> Book:
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
@@ -204,31 +138,6 @@ class BatchPipeline:
             missing = list(wanted)
         self.balances.update(self._store.load_balances(missing))
 
-    def _remember(self, book: Book) -> None:
-        self.balances.update(book.balances)
-
-
-def _undecided(cand: Candidate) -> bool:
-    """Still to be checked and decided: no reason found yet, and a valid intent."""
-    return cand.pre_reason is None and cand.intent is not None
-
-
-def _claim(cand: Candidate) -> Claim:
-    return (cand.kid, cand.intent.nonce, cand.id)  # type: ignore[union-attr]
-
-
-def _early_result(early: EarlyClaims | None) -> Claims:
-    """What the early claims found; nothing if there were none or Redis failed them (the
-    caller then claims inline, where a failure is retried like any Redis step)."""
-    if early is None:
-        return {}
-    if isinstance(early, dict):
-        return early
-    try:
-        return early.result()
-    except redis.RedisError:
-        return {}
-
 
 def _messages(outcomes: Sequence[OutcomeRow], ingress: list[int],
               repeats: Sequence[Repeat]) -> tuple[list[tuple], list[int]]:
@@ -243,14 +152,6 @@ def _messages(outcomes: Sequence[OutcomeRow], ingress: list[int],
             messages.append(original.message_row(duplicate=rep.duplicate))
             ingress.append(rep.candidate.ingress_ms)
     return messages, ingress
-
-
-def _committed(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow], ingress: list[int],
-               dead: Sequence[DeadLetter], repeats: Sequence[Repeat]) -> Committed:
-    """What to ack and publish for a batch, and its report (commit_ms filled in later)."""
-    messages, ingress = _messages(outcomes, ingress, repeats)
-    finish = Finish([eid for eid, _ in entries], dead, messages, ingress)
-    return Committed(finish, _report(entries, outcomes, ingress, dead, repeats, 0.0))
 
 
 def _report(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow], ingress: Sequence[int],
