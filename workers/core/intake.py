@@ -196,6 +196,9 @@ def reject_stale(candidates: Sequence[Candidate], now: int, age_max_ms: int,
     return out
 
 
+_UNCLAIMED: Final = object()  # no claim was made for the entry
+
+
 def reject_replays(candidates: Sequence[Candidate], holders: Mapping[str, str | None]
                    ) -> list[Candidate]:
     """The candidates, with replays rejected: ``holders`` gives, by stream entry id, who
@@ -203,12 +206,13 @@ def reject_replays(candidates: Sequence[Candidate], holders: Mapping[str, str | 
     Every undecided candidate must have claimed its nonce: deciding one without a claim
     could accept a replay."""
     out = list(candidates)
-    for i, cand in enumerate(candidates):
-        if not undecided(cand):
+    for i, cand in enumerate(candidates):  # written out: runs for every intent
+        if cand.pre_reason is not None or cand.intent is None:
             continue
-        require(cand.entry_id in holders, f"entry {cand.entry_id} was about to be decided "
+        holder = holders.get(cand.entry_id, _UNCLAIMED)
+        if holder is None or holder == cand.id:
+            continue
+        require(holder is not _UNCLAIMED, f"entry {cand.entry_id} was about to be decided "
                 "without a claim on its nonce")
-        holder = holders[cand.entry_id]
-        if holder is not None and holder != cand.id:
-            out[i] = cand.rejected_early("replay", "nonce already used by another intent")
+        out[i] = cand.rejected_early("replay", "nonce already used by another intent")
     return out

@@ -36,9 +36,9 @@ def claim_fresh(claim_nonces: ClaimNonces, candidates: Sequence[Candidate], now:
     """Claim the nonces of the candidates fresh at ``now`` and not in ``known``; returns
     ``known`` with their claims added, by stream entry id."""
     known = known or {}
-    picked = [c for c in undecided_fresh(candidates, now, settings.intent_age_max_ms,
-                                         settings.clock_skew_max_ms)
-              if c.entry_id not in known]
+    unclaimed = [c for c in candidates if c.entry_id not in known] if known else candidates
+    picked = undecided_fresh(unclaimed, now, settings.intent_age_max_ms,
+                             settings.clock_skew_max_ms)
     if not picked:
         return known
     holders = claim_nonces([(c.kid, c.intent.nonce, c.id) for c in picked])  # type: ignore[union-attr]
