@@ -20,6 +20,7 @@ from producer.errors import ConfigError, FencedOut, InvariantViolation, StoreErr
 from producer.invariants import require
 from workers.adapters.ledger_listing import LISTING_CACHE_MB, list_round
 from workers.adapters.ledger_migrations import upgrade
+from workers.adapters.ledger_queries import first_outcome
 from workers.core.batch_rows import BatchWrite, Heads, OutcomeRow, Stored
 from workers.core.decision import BetState
 from workers.core.hash_chain import GENESIS_HASH
@@ -260,7 +261,7 @@ class Store:
         by_entry: dict[str, OutcomeRow] = {}
         cols = ("seq, id, entry_id, kind, user_id, status, reason, detail, balance, body_sha, "
                 "batch_no, committed_at")
-        first = "(reason IS NULL OR reason != 'id_conflict')"
+        first = first_outcome()
         for chunk in _chunks(sorted(set(ids)), self._vars_per_read()):
             sql = f"SELECT {cols} FROM outcomes WHERE {first} AND id IN ({_marks(chunk)})"
             for row in self._read(sql, chunk):
@@ -282,8 +283,8 @@ class Store:
         out: dict[str, BetState] = {}
         for chunk in _chunks(sorted(set(bet_ids)), self._vars_per_read()):
             sql = ("SELECT b.id, b.user_id, b.stake, b.odds, b.status, b.seq FROM outcomes o "
-                   "JOIN bets b ON b.seq = o.seq WHERE (o.reason IS NULL OR "
-                   f"o.reason != 'id_conflict') AND o.id IN ({_marks(chunk)})")
+                   f"JOIN bets b ON b.seq = o.seq WHERE {first_outcome('o')} "
+                   f"AND o.id IN ({_marks(chunk)})")
             for row in self._read(sql, chunk):
                 out[row[0]] = BetState(*row)
         return out

@@ -7,7 +7,6 @@ when ``since`` is given); ``/bets/{id}`` shows one of the caller's bets; ``/heal
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from workers.adapters import subscriber_tokens as tokens
 from workers.adapters.confirmation_feed import stream_confirmations, subscribe
 from workers.adapters.confirmation_queue import confirmation_queue
+from workers.adapters.ledger_queries import bet_outcome
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_connection import redis_client
 from workers.adapters.writer_health import writer_health
@@ -105,13 +105,7 @@ def read_bet(settings: Settings, bet_id: str) -> dict[str, Any] | None:
     except Exception:
         return None
     try:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute(
-            "SELECT o.id, o.user_id, o.status, o.reason, o.balance, o.seq, o.committed_at, "
-            "b.stake, b.odds, b.market, b.selection, b.status AS bet_status FROM outcomes o "
-            "LEFT JOIN bets b ON b.seq = o.seq WHERE o.id = ? AND o.kind = 'bet' "
-            "AND (o.reason IS NULL OR o.reason != 'id_conflict')", (bet_id,)).fetchone()
-        return dict(row) if row else None
+        return bet_outcome(conn, bet_id)
     finally:
         conn.close()
 

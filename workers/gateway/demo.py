@@ -20,6 +20,7 @@ from producer.contract import new_bet
 from producer.errors import BetstreamError
 from producer.signing import Keyring
 from workers.adapters import subscriber_tokens as tokens
+from workers.adapters.ledger_queries import user_balance
 from workers.adapters.ledger_store import connect
 from workers.gateway.app import _state
 
@@ -46,8 +47,7 @@ def _balance(settings: Any, user_id: int) -> int | None:
     except BetstreamError:
         return None
     try:
-        row = conn.execute("SELECT balance FROM users WHERE id = ?", (user_id,)).fetchone()
-        return row[0] if row else None
+        return user_balance(conn, user_id)
     finally:
         conn.close()
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from workers.adapters.intent_stream import unacked_floor_ms
 from workers.adapters.ledger_archive import ArchiveResult, archive
+from workers.adapters.ledger_queries import batches_committed_before
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_connection import redis_client
 from workers.core.archive_rules import Cutoff, effective_cutoff
@@ -25,8 +26,7 @@ def _iso(ms: int) -> str:
 def _batches_before(db: Path, cutoff_ms: int, busy_timeout_ms: int) -> int:
     conn = connect(db, busy_timeout_ms, readonly=True)
     try:
-        return conn.execute("SELECT COUNT(*) FROM batches WHERE committed_at < ?",
-                            (cutoff_ms,)).fetchone()[0]
+        return batches_committed_before(conn, cutoff_ms)
     finally:
         conn.close()
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from producer.client import Producer
 from producer.load import LoadPlan, LoadResult
 from producer.signing import Keyring
+from workers.adapters.ledger_queries import outcome_counts_after, outcome_seq_max
 from workers.adapters.redis_connection import redis_client
 from workers.ops.load import push_with_progress
 from workers.settings import Settings
@@ -114,7 +115,7 @@ def max_seq(db: Path) -> int:
         return 0
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
+        return outcome_seq_max(conn)
     except sqlite3.Error:
         return 0
     finally:
@@ -124,9 +125,7 @@ def max_seq(db: Path) -> int:
 def summary(db: Path, after_seq: int) -> list[tuple[str, str | None, int]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return conn.execute(
-            "SELECT status, reason, COUNT(*) FROM outcomes WHERE seq > ? GROUP BY 1, 2 "
-            "ORDER BY 3 DESC", (after_seq,)).fetchall()
+        return outcome_counts_after(conn, after_seq)
     finally:
         conn.close()
 

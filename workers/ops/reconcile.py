@@ -23,19 +23,17 @@ from producer import constants as c
 from producer.errors import ConfigError
 from producer.journal import Ack, read_journal
 from workers.adapters.intent_stream import backlog
+from workers.adapters.ledger_queries import (
+    first_outcomes_per_id,
+    outcome_ids_through,
+    posting_batches_per_txn,
+)
 from workers.adapters.ledger_store import connect
 from workers.core.reconciliation import Reconciliation, Recorded, reconcile
 
 DRAIN_POLL_S: Final = 0.5
 IDS_SHOWN_MAX: Final = 20  # lost / doubled ids printed in the text report (JSON has all)
 EXIT_OK, EXIT_FAILED = 0, 1
-
-_OUTCOMES: Final = ("SELECT id, COUNT(*) FROM outcomes WHERE reason IS NULL "
-                    "OR reason != 'id_conflict' GROUP BY id")
-_EFFECTS: Final = ("SELECT txn_id, COUNT(DISTINCT batch_no) FROM transaction_ledger "
-                   "WHERE entry_id > 0 AND batch_no > ? GROUP BY txn_id")  # not carried rows
-_ARCHIVED_OUTCOMES: Final = ("SELECT id, COUNT(*) FROM outcomes WHERE (reason IS NULL "
-                             "OR reason != 'id_conflict') AND seq <= ? GROUP BY id")
 
 
 def load_recorded(path: Path, busy_timeout_ms: int,
@@ -52,10 +50,9 @@ def load_recorded(path: Path, busy_timeout_ms: int,
         files = archive_files(conn) if archive_dir is not None else []
         anchor = read_anchor(conn) if files else None
         through = anchor.through_batch if anchor else 0
-        outcomes = Counter(dict(conn.execute(_OUTCOMES).fetchall()))
-        effects = Counter(dict(conn.execute(_EFFECTS, (through,)).fetchall()))
-        held = {i for (i,) in conn.execute("SELECT id FROM outcomes WHERE seq <= ?",
-                                            (anchor.seq_max if anchor else 0,))}
+        outcomes = first_outcomes_per_id(conn)
+        effects = posting_batches_per_txn(conn, after_batch=through)
+        held = outcome_ids_through(conn, anchor.seq_max if anchor else 0)
         for file, _, _ in files:
             _add_archived(Path(archive_dir) / file, anchor, held, outcomes, effects)
     except sqlite3.DatabaseError as exc:
@@ -75,12 +72,10 @@ def _add_archived(path: Path, anchor, held: set[str], outcomes: Counter,
         raise ConfigError(f"archive file {path} is missing (listed in the ledger)")
     conn = connect(path, 0, readonly=True)
     try:
-        for i, n in conn.execute(_ARCHIVED_OUTCOMES, (anchor.seq_max,)):
+        for i, n in first_outcomes_per_id(conn, seq_max=anchor.seq_max).items():
             if i not in held:
                 outcomes[i] += n
-        effects.update(dict(conn.execute(
-            "SELECT txn_id, COUNT(DISTINCT batch_no) FROM transaction_ledger "
-            "WHERE batch_no <= ? GROUP BY txn_id", (anchor.through_batch,))))
+        effects.update(posting_batches_per_txn(conn, through_batch=anchor.through_batch))
     finally:
         conn.close()
 

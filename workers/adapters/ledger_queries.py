@@ -1,0 +1,83 @@
+"""Reads of the ledger for everyone but the writer's own store: the gateway, operator
+commands and the demo. Each takes an open (read-only) connection; the caller owns it.
+
+The writer's reads (repeats, balances, bets) are in workers/adapters/ledger_store.py, the
+audit's in ledger_audit.py, statements' in ledger_statement.py and ledger_listing.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from typing import Any, Final
+
+
+def first_outcome(table: str = "") -> str:
+    """An intent id's first outcome (later entries with the id but another body are
+    ``id_conflict`` rows). Written exactly as the partial index ``outcomes_by_id``'s WHERE
+    (workers/adapters/schema.sql), so that SQLite's planner uses that index."""
+    prefix = f"{table}." if table else ""
+    return f"({prefix}reason IS NULL OR {prefix}reason != 'id_conflict')"
+
+
+_BET: Final = (
+    "SELECT o.id, o.user_id, o.status, o.reason, o.balance, o.seq, o.committed_at, "
+    "b.stake, b.odds, b.market, b.selection, b.status AS bet_status FROM outcomes o "
+    f"LEFT JOIN bets b ON b.seq = o.seq WHERE o.id = ? AND o.kind = 'bet' "
+    f"AND {first_outcome('o')}")
+
+
+def bet_outcome(conn: sqlite3.Connection, bet_id: str) -> dict[str, Any] | None:
+    """A bet's first outcome, with the bet as it stands (None: not committed)."""
+    cursor = conn.execute(_BET, (bet_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip([col[0] for col in cursor.description], row))
+
+
+def user_balance(conn: sqlite3.Connection, user_id: int) -> int | None:
+    row = conn.execute("SELECT balance FROM users WHERE id = ?", (user_id,)).fetchone()
+    return row[0] if row else None
+
+
+def outcome_seq_max(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outcomes").fetchone()[0]
+
+
+def outcome_counts_after(conn: sqlite3.Connection, seq: int) -> list[tuple[str, str | None, int]]:
+    """(status, reason, count) of the outcomes after ``seq``, most frequent first."""
+    return conn.execute("SELECT status, reason, COUNT(*) FROM outcomes WHERE seq > ? "
+                        "GROUP BY 1, 2 ORDER BY 3 DESC", (seq,)).fetchall()
+
+
+def batches_committed_before(conn: sqlite3.Connection, at_ms: int) -> int:
+    return conn.execute("SELECT COUNT(*) FROM batches WHERE committed_at < ?",
+                        (at_ms,)).fetchone()[0]
+
+
+def first_outcomes_per_id(conn: sqlite3.Connection, seq_max: int | None = None) -> Counter:
+    """How many first outcomes each intent id has (more than one would be a double),
+    all or only up to ``seq_max``."""
+    sql = f"SELECT id, COUNT(*) FROM outcomes WHERE {first_outcome()}"
+    args: tuple = ()
+    if seq_max is not None:
+        sql, args = sql + " AND seq <= ?", (seq_max,)
+    return Counter(dict(conn.execute(sql + " GROUP BY id", args).fetchall()))
+
+
+def posting_batches_per_txn(conn: sqlite3.Connection, after_batch: int = 0,
+                            through_batch: int | None = None) -> Counter:
+    """In how many batches each transaction posted: live rows after ``after_batch`` (not
+    the rows archival carried forward), or an archive's rows through ``through_batch``."""
+    if through_batch is not None:
+        sql, args = "batch_no <= ?", (through_batch,)
+    else:
+        sql, args = "entry_id > 0 AND batch_no > ?", (after_batch,)
+    return Counter(dict(conn.execute(
+        "SELECT txn_id, COUNT(DISTINCT batch_no) FROM transaction_ledger "
+        f"WHERE {sql} GROUP BY txn_id", args).fetchall()))
+
+
+def outcome_ids_through(conn: sqlite3.Connection, seq_max: int) -> set[str]:
+    return {i for (i,) in conn.execute("SELECT id FROM outcomes WHERE seq <= ?", (seq_max,))}
