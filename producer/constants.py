@@ -23,8 +23,13 @@ STREAM_CONFIRMATIONS: Final = f"{PREFIX}:confirmations"
 STREAM_DEADLETTER: Final = f"{PREFIX}:deadletter"
 CHANNEL_USER_PREFIX: Final = f"{PREFIX}:user:"
 STREAM_USER_CONFIRMATIONS_PREFIX: Final = f"{PREFIX}:confirmations:user:"
-KEY_CONFIRMED_JOB_PREFIX: Final = f"{PREFIX}:confirmed-job:"
-QUEUE_CONFIRMATIONS: Final = f"{PREFIX}-confirmations"  # an RQ queue name (RQ adds rq:queue:)
+
+# Confirmer coordination: one confirmer publishes at a time, from the ledger.
+KEY_CONFIRMER_LEASE: Final = f"{PREFIX}:confirmer:lease"
+KEY_CONFIRMER_PROGRESS: Final = f"{PREFIX}:confirmer:progress"  # hash: published seq, when
+# Set once in each Redis dataset: finding it gone means Redis lost its data (a restart
+# without persistence, FLUSHALL, a new server).
+KEY_REDIS_INSTANCE: Final = f"{PREFIX}:instance"
 
 # Writer coordination.
 GROUP_WRITERS: Final = f"{PREFIX}:writers"

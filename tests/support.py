@@ -57,17 +57,15 @@ def deadletters(client: redis.Redis) -> list[dict[str, str]]:
             for _, f in client.xrange(c.STREAM_DEADLETTER)]
 
 
-def deliver_confirmations(client: redis.Redis) -> int:
-    """Run the confirmer in burst mode in this process: publish every queued job now."""
-    from rq import SimpleWorker
-    from rq.serializers import JSONSerializer
+def deliver_confirmations(client: redis.Redis, settings) -> int:  # settings: Settings
+    """Run the confirmer in this process until every committed outcome is published."""
+    from workers.confirmer.ledger_tail import Confirmer
 
-    from workers.adapters.confirmation_queue import confirmation_queue
-
-    queue = confirmation_queue(client)
-    waiting = queue.count
-    SimpleWorker([queue], connection=client, serializer=JSONSerializer).work(burst=True)
-    return waiting
+    confirmer = Confirmer(settings, client)
+    try:
+        return confirmer.catch_up()
+    finally:
+        confirmer.close()
 
 
 def log_events(log_path: str | Path, name: str | None = None) -> list[dict]:

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -75,11 +76,14 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
     from workers.adapters.redis_connection import redis_client
-    from workers.confirmer.worker import run_confirmer
+    from workers.confirmer.ledger_tail import run_confirmer
 
     ignore_sighup()
-    get_logger("betstream.confirmer").info("confirmer.start")
-    run_confirmer(settings, redis_client(settings.redis_url))
+    log = get_logger("betstream.confirmer")
+    log.info("confirmer.start", db=str(settings.db),
+             progress_file=str(settings.confirm_progress_path))
+    run_confirmer(settings, redis_client(settings.redis_url), stop_on_signals())
+    log.info("confirmer.stopped")
     return EXIT_OK
 
 
@@ -192,23 +196,38 @@ def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.adapters.confirmer_health import confirmer_health
     from workers.adapters.redis_connection import redis_client
     from workers.adapters.writer_health import writer_health
 
-    health = writer_health(redis_client(settings.redis_url))
+    client = redis_client(settings.redis_url)
+    health = writer_health(client)
+    confirmer = confirmer_health(client, settings.db, settings.sqlite_busy_timeout_ms,
+                                 settings.confirm_lag_max_ms, time.time_ns() // 10**6)
+    healthy = health.ok and not health.degraded and confirmer.ok
     if args.json:
-        print(json.dumps(health.as_dict()))
+        print(json.dumps({**health.as_dict(), "confirmer": confirmer.as_dict(),
+                          "ok": healthy}))
     else:
-        print(f"writer lease: {health.lease_holder or 'nobody'}")
-        for name, beacon in sorted(health.writers.items()):
-            fault = f" last fault: {beacon['last_fault']}" if beacon.get("last_fault") else ""
-            print(f"  {name}: {beacon.get('state')} epoch={beacon.get('epoch')} "
-                  f"committed={beacon.get('committed')}{fault}")
-        print(f"backlog: pending={health.pending} undelivered={health.lag}")
-        print(f"breaker: {health.breaker} {health.breaker_reason}".rstrip())
-        print("UNHEALTHY: no writer is leading" if not health.ok else
-              f"UNHEALTHY: breaker {health.breaker}" if health.degraded else "healthy")
-    return EXIT_OK if health.ok and not health.degraded else EXIT_FAILED
+        _print_health(health, confirmer)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def _print_health(health, confirmer) -> None:  # (WriterHealth, ConfirmerHealth)
+    print(f"writer lease: {health.lease_holder or 'nobody'}")
+    for name, beacon in sorted(health.writers.items()):
+        fault = f" last fault: {beacon['last_fault']}" if beacon.get("last_fault") else ""
+        print(f"  {name}: {beacon.get('state')} epoch={beacon.get('epoch')} "
+              f"committed={beacon.get('committed')}{fault}")
+    print(f"backlog: pending={health.pending} undelivered={health.lag}")
+    print(f"breaker: {health.breaker} {health.breaker_reason}".rstrip())
+    print(f"confirmer: committed seq={confirmer.committed_seq} published seq="
+          f"{confirmer.published_seq} oldest unpublished waited {confirmer.waiting_ms} ms")
+    print("UNHEALTHY: no writer is leading" if not health.ok else
+          f"UNHEALTHY: breaker {health.breaker}" if health.degraded else
+          "UNHEALTHY: the ledger cannot be read" if confirmer.committed_seq is None else
+          f"UNHEALTHY: an outcome has waited over {confirmer.lag_max_ms} ms unpublished"
+          if not confirmer.ok else "healthy")
 
 
 def cmd_load(settings: Settings, args: argparse.Namespace) -> int:
@@ -244,7 +263,7 @@ def _add_processes(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("writer", help="run the single batching writer")
     w.add_argument("--consumer", help="consumer name (default writer-<host>-<pid>)")
     w.set_defaults(func=cmd_writer)
-    cf = sub.add_parser("confirmer", help="run the RQ worker that publishes confirmations")
+    cf = sub.add_parser("confirmer", help="run the confirmer: publishes every committed outcome from the ledger")
     cf.set_defaults(func=cmd_confirmer)
     g = sub.add_parser("gateway", help="WebSocket confirmations, /bets, /health, /metrics")
     g.add_argument("--host", default=None, help="default BETSTREAM_GATEWAY_HOST (127.0.0.1)")

@@ -155,35 +155,28 @@ class Settings(BaseSettings):
                     "memory grows with users x this)")
     user_confirmations_ttl_s: int = Field(3_600, ge=60, description="how long a quiet user's "
                                                                     "kept outcomes live")
-    confirm_job_timeout_s: int = Field(30, ge=1, description="longest run of one "
-                                                             "confirmation job")
-    confirm_retries_max: int = Field(20, ge=1, description="retries of a failing "
-                                                           "confirmation job (backoff 1, 2, "
-                                                           "5, 10, 30 s)")
-    confirm_failure_ttl_s: int = Field(7 * 86_400, ge=60, description="how long a job that "
-                                                                      "ran out of retries "
-                                                                      "stays visible")
-    confirm_worker_ttl_s: int = Field(20, ge=16, description="the confirmer's registration "
-                                                             "TTL (RQ blocks for at most "
-                                                             "this minus 15 s)")
-    confirm_maintenance_s: int = Field(5, ge=1, description="how often the confirmer looks "
-                                                            "for abandoned jobs")
-    confirm_monitoring_s: int = Field(5, ge=1, description="how often a running job's "
-                                                           "heartbeat is renewed")
-    confirm_heartbeat_grace_s: int = Field(10, ge=1, description="how long after a dead "
-                                                                 "confirmer's last heartbeat "
-                                                                 "its job is requeued")
-    confirm_guard_ttl_s: int = Field(3_600, ge=60, description="how long a published job is "
-                                                               "remembered, so a retry does "
-                                                               "not publish it again")
-    # RQ's per-job cost caps the confirmer: under light load every batch is one job.
-    confirm_jobs_waiting_max: int = Field(
-        2, ge=1, le=1_000_000,
-        description="when this many confirmation jobs wait, the writer lingers before "
-                    "reading a batch that is not full: fewer, bigger jobs")
-    confirm_linger_ms: int = Field(50, ge=0, le=10_000,
-                                   description="how long it lingers (a full batch never "
-                                               "waits; 0 turns it off)")
+    confirm_round_max: int = Field(2_000, ge=1, le=100_000,
+                                   description="outcomes the confirmer publishes per round "
+                                               "(one MULTI)")
+    confirm_poll_ms: int = Field(5, ge=1, le=10_000,
+                                 description="how often a confirmer that has published "
+                                             "everything looks for new outcomes in the "
+                                             "ledger")
+    confirm_progress_file: Path | None = Field(
+        None, description="where the confirmer records the last seq it published, so a "
+                          "restart goes on from there even if Redis lost its data (default: "
+                          "the ledger's path + `.confirmed`)")
+    confirm_progress_save_ms: int = Field(200, ge=0, le=60_000,
+                                          description="how often that record is written "
+                                                      "(a crash republishes at most this "
+                                                      "much)")
+    confirm_lease_ms: int = Field(3_000, ge=500, le=600_000,
+                                  description="the confirmer's lease: a standby confirmer "
+                                              "takes over this long after the active one "
+                                              "died")
+    confirm_lag_max_ms: int = Field(5_000, ge=100,
+                                    description="health turns non-OK when an outcome has "
+                                                "waited this long unpublished")
 
     gateway_host: str = Field("127.0.0.1", description="where the gateway listens")
     gateway_port: int = Field(8000, ge=0, le=65_535, description="the gateway's port")
@@ -261,6 +254,12 @@ class Settings(BaseSettings):
     def lease_renew_ms(self) -> int:
         """Renew well before expiry: three chances per lease period."""
         return self.lease_ms // 3
+
+    @property
+    def confirm_progress_path(self) -> Path:
+        if self.confirm_progress_file is not None:
+            return self.confirm_progress_file
+        return self.db.with_name(self.db.name + ".confirmed")
 
 
 SETTINGS_DOC_HEAD: Final = """# Settings

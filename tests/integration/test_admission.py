@@ -235,8 +235,8 @@ def test_the_writer_renews_its_lease_while_a_slow_child_replies(
     handle = short_lease_admitter
     _deposit(redis_client, keyring, 7)
     renewals = []
+    timer = _frozen_for(handle.pid, 1.0)  # before asking: a quick child answers at once
     assert handle.ask(keyring, OWNER)
-    timer = _frozen_for(handle.pid, 1.0)
     entries, candidates, _, _ = handle.collect(lambda: renewals.append(1))
     timer.join()
     assert len(entries) == len(candidates) == 1, "the slow reply still arrives"
@@ -249,9 +249,9 @@ def test_a_lease_lost_while_waiting_stops_the_child_so_its_reply_cannot_answer_l
     asked, and every later batch would be the one before."""
     handle = short_lease_admitter
     first = _deposit(redis_client, keyring, 7)
-    assert handle.ask(keyring, OWNER)
     frozen = handle.pid
-    timer = _frozen_for(frozen, 0.5)
+    timer = _frozen_for(frozen, 0.5)  # before asking: a quick child answers at once
+    assert handle.ask(keyring, OWNER)
 
     def lost() -> None:
         raise LeaseLost("taken")

@@ -40,7 +40,7 @@ def test_committed_but_unacked_batch_is_republished_not_reapplied(
     try:
         from tests.conftest import wait_for
         def published() -> bool:
-            deliver_confirmations(redis_client)
+            deliver_confirmations(redis_client, settings)
             return len(confirmations(redis_client)) == 2
 
         wait_for(published, 20, "the re-published outcomes")

@@ -19,16 +19,20 @@ from typing import Any
 
 import pytest
 import redis
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 
 from producer import constants as c
 from producer.client import entry_fields
 from producer.contract import encode_body, new_nonce, now_ms
 from producer.signing import Key, Keyring, sign
 from tests.conftest import Procs, wait_for
-from tests.support import balances, confirmations, deadletters, drained, query
-from workers.adapters.confirmation_queue import confirmation_queue
+from tests.support import (
+    balances,
+    confirmations,
+    deadletters,
+    deliver_confirmations,
+    drained,
+    query,
+)
 from workers.adapters.ledger_store import Store
 from workers.adapters.metrics_store import Recorder
 from workers.adapters.redis_connection import redis_client as make_client
@@ -95,24 +99,9 @@ def wait_dead(client: redis.Redis, entry_id: str) -> dict[str, str]:
     return wait_for(find, DEADLINE_S, f"a dead letter for entry {entry_id}")  # type: ignore
 
 
-class _BurstConfirmer(SimpleWorker):
-    """The confirmer's RQ worker in burst mode, without the pub/sub control thread (whose
-    join costs up to a second per burst); jobs run exactly as in `betstream confirmer`."""
-
-    def subscribe(self) -> None:
-        pass
-
-
-def deliver_confirmations(client: redis.Redis) -> None:
-    queue = confirmation_queue(client)
-    if queue.count:
-        _BurstConfirmer([queue], connection=client, serializer=JSONSerializer).work(
-            burst=True, logging_level="WARNING")
-
-
-def published(client: redis.Redis, intent_id: str) -> list[dict[str, Any]]:
+def published(client: redis.Redis, intent_id: str, settings: Settings) -> list[dict[str, Any]]:
     """Confirmations for ``intent_id`` on betstream:confirmations, after the confirmer ran."""
-    deliver_confirmations(client)
+    deliver_confirmations(client, settings)
     return [m for m in confirmations(client) if m["id"] == intent_id]
 
 
@@ -152,7 +141,7 @@ class RunningWriter:
         user = new_user()
         intent_id = self.deposit(user, 4_321)
         assert outcomes_for(self.db, intent_id)[0]["balance"] == 4_321
-        wait_for(lambda: published(self.client, intent_id), DEADLINE_S,
+        wait_for(lambda: published(self.client, intent_id, self.settings), DEADLINE_S,
                  "the liveness deposit to be confirmed")
 
 
@@ -212,7 +201,7 @@ def test_forged_signature_is_dead_lettered_and_never_confirmed(w: RunningWriter)
     assert dead["kid"] == "cashier"
     w.assert_still_serving()
     assert outcomes_for(w.db, b["id"]) == []
-    assert published(w.client, b["id"]) == []
+    assert published(w.client, b["id"], w.settings) == []
     assert b["user_id"] not in balances(w.db)
     assert int(w.client.hget(c.KEY_STATS, "deadletter:bad_signature")) == 1
 
@@ -240,7 +229,7 @@ def test_unknown_kid_is_dead_lettered(w: RunningWriter) -> None:
     assert dead["kid"] == "ghost"
     w.assert_still_serving()
     assert outcomes_for(w.db, b["id"]) == []
-    assert published(w.client, b["id"]) == []
+    assert published(w.client, b["id"], w.settings) == []
 
 
 def test_non_json_body_with_valid_signature_is_dead_lettered_malformed(w: RunningWriter) -> None:
@@ -301,7 +290,7 @@ def test_key_signing_a_kind_it_may_not_is_rejected_forbidden_kind(
     w.assert_still_serving()
     assert balances(w.db)[user] == 1_000
     assert ledger_rows(w.db, b["id"]) == 0
-    msg = wait_for(lambda: published(w.client, b["id"]), DEADLINE_S, "the rejection published")
+    msg = wait_for(lambda: published(w.client, b["id"], w.settings), DEADLINE_S, "the rejection published")
     assert msg[0]["status"] == "rejected" and msg[0]["reason"] == "forbidden_kind"
 
 
@@ -412,7 +401,7 @@ def test_signed_but_invalid_body_is_rejected_invalid_naming_the_field(
     w.assert_still_serving()
     assert balances(w.db)[user] == 1_000
     assert query(w.db, "SELECT COUNT(*) FROM bets WHERE id = ?", (b["id"],))[0][0] == 0
-    msg = wait_for(lambda: published(w.client, b["id"]), DEADLINE_S, "the rejection published")
+    msg = wait_for(lambda: published(w.client, b["id"], w.settings), DEADLINE_S, "the rejection published")
     assert msg[0]["reason"] == "invalid" and field in msg[0]["detail"]
 
 
@@ -481,10 +470,10 @@ def test_same_entry_sent_twice_is_confirmed_twice_but_applied_once(w: RunningWri
     xadd(w.client, fields)
     original = wait_outcome(w.db, b["id"])
     assert original["status"] == "accepted"
-    wait_for(lambda: published(w.client, b["id"]), DEADLINE_S, "the first confirmation")
+    wait_for(lambda: published(w.client, b["id"], w.settings), DEADLINE_S, "the first confirmation")
 
     xadd(w.client, fields)
-    msgs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(published(w.client, b["id"])),
+    msgs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(published(w.client, b["id"], w.settings)),
                     DEADLINE_S, "the re-published confirmation")
     first, second = msgs  # type: ignore[misc]
     assert first["duplicate"] is False and second["duplicate"] is True
@@ -509,7 +498,7 @@ def test_same_entry_twice_in_one_batch_is_applied_once(w: RunningWriter) -> None
     pipe.xadd(c.STREAM_INTENTS, fields)
     pipe.execute()
 
-    msgs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(published(w.client, b["id"])),
+    msgs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(published(w.client, b["id"], w.settings)),
                     DEADLINE_S, "both confirmations")
     assert sorted(m["duplicate"] for m in msgs) == [False, True]  # type: ignore[union-attr]
     assert {m["balance"] for m in msgs} == {700}  # type: ignore[union-attr]
@@ -535,7 +524,7 @@ def test_same_id_with_another_body_is_rejected_id_conflict(w: RunningWriter) -> 
     assert (second["status"], second["reason"], second["balance"]) == (
         "rejected", "id_conflict", 900)
     msgs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(
-        published(w.client, original["id"])), DEADLINE_S, "the id_conflict confirmation")
+        published(w.client, original["id"], w.settings)), DEADLINE_S, "the id_conflict confirmation")
     assert msgs[1]["reason"] == "id_conflict" and msgs[1]["duplicate"] is False  # type: ignore
     w.assert_still_serving()
     assert balances(w.db)[user] == 900
@@ -545,7 +534,7 @@ def test_same_id_with_another_body_is_rejected_id_conflict(w: RunningWriter) -> 
     # The original, sent again, is still recognised as the original.
     send(w.client, w.key("frontend"), original)
     msgs = wait_for(lambda: (lambda m: m if len(m) == 3 else None)(
-        published(w.client, original["id"])), DEADLINE_S, "the duplicate confirmation")
+        published(w.client, original["id"], w.settings)), DEADLINE_S, "the duplicate confirmation")
     assert msgs[2]["duplicate"] is True and msgs[2]["status"] == "accepted"  # type: ignore
 
 
@@ -636,8 +625,8 @@ def test_one_forged_entry_next_to_a_deposit_does_not_kill_the_writer_process(
         procs: Procs, redis_client: redis.Redis, keyring: Keyring, env: dict[str, str]) -> None:
     """Anyone who can XADD one unsigned entry next to real traffic must not be able to stop
     the ledger: the deposit is confirmed, the junk dead-lettered, the writer keeps running.
-    (Regression: a dead letter queued before the RQ enqueue in the post-commit MULTI made
-    every such batch crash the writer, on every restart; fixed in e3ee82a.)"""
+    (Regression: a dead letter queued first in the post-commit MULTI once made every such
+    batch crash the writer, on every restart.)"""
     writer = procs.start("writer")
     wait_for(lambda: drained(redis_client), 15, "the writer to create its group")
     deposit = body("deposit", new_user(), amount=100)
@@ -652,7 +641,7 @@ def test_one_forged_entry_next_to_a_deposit_does_not_kill_the_writer_process(
     assert writer.poll() is None, f"the writer exited {writer.returncode}: {log}"
     assert wait_outcome(env["BETSTREAM_DB"], deposit["id"])["status"] == "accepted"
     assert [d["reason"] for d in deadletters(redis_client)] == ["bad_signature"]
-    assert published(redis_client, deposit["id"]), "the deposit was confirmed"
+    assert published(redis_client, deposit["id"], load_settings(db=env["BETSTREAM_DB"], redis_url=env["BETSTREAM_REDIS_URL"])), "the deposit was confirmed"
 
 
 @pytest.mark.parametrize("claimed_by", ["admission child", "writer"])

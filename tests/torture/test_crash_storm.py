@@ -39,8 +39,7 @@ WRITER_ENV = {"BETSTREAM_LEASE_MS": "1000", "BETSTREAM_STANDBY_POLL_MS": "100",
               "BETSTREAM_BATCH_SIZE_MAX": "200",
               # every outcome, re-published ones included, must stay on the stream to check
               "BETSTREAM_CONFIRMATIONS_LEN_MAX": "2000000"}
-CONFIRMER_ENV = {"BETSTREAM_CONFIRM_HEARTBEAT_GRACE_S": "2",
-                 "BETSTREAM_CONFIRM_MAINTENANCE_S": "1", "BETSTREAM_CONFIRM_MONITORING_S": "1"}
+CONFIRMER_ENV = {"BETSTREAM_CONFIRM_LEASE_MS": "1000"}  # a new confirmer takes over in 1 s
 
 
 def hard_kill(proc: subprocess.Popen) -> None:

@@ -46,8 +46,7 @@ WRITER_ENV = {"BETSTREAM_LEASE_MS": "2000", "BETSTREAM_BATCH_SIZE_MAX": "200",
               "BETSTREAM_RETRY_BACKOFF_MAX_MS": str(RETRY_BACKOFF_MAX_MS),
               "BETSTREAM_BREAKER_COOLDOWN_S": "1",
               "BETSTREAM_BREAKER_STABILITY_S": str(scaled(3, 30))}
-CONFIRMER_ENV = {"BETSTREAM_CONFIRM_MAINTENANCE_S": "1", "BETSTREAM_CONFIRM_MONITORING_S": "1",
-                 "BETSTREAM_CONFIRM_HEARTBEAT_GRACE_S": "2",
+CONFIRMER_ENV = {"BETSTREAM_CONFIRM_LEASE_MS": "1000",
                  "BETSTREAM_RETRY_BACKOFF_MAX_MS": str(RETRY_BACKOFF_MAX_MS)}
 EVERYSEC_WINDOW_MS = 2_000  # re-sent after the crash: everything acknowledged this late
 COMMIT_IN_SECOND_ATTEMPTS_MAX = 20  # seconds tried for one whose entries commit in time
@@ -381,14 +380,13 @@ def test_redis_away_for_a_while_everything_survives_and_drains(
     assert retries, "the writer logged its retries"
     assert max(int(r["delay_ms"]) for r in retries) <= RETRY_BACKOFF_MAX_MS
     assert len(retries) <= outage_s * 1000 / RETRY_BACKOFF_MIN_MS, "a backoff, not a hot loop"
-    confirmer_log = Path(confirmer.log_path).read_text(errors="replace")
-    assert "could not connect to Redis" in confirmer_log or "confirmer.restart" in confirmer_log
-    restarts = log_events(confirmer.log_path, "confirmer.restart")
+    restarts = log_events(confirmer.log_path, "confirmer.retry")
+    assert restarts, "the confirmer logged its retries"
     assert all(int(r["delay_ms"]) <= RETRY_BACKOFF_MAX_MS for r in restarts)
     load_summaries = [json.loads(Path(p.log_path).read_text().strip().splitlines()[-1])
                       for p in loads]
     assert all(s["redis_retries"] > 0 for s in load_summaries), load_summaries
     row.intents, row.faults = report["intents"], f"redis down {outage_s} s (SIGKILL, restart)"
     row.lost, row.doubled, row.audit = report["lost"], report["doubled"], "pass"
-    row.extra.update(writer_retries=len(retries), confirmer_restarts=len(restarts),
+    row.extra.update(writer_retries=len(retries), confirmer_retries=len(restarts),
                      breaker=[t["state"] for t in log])

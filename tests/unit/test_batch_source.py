@@ -3,7 +3,6 @@ after a failed read, nothing read ahead while they wait, and a batch read ahead 
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 import redis
@@ -15,7 +14,6 @@ from workers.core.intake import reject_replays
 from workers.settings import load_settings
 from workers.writer.batch_source import BatchSource
 
-STOP = threading.Event()
 
 
 class FakeStream:
@@ -83,20 +81,20 @@ def test_after_taking_the_lead_our_pending_entries_come_first_then_new_ones() ->
     stream = FakeStream(["3-0", "4-0"])
     stream.pending = ["1-0", "2-0"]  # left by a crash
     src = source(stream)
-    first = src.next(STOP, linger=False)
+    first = src.next()
     assert ids(first) == ["1-0", "2-0"] and first.rereads
-    assert ids(src.next(STOP, linger=False)) == ["3-0", "4-0"]
+    assert ids(src.next()) == ["3-0", "4-0"]
 
 
 def test_after_a_failed_read_its_entries_are_read_again_before_anything_newer() -> None:
     stream = FakeStream([])
     src = source(stream)
-    assert src.next(STOP, linger=False) is None, "nothing pending or new: idle"
+    assert src.next() is None, "nothing pending or new: idle"
     stream.new = ["1-0", "2-0", "3-0", "4-0"]
     stream.fail_next_read = True
     with pytest.raises(redis.ConnectionError):
-        src.next(STOP, linger=False)
-    again = src.next(STOP, linger=False)
+        src.next()
+    again = src.next()
     assert ids(again) == ["1-0", "2-0"] and again.rereads, "the lost read's entries, first"
 
 
@@ -104,7 +102,7 @@ def test_nothing_is_read_ahead_while_our_pending_entries_wait() -> None:
     stream = FakeStream(["3-0", "4-0", "5-0", "6-0"])
     stream.pending = ["1-0", "2-0"]
     src = source(stream)
-    batch = src.next(STOP, linger=False)
+    batch = src.next()
     assert batch.rereads and not src.backlogged(batch)
     src.read_ahead()
     assert "ahead" not in stream.reads and not src.has_ahead
@@ -113,13 +111,13 @@ def test_nothing_is_read_ahead_while_our_pending_entries_wait() -> None:
 def test_a_batch_read_ahead_is_the_next_one_and_its_nonces_were_claimed_early() -> None:
     stream = FakeStream([])
     src = source(stream)
-    assert src.next(STOP, linger=False) is None, "nothing pending or new: idle"
+    assert src.next() is None, "nothing pending or new: idle"
     stream.new = ["1-0", "2-0", "3-0", "4-0"]
-    first = src.next(STOP, linger=False)
+    first = src.next()
     assert src.backlogged(first)
     src.read_ahead()
     assert src.has_ahead
-    second = src.next(STOP, linger=False)
+    second = src.next()
     assert ids(second) == ["3-0", "4-0"] and second.early is not None
     assert stream.reads.count("new") == 2, "one idle read, one read of the first batch; the second was read ahead"
 

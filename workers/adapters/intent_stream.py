@@ -1,7 +1,8 @@
 """Redis side of the writer: consumer group reads, nonce claims, and the post-commit MULTI.
 
 One round trip per step per batch: a pipelined nonce claim, and after COMMIT one MULTI
-that acknowledges the entries, parks dead letters and publishes confirmations together.
+that acknowledges the entries, parks dead letters and answers re-sent intents together.
+(New outcomes are published by the confirmer, from the ledger.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import redis
 
 from producer import constants as c
 from producer.errors import LeaseLost
-from workers.adapters.confirmation_queue import confirmation_queue, enqueue_delivery
+from workers.adapters.confirmation_publisher import add_publishes
 from workers.core.intake import DeadLetter, ingress_ms
 from workers.settings import Settings
 
@@ -34,8 +35,7 @@ class Finish:
 
     ack_ids: Sequence[str]
     dead: Sequence[DeadLetter]
-    messages: Sequence[tuple]  # confirmations as rows in MESSAGE_FIELDS order
-    ingress_ms: Sequence[int] = ()  # per message, for the ingress-to-confirmation latency
+    duplicates: Sequence[tuple] = ()  # re-sent intents' original outcomes, MESSAGE_FIELDS order
 
 
 # KEYS: nonce keys; ARGV[1]: TTL s, ARGV[i+1]: the intent id claiming KEYS[i].
@@ -55,7 +55,6 @@ class IntentStream:
         self._redis = client
         self._settings = settings
         self.consumer = consumer
-        self._confirmations = confirmation_queue(client)
         self._claim = client.register_script(_CLAIM_NONCES)
         # Same connections, but XREADGROUP replies unparsed: redis-py would fold a field
         # given twice into one dict key (last wins) and the intake could not tell.
@@ -181,20 +180,17 @@ class IntentStream:
                                                *(intent_id for _, _, intent_id in claims)])
         return [None if h in (0, b"", None) else _text(h) for h in holders]
 
-    def finish(self, work: Finish) -> int:
-        """After COMMIT: dead-letter, enqueue the confirmations and ack, in one MULTI.
-        Returns how many confirmation jobs are waiting (read in the same round trip)."""
+    def finish(self, work: Finish) -> None:
+        """After COMMIT: dead-letter, answer re-sent intents and ack, in one MULTI."""
         s = self._settings
         pipe = self._redis.pipeline(transaction=True)
-        if work.messages:  # first: RQ's enqueue calls pipe.multi(), only valid while empty
-            enqueue_delivery(self._confirmations, pipe, s, work.messages, work.ingress_ms)
+        add_publishes(pipe, work.duplicates, s)
         for dead in work.dead:
             pipe.xadd(c.STREAM_DEADLETTER, _dead_fields(dead), maxlen=s.deadletter_len_max,
                       approximate=True)
         if work.ack_ids:
             pipe.xack(c.STREAM_INTENTS, c.GROUP_WRITERS, *work.ack_ids)
-        pipe.llen(self._confirmations.key)
-        return int(pipe.execute()[-1])
+        pipe.execute()
 
 
 def _entries(reply: object) -> list[Entry]:

@@ -81,3 +81,26 @@ def posting_batches_per_txn(conn: sqlite3.Connection, after_batch: int = 0,
 
 def outcome_ids_through(conn: sqlite3.Connection, seq_max: int) -> set[str]:
     return {i for (i,) in conn.execute("SELECT id FROM outcomes WHERE seq <= ?", (seq_max,))}
+
+
+_OUTCOMES_AFTER: Final = ("SELECT id, kind, user_id, status, reason, balance, seq, committed_at, "
+                          "0, detail, entry_id FROM outcomes WHERE seq > ? ORDER BY seq LIMIT ?")
+
+
+def outcomes_after(conn: sqlite3.Connection, seq: int, limit: int
+                   ) -> tuple[list[tuple], list[str]]:
+    """Up to ``limit`` outcomes after ``seq``, in seq order: confirmation rows (values in
+    MESSAGE_FIELDS order, ``duplicate`` false) and their stream entry ids."""
+    rows, entry_ids = [], []
+    for *row, entry_id in conn.execute(_OUTCOMES_AFTER, (seq, limit)):
+        row[8] = False
+        rows.append(tuple(row))
+        entry_ids.append(entry_id)
+    return rows, entry_ids
+
+
+def first_committed_after(conn: sqlite3.Connection, seq: int) -> int | None:
+    """When the first outcome after ``seq`` was committed (ms); None if there is none."""
+    row = conn.execute("SELECT committed_at FROM outcomes WHERE seq > ? ORDER BY seq LIMIT 1",
+                       (seq,)).fetchone()
+    return row[0] if row else None

@@ -7,6 +7,7 @@ when ``since`` is given); ``/bets/{id}`` shows one of the caller's bets; ``/heal
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from workers.adapters import subscriber_tokens as tokens
 from workers.adapters.confirmation_feed import stream_confirmations, subscribe
-from workers.adapters.confirmation_queue import confirmation_queue
+from workers.adapters.confirmer_health import confirmer_health
 from workers.adapters.ledger_queries import bet_outcome
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_connection import redis_client
@@ -122,16 +123,13 @@ def health_report(st: GatewayState) -> dict[str, Any]:
     except redis.RedisError as exc:
         return {"ok": False, "redis": f"unreachable: {exc}"}
     writer = writer_health(st.redis)
-    queue = confirmation_queue(st.redis)
-    from rq import Worker
-
-    confirmers = len(Worker.all(queue=queue))
+    confirmer = confirmer_health(st.redis, st.settings.db, st.settings.sqlite_busy_timeout_ms,
+                                 st.settings.confirm_lag_max_ms, time.time_ns() // 10**6)
     return {
-        "ok": writer.ok and confirmers > 0,
+        "ok": writer.ok and confirmer.ok,
         "redis": "ok",
         "writer": writer.as_dict(),
-        "confirmer": {"workers": confirmers, "backlog_jobs": queue.count,
-                      "failed_jobs": queue.failed_job_registry.count},
+        "confirmer": confirmer.as_dict(),
         "breaker": _breaker_state(st),
     }
 

@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from producer import constants as c
 from producer.breaker_state import CLOSED, HALF_OPEN, OPEN, BreakerLimits, parse
-from workers.adapters.confirmation_queue import confirmation_queue
+from workers.adapters.confirmation_publisher import read_progress
 from workers.adapters.intent_stream import backlog
 from workers.adapters.metrics_store import HISTOGRAMS, read_histogram
 
@@ -41,11 +41,9 @@ class RedisMetrics(Collector):
                                 value=state[0])
         yield GaugeMetricFamily("betstream_stream_lag", "in the stream, not yet delivered",
                                 value=state[1])
-        queue = confirmation_queue(self._redis)
-        yield GaugeMetricFamily("betstream_confirmation_backlog", "confirmation jobs waiting",
-                                value=queue.count)
-        yield GaugeMetricFamily("betstream_confirmation_failed", "confirmation jobs failed",
-                                value=queue.failed_job_registry.count)
+        yield GaugeMetricFamily("betstream_confirmer_published_seq",
+                                "the last outcome seq the confirmer published",
+                                value=(read_progress(self._redis) or (0, 0))[0])
         snap = parse(self._redis.hgetall(c.KEY_BREAKER), BreakerLimits())
         state = GaugeMetricFamily("betstream_breaker_state", "1 for the current state",
                                   labels=["state"])

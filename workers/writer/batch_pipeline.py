@@ -47,12 +47,13 @@ class Decided:
     book_after: Book
 
     def confirmations(self, commit_ms: float = 0.0) -> Committed:
-        """What to ack and publish once (and only if) the write is durable (pure)."""
+        """What to ack, dead-letter and answer once (and only if) the write is durable
+        (pure)."""
         outcomes = self.write.outcomes if self.write is not None else []
-        messages, ingress = _messages(outcomes, self.ingress, self.repeats)
         entries = self.batch.entries
-        finish = Finish([eid for eid, _ in entries], self.batch.dead, messages, ingress)
-        return Committed(finish, _report(entries, outcomes, ingress, self.batch.dead,
+        finish = Finish([eid for eid, _ in entries], self.batch.dead,
+                        _duplicates(outcomes, self.repeats))
+        return Committed(finish, _report(entries, outcomes, self.ingress, self.batch.dead,
                                          self.repeats, commit_ms))
 
 
@@ -139,19 +140,18 @@ class BatchPipeline:
         self.balances.update(self._store.load_balances(missing))
 
 
-def _messages(outcomes: Sequence[OutcomeRow], ingress: list[int],
-              repeats: Sequence[Repeat]) -> tuple[list[tuple], list[int]]:
-    """New outcomes, then repeats with their original outcome (stored, or decided now), as
-    message rows. ``ingress``: the new outcomes' ingress times; returned with the
-    repeats' after them."""
-    messages, ingress = [o.message_row() for o in outcomes], list(ingress)
+def _duplicates(outcomes: Sequence[OutcomeRow], repeats: Sequence[Repeat]) -> list[tuple]:
+    """The answers to re-sent intents (same id, another entry): their original outcome
+    (stored, or decided in this batch), marked ``duplicate``, as message rows. New
+    outcomes are not here: the confirmer publishes them from the ledger, and a redelivered
+    entry's outcome with them."""
     decided = {o.id: o for o in outcomes if o.reason != "id_conflict"}
+    messages = []
     for rep in repeats:
         original = rep.outcome or decided.get(rep.candidate.id)
-        if original is not None:
-            messages.append(original.message_row(duplicate=rep.duplicate))
-            ingress.append(rep.candidate.ingress_ms)
-    return messages, ingress
+        if rep.duplicate and original is not None:
+            messages.append(original.message_row(duplicate=True))
+    return messages
 
 
 def _report(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow], ingress: Sequence[int],

@@ -14,7 +14,6 @@ claims of each batch (workers/writer/nonce_claims.py). The rules it keeps:
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ import redis
 from producer.contract import now_ms
 from producer.signing import Keyring
 from workers.adapters.intent_stream import Claims, Entry, IntentStream
+from workers.adapters.redis_lease import LeaseKeeper
 from workers.core.decision import Candidate
 from workers.core.intake import DeadLetter, admit_entries
 from workers.settings import Settings
 from workers.writer.admission_child import Admitter
-from workers.writer.lease_keeper import LeaseKeeper
 from workers.writer.nonce_claims import EarlyClaims, NonceClaimer
 
 REREAD_FROM_START = "0"  # a stream id before every entry: our pending list from its start
@@ -67,7 +66,6 @@ class BatchSource:
         self._reread_from: str | None = REREAD_FROM_START
         self._read_failed = False
         self._ahead: Batch | None = None
-        self._last_full = False  # the last batch was a full one (a backlog)
         self._reclaimed_at = time.monotonic()
 
     def restart(self) -> None:
@@ -81,14 +79,11 @@ class BatchSource:
     def has_ahead(self) -> bool:
         return self._ahead is not None
 
-    def next(self, stop: threading.Event, linger: bool) -> Batch | None:
+    def next(self) -> Batch | None:
         """The next batch: the one read ahead, else our pending entries again when due,
-        else new entries (waiting up to ``batch_wait_ms`` for some; first
-        ``confirm_linger_ms`` more when ``linger``, unless the last batch was full).
-        None: the stream is idle. A Redis fault raises, and the retry reads our pending
-        entries first."""
-        batch = self._take_ahead() or self._reread() or self._read_new(stop, linger)
-        self._last_full = batch is not None and len(batch.entries) >= self._s.batch_size_max
+        else new entries (waiting up to ``batch_wait_ms`` for some). None: the stream is
+        idle. A Redis fault raises, and the retry reads our pending entries first."""
+        batch = self._take_ahead() or self._reread() or self._read_new()
         if batch is None or not batch.rereads:
             self._maybe_reclaim()
         return batch
@@ -156,15 +151,7 @@ class BatchSource:
         self._reread_from = entries[-1][0] if entries else None
         return self.admit(entries, rereads=True) if entries else None
 
-    def _read_new(self, stop: threading.Event, linger: bool) -> Batch | None:
-        if linger and not self._last_full:
-            # Each batch is one confirmation job, whose per-job cost caps the confirmer:
-            # while it is behind, a moment's wait makes the batch (and its job) bigger.
-            stop.wait(self._s.confirm_linger_ms / 1000)
-            # Frozen in that wait past the lease (SIGSTOP, a paused VM), we must not read:
-            # the entries would be pending under us after the new leader claimed
-            # everything, and decided late, out of order (the split-brain torture test).
-            self._lease.keep(force=True)
+    def _read_new(self) -> Batch | None:
         try:
             entries = self._stream.read_new(self._lease.owner)
         except redis.RedisError:

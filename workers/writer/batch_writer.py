@@ -28,12 +28,11 @@ from producer.errors import FencedOut, InvariantViolation, LeaseLost, StoreError
 from producer.signing import Keyring
 from workers.adapters.intent_stream import IntentStream
 from workers.adapters.ledger_store import Store
-from workers.adapters.writer_lease import Lease
+from workers.adapters.redis_lease import Lease, LeaseKeeper
 from workers.settings import Settings
 from workers.writer.batch_pipeline import BatchPipeline, Committed, Decided
 from workers.writer.batch_source import Batch, BatchSource
 from workers.writer.hooks import Hook
-from workers.writer.lease_keeper import LeaseKeeper
 
 T = TypeVar("T")
 # Redis answering with an error (OOM, READONLY after a failover, MISCONF, NOGROUP after a
@@ -68,7 +67,6 @@ class Writer:
         self.epoch = 0
         self._trimmed_at = 0.0
         self._deferred: Committed | None = None  # committed; finished during the next commit
-        self._confirm_jobs_waiting = 0  # as of our last finish
 
     def run(self, stop: threading.Event) -> None:
         """Lead when possible, serve until ``stop`` is set; standby otherwise."""
@@ -162,8 +160,7 @@ class Writer:
         try:
             while not stop.is_set():
                 self._between_batches(stop)
-                batch = self._retry("read", lambda: self.source.next(stop, self._lingers()),
-                                    stop, leading=True)
+                batch = self._retry("read", self.source.next, stop, leading=True)
                 if batch is not None:
                     self.process(batch, stop)
                 else:
@@ -181,13 +178,6 @@ class Writer:
             # A deferred batch is finished before anything but the batch read ahead is
             # read: acked, it is not read again with our pending entries.
             self._finish_deferred(stop)
-
-    def _lingers(self) -> bool:
-        """Whether the confirmer is behind: the next batch, if not waiting in full, waits
-        a moment to grow. Each batch is one RQ job, whose per-job cost caps the confirmer
-        (~40-100 jobs/s here); a faster writer made smaller batches and queued
-        confirmations for seconds at 3,000/s."""
-        return self._confirm_jobs_waiting >= self._s.confirm_jobs_waiting_max
 
     def _overlaps(self, backlogged: bool) -> bool:
         """A backlogged batch commits on the committer thread when there is work to do
@@ -209,9 +199,8 @@ class Writer:
         return Committed(committed.finish, replace(committed.report, commit_ms=commit_ms))
 
     def _finish(self, committed: Committed, stop: threading.Event) -> None:
-        waiting = self._retry("finish", lambda: self.stream.finish(committed.finish), stop,
-                              leading=True)
-        self._confirm_jobs_waiting = waiting or 0
+        self._retry("finish", lambda: self.stream.finish(committed.finish), stop,
+                    leading=True)
         self._hooks.on_batch(committed.report)
 
     def _finish_deferred(self, stop: threading.Event) -> None:
