@@ -107,10 +107,12 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from workers.adapters import subscriber_tokens as tokens
-    if args.user_id <= 0:
-        raise ConfigError("USER_ID must be a positive integer")
+    bad = [u for u in args.user_ids if u <= 0]
+    if bad:
+        raise ConfigError(f"USER_ID must be a positive integer (got {bad[0]})")
     secret = tokens.load_or_create_secret(settings.gateway_secret_file)
-    print(tokens.issue(secret, args.user_id, args.ttl or settings.token_ttl_s))
+    ttl_s = args.ttl or settings.token_ttl_s
+    sys.stdout.write("".join(f"{tokens.issue(secret, u, ttl_s)}\n" for u in args.user_ids))
     return EXIT_OK
 
 
@@ -304,8 +306,9 @@ def _add_ledger_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_operations(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("token", help="print a subscriber token for USER_ID")
-    t.add_argument("user_id", type=int, metavar="USER_ID")
+    t = sub.add_parser("token", help="print a subscriber token per USER_ID, one per line, "
+                                     "in order")
+    t.add_argument("user_ids", type=int, nargs="+", metavar="USER_ID")
     t.add_argument("--ttl", type=int, default=None, help="seconds (default BETSTREAM_TOKEN_TTL_S)")
     t.set_defaults(func=cmd_token)
     b = sub.add_parser("breaker", help="show or force the circuit breaker")

@@ -122,3 +122,15 @@ def test_writer_refuses_bad_settings_with_a_message_not_a_traceback(
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_token_prints_one_token_per_user_in_order(procs, env: dict[str, str]) -> None:
+    """An operator or a load test minting many: one line per USER_ID, in the order given."""
+    from workers.adapters.subscriber_tokens import load_or_create_secret, verify
+
+    run = procs.run("token", "30", "7", "12")
+    assert run.returncode == 0, run.stderr
+    secret = load_or_create_secret(Path(env["BETSTREAM_GATEWAY_SECRET_FILE"]))
+    assert [verify(secret, line) for line in run.stdout.splitlines()] == [30, 7, 12]
+    refused = procs.run("token", "5", "0")
+    assert refused.returncode != 0 and "positive" in refused.stderr and not refused.stdout
