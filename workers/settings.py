@@ -187,6 +187,20 @@ class Settings(BaseSettings):
                              description="lifetime of a subscriber token")
     ws_seen_max: int = Field(10_000, ge=100, description="seqs remembered per WebSocket to "
                                                          "drop repeated confirmations")
+    ws_per_user_max: int = Field(5, ge=1, le=10_000,
+                                 description="WebSockets one user may hold open on one "
+                                             "gateway; more are refused (HTTP 429)")
+    ws_connections_max: int = Field(20_000, ge=1, le=1_000_000,
+                                    description="WebSockets one gateway holds open; more "
+                                                "are refused (HTTP 503)")
+    ws_send_queue_max: int = Field(1_000, ge=1, le=1_000_000,
+                                   description="confirmations waiting to be sent on one "
+                                               "WebSocket; a subscriber that does not read "
+                                               "is disconnected past this")
+    gateway_redis_connections_max: int = Field(
+        64, ge=2, le=10_000,
+        description="Redis connections one gateway uses at most (one of them carries every "
+                    "live confirmation); requests wait for one")
 
     breaker_failures_max: int = Field(3, ge=1, description="consecutive failed commits that "
                                                            "open the breaker")

@@ -40,6 +40,27 @@ def start_pipeline(procs: Procs, demo: bool = False, **env: str) -> Pipeline:
     return pipeline
 
 
+def start_gateway(procs: Procs, **env: str) -> Pipeline:
+    """The gateway alone (no writer or confirmer): confirmations are PUBLISHed by the test."""
+    port = free_port()
+    procs.start("gateway", "--port", str(port), **env)
+    pipeline = Pipeline(procs, port)
+    wait_for(lambda: _upstream_connected(pipeline), 60, "the gateway's upstream subscription")
+    return pipeline
+
+
+def gateway_state(pipeline: Pipeline) -> dict:
+    """The gateway's own part of /health (200 or 503: the writer may not run)."""
+    return httpx.get(f"{pipeline.http}/health", timeout=5).json().get("gateway", {})
+
+
+def _upstream_connected(pipeline: Pipeline) -> bool:
+    try:
+        return bool(gateway_state(pipeline).get("upstream"))
+    except httpx.HTTPError:
+        return False
+
+
 def _healthy(pipeline: Pipeline) -> bool:
     try:
         return httpx.get(f"{pipeline.http}/health", timeout=2).status_code == 200

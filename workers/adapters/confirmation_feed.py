@@ -1,20 +1,17 @@
-"""One subscriber's confirmations over a WebSocket: missed ones first, then live ones.
-
-Subscribe to the user's channel *before* reading the user's recent-confirmations stream,
-so nothing committed in between is missed; seqs already sent are skipped, so the overlap
-is not sent twice (at-least-once beyond that, e.g. a job retried after a crash).
-"""
+"""What a subscriber who resumes (``since=SEQ``) missed: the user's recent confirmations
+from the short per-user stream, and whether that stream still covers everything after
+``since``. Live confirmations come through the gateway's one upstream subscription
+(workers/gateway/fanout.py); seqs already sent are skipped, so the overlap between the two
+is not sent twice (at-least-once beyond that)."""
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
 from producer import constants as c
-
 
 class SeenSeqs:
     """The last ``size_max`` seqs sent on one connection (bounded memory)."""
@@ -45,29 +42,19 @@ async def missed_since(client: aioredis.Redis, user_id: int, since: int) -> list
     return [found[s] for s in sorted(found)]
 
 
-async def subscribe(client: aioredis.Redis, user_id: int) -> aioredis.client.PubSub:
-    """Subscribe before the WebSocket handshake completes: once a client is connected,
-    nothing published for it can slip past."""
-    pubsub = client.pubsub()
-    await pubsub.subscribe(c.user_channel(user_id))
-    return pubsub
-
-
-async def stream_confirmations(client: aioredis.Redis, pubsub: aioredis.client.PubSub,
-                               user_id: int, since: int | None,
-                               send: Callable[[dict], Awaitable[None]], seen_max: int) -> None:
-    """Send missed (if ``since`` is given) then live confirmations until cancelled."""
-    seen = SeenSeqs(seen_max)
-    try:
-        if since is not None:
-            for message in await missed_since(client, user_id, since):
-                if seen.first_time(message["seq"]):
-                    await send(message)
-        async for raw in pubsub.listen():
-            if raw["type"] != "message":
-                continue
-            message = json.loads(raw["data"])
-            if message.get("user_id") == user_id and seen.first_time(message["seq"]):
-                await send(message)
-    finally:
-        await pubsub.aclose()
+async def history_gap(client: aioredis.Redis, user_id: int, since: int) -> dict | None:
+    """``{"gap": true, "since": S, "oldest": T}`` when the kept history may no longer hold
+    every confirmation after ``since`` (T: the oldest seq it holds, None if it holds none),
+    so the client re-fetches what it needs (``GET /bets/{id}``); None when it does."""
+    key = c.user_confirmations(user_id)
+    first = await client.xrange(key, count=1)
+    if not first:
+        # Nothing kept (a quiet user's history expired, or Redis lost it): only a client
+        # that has seen nothing yet is sure to miss nothing.
+        return {"gap": True, "since": since, "oldest": None} if since > 0 else None
+    oldest = json.loads(first[0][1][b"outcome"])["seq"]
+    info = await client.xinfo_stream(key)
+    trimmed = int(info["entries-added"]) > int(info["length"])  # (Redis 7: both kept)
+    if trimmed and since < oldest - 1:
+        return {"gap": True, "since": since, "oldest": oldest}
+    return None

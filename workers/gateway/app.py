@@ -7,9 +7,12 @@ when ``since`` is given); ``/bets/{id}`` shows one of the caller's bets; ``/heal
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import redis
@@ -23,16 +26,19 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from workers.adapters import subscriber_tokens as tokens
-from workers.adapters.confirmation_feed import stream_confirmations, subscribe
+from workers.adapters.confirmation_feed import SeenSeqs, history_gap, missed_since
 from workers.adapters.confirmer_health import confirmer_health
 from workers.adapters.ledger_queries import bet_outcome
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_connection import redis_client
 from workers.adapters.writer_health import writer_health
+from workers.gateway.fanout import FanOut, Refused, Subscriber
 from workers.gateway.prometheus import registry_for
 from workers.settings import Settings
 
-WS_POLICY_VIOLATION = 1008  # close code for a refused token
+WS_POLICY_VIOLATION: Final = 1008  # close code: a refused token, a client too far behind
+WS_TRY_AGAIN_LATER: Final = 1013  # close code: over a connection cap
+CLOSE_WAIT_S: Final = 2.0  # for a closing handshake a client that does not read may never do
 
 
 @dataclass
@@ -41,6 +47,7 @@ class GatewayState:
     secret: bytes
     aredis: aioredis.Redis
     redis: redis.Redis
+    fanout: FanOut
 
 
 def _state(request: Request | WebSocket) -> GatewayState:
@@ -63,27 +70,75 @@ async def ws_confirmations(websocket: WebSocket) -> None:
     except (tokens.TokenError, ValueError):
         await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: HTTP 403
         return
-    pubsub = await subscribe(st.aredis, user_id)
+    try:
+        sub = st.fanout.join(user_id)  # before the history is read: nothing slips past
+    except Refused as exc:
+        await _refuse(websocket, exc)
+        return
     try:
         await websocket.accept()
-    except BaseException:
-        await pubsub.aclose()  # the client left during the handshake
-        raise
-    async with anyio.create_task_group() as tg:
-        async def drain_client() -> None:
-            try:
-                while True:
-                    await websocket.receive_text()
-            except WebSocketDisconnect:
-                pass
-            tg.cancel_scope.cancel()
+        await _serve_subscriber(websocket, st, sub, since)
+    finally:
+        st.fanout.leave(sub)
 
-        tg.start_soon(drain_client)
+
+async def _refuse(websocket: WebSocket, refused: Refused) -> None:
+    """An HTTP status before the handshake where the server can send one, else close code
+    1013 (try again later) right after it."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse({"error": str(refused)}, status_code=refused.status))
+    else:
+        await websocket.accept()
+        await websocket.close(code=WS_TRY_AGAIN_LATER, reason=str(refused))
+
+
+async def _serve_subscriber(websocket: WebSocket, st: GatewayState, sub: Subscriber,
+                            since: int | None) -> None:
+    """Missed confirmations (after a gap notice, if any), then live ones, until the client
+    leaves or falls ``ws_send_queue_max`` behind."""
+    seen = SeenSeqs(st.settings.ws_seen_max)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_until_client_leaves, websocket, tg.cancel_scope)
+        tg.start_soon(_until_overflow, sub, tg.cancel_scope)
         try:
-            await stream_confirmations(st.aredis, pubsub, user_id, since, websocket.send_json,
-                                       st.settings.ws_seen_max)
+            if since is not None:
+                await _send_missed(websocket, st, sub, since, seen)
+            floor = since or 0  # the client has every seq up to ``since``
+            while (item := await sub.next()) is not None:
+                if item[0] > floor and seen.first_time(item[0]):
+                    await websocket.send_text(item[1])
         except (WebSocketDisconnect, RuntimeError):
-            tg.cancel_scope.cancel()
+            pass
+        tg.cancel_scope.cancel()
+    if sub.overflowed:
+        with anyio.move_on_after(CLOSE_WAIT_S):  # a client that does not read may not ack
+            await websocket.close(code=WS_POLICY_VIOLATION, reason="too far behind")
+
+
+async def _send_missed(websocket: WebSocket, st: GatewayState, sub: Subscriber, since: int,
+                       seen: SeenSeqs) -> None:
+    gap = await history_gap(st.aredis, sub.user_id, since)
+    if gap is not None:
+        await websocket.send_json(gap)
+    for message in await missed_since(st.aredis, sub.user_id, since):
+        if seen.first_time(message["seq"]):
+            await websocket.send_json(message)
+            sub.last_seq = max(sub.last_seq, message["seq"])
+
+
+async def _until_client_leaves(websocket: WebSocket, scope: anyio.CancelScope) -> None:
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        pass
+    scope.cancel()
+
+
+async def _until_overflow(sub: Subscriber, scope: anyio.CancelScope) -> None:
+    await sub.overflow.wait()
+    scope.cancel()
 
 
 async def get_bet(request: Request) -> JSONResponse:
@@ -125,9 +180,11 @@ def health_report(st: GatewayState) -> dict[str, Any]:
     writer = writer_health(st.redis)
     confirmer = confirmer_health(st.redis, st.settings.db, st.settings.sqlite_busy_timeout_ms,
                                  st.settings.confirm_lag_max_ms, time.time_ns() // 10**6)
+    gateway = {"connections": st.fanout.count, "upstream": st.fanout.connected}
     return {
-        "ok": writer.ok and confirmer.ok,
+        "ok": writer.ok and confirmer.ok and st.fanout.connected,
         "redis": "ok",
+        "gateway": gateway,
         "writer": writer.as_dict(),
         "confirmer": confirmer.as_dict(),
         "breaker": _breaker_state(st),
@@ -158,8 +215,23 @@ def create_app(settings: Settings, demo: bool = False) -> Starlette:
         from workers.gateway.demo import demo_routes
 
         routes += demo_routes()
-    app = Starlette(routes=routes)
-    app.state.gateway = GatewayState(
-        settings, tokens.load_or_create_secret(settings.gateway_secret_file),
-        aioredis.Redis.from_url(settings.redis_url), redis_client(settings.redis_url))
+    aredis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.gateway_redis_connections_max))
+    state = GatewayState(settings, tokens.load_or_create_secret(settings.gateway_secret_file),
+                         aredis, redis_client(settings.redis_url), FanOut(
+                             settings, aredis,
+                             lambda user, since: missed_since(aredis, user, since)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        upstream = asyncio.create_task(state.fanout.run())
+        try:
+            yield
+        finally:
+            upstream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upstream
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = state
     return app
