@@ -58,7 +58,8 @@ def cmd_writer(settings: Settings, args: argparse.Namespace) -> int:
     hooks = Hooks(ProgressLog(settings.progress_interval_s),
                   HealthBeacon(client, consumer, settings.health_ttl_ms),
                   MetricsHook(Recorder(client, settings.metrics_flush_interval_s)),
-                  BreakerHook(BreakerStore(client, settings.breaker_limits),
+                  BreakerHook(BreakerStore(client, settings.breaker_limits,
+                                           settings.breaker_record_path),
                               settings.breaker_sync_ms / 1000))
     get_logger("betstream.writer").info(
         "writer.start", consumer=consumer, db=str(settings.db),
@@ -122,11 +123,16 @@ def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.adapters.breaker_store import BreakerStore
     from workers.adapters.redis_connection import redis_client
 
-    store = BreakerStore(redis_client(settings.redis_url), settings.breaker_limits)
+    store = BreakerStore(redis_client(settings.redis_url), settings.breaker_limits,
+                         settings.breaker_record_path)
     if args.action in ("open", "close"):
         if not args.reason:
             raise ConfigError("--reason is required: forcing the breaker is recorded")
-        store.force(OPEN if args.action == "open" else CLOSED, args.reason)
+        try:
+            store.force(OPEN if args.action == "open" else CLOSED, args.reason)
+        except OSError as exc:
+            raise ConfigError(f"cannot record the forced breaker at "
+                              f"{settings.breaker_record_path}: {exc.strerror}") from None
     snap = store.load()
     b = snap.breaker
     in_state_s = (now_ms() - b.since_ms) / 1000 if b.since_ms else 0.0
@@ -221,6 +227,9 @@ def _print_health(health, confirmer) -> None:  # (WriterHealth, ConfirmerHealth)
         fault = f" last fault: {beacon['last_fault']}" if beacon.get("last_fault") else ""
         print(f"  {name}: {beacon.get('state')} epoch={beacon.get('epoch')} "
               f"committed={beacon.get('committed')}{fault}")
+        if int(beacon.get("redis_data_lost_ms") or 0):
+            print(f"  {name} found Redis without its data (last committed seq "
+                  f"{beacon.get('redis_data_lost_seq')}): run `betstream reconcile`")
     print(f"backlog: pending={health.pending} undelivered={health.lag}")
     print(f"breaker: {health.breaker} {health.breaker_reason}".rstrip())
     print(f"confirmer: committed seq={confirmer.committed_seq} published seq="

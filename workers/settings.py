@@ -270,6 +270,11 @@ class Settings(BaseSettings):
         return self.lease_ms // 3
 
     @property
+    def breaker_record_path(self) -> Path:
+        """Where a breaker forced open is recorded, beside the ledger."""
+        return self.db.with_name(self.db.name + ".breaker")
+
+    @property
     def confirm_progress_path(self) -> Path:
         if self.confirm_progress_file is not None:
             return self.confirm_progress_file

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from producer import constants as c
 
+
 class SeenSeqs:
     """The last ``size_max`` seqs sent on one connection (bounded memory)."""
 

@@ -28,6 +28,8 @@ class RedisMetrics(Collector):
                         "deadletter:", "reason")
         yield _labelled(stats, "betstream_confirmations", "confirmations published",
                         "confirmed", None)
+        yield _labelled(stats, "betstream_redis_data_lost", "times the writer found Redis "
+                        "without its data", "redis_data_lost", None)
         for name, (doc, _) in HISTOGRAMS.items():
             buckets, total, _count = read_histogram(self._redis, name)
             hist = HistogramMetricFamily(f"betstream_{name}", doc)

@@ -28,6 +28,7 @@ from producer.errors import FencedOut, InvariantViolation, LeaseLost, StoreError
 from producer.signing import Keyring
 from workers.adapters.intent_stream import IntentStream
 from workers.adapters.ledger_store import Store
+from workers.adapters.redis_instance import instance_marker
 from workers.adapters.redis_lease import Lease, LeaseKeeper
 from workers.settings import Settings
 from workers.writer.batch_pipeline import BatchPipeline, Committed, Decided
@@ -57,6 +58,7 @@ class Writer:
         self._keyring = keyring if callable(keyring) else (lambda: keyring)
         self._hooks = hooks
         self.consumer = consumer or consumer_name()
+        self._client = client
         self.stream = IntentStream(client, settings, self.consumer)
         self.lease = Lease(client, f"{self.consumer}:{random.getrandbits(32):08x}",
                            settings.lease_ms)
@@ -67,6 +69,7 @@ class Writer:
         self.epoch = 0
         self._trimmed_at = 0.0
         self._deferred: Committed | None = None  # committed; finished during the next commit
+        self._instance: str | None = None  # the Redis dataset's marker as we last saw it
 
     def run(self, stop: threading.Event) -> None:
         """Lead when possible, serve until ``stop`` is set; standby otherwise."""
@@ -88,6 +91,7 @@ class Writer:
         """Take the lease, then a new fencing epoch, and every pending entry as ours."""
         if not self._lease.acquire():
             return False
+        self._check_redis_data()
         self.epoch = self._store.bump_epoch()
         self.pipeline.forget()
         claimed = self.stream.claim_all()
@@ -147,7 +151,9 @@ class Writer:
         try:
             self._serve(stop)
         except (FencedOut, LeaseLost) as exc:
-            self._hooks.on_fenced(exc)
+            # A lease lost because Redis lost its data is reported as that, not as fencing.
+            if not (isinstance(exc, LeaseLost) and self._redis_lost_data()):
+                self._hooks.on_fenced(exc)
             self.pipeline.forget()
         except InvariantViolation as exc:  # a bug: never retried, never swallowed
             self._hooks.on_invariant_violation(exc)
@@ -259,6 +265,23 @@ class Writer:
 
     def _recreate_group(self) -> None:
         try:
+            self._check_redis_data()  # a group gone: most likely Redis lost everything
             self.stream.ensure_group()
         except redis.RedisError:
             pass  # the next attempt tries again
+
+    def _check_redis_data(self) -> bool:
+        """Whether Redis lost its data since we last looked (its marker is new while the
+        ledger has commits); reported to the hooks once. Raises on Redis faults."""
+        marker, set_now = instance_marker(self._client)
+        known, self._instance = self._instance, marker
+        lost = (set_now or (known is not None and marker != known)) and self._store.heads.seq > 0
+        if lost:
+            self._hooks.on_redis_data_lost(self._store.heads.seq)
+        return lost
+
+    def _redis_lost_data(self) -> bool:
+        try:
+            return self._check_redis_data()
+        except redis.RedisError:
+            return False  # Redis away: taking the lead again looks once it answers

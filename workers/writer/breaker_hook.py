@@ -51,6 +51,29 @@ class BreakerHook(Hook):
             self._store.force(OPEN, f"invariant violation: {error}"[:200])
         except redis.RedisError:
             self._log.error("breaker.force_failed", reason="Redis unreachable")
+        except OSError as exc:
+            self._log.error("breaker.force_failed", reason=f"not recorded: {exc.strerror}")
+
+    def on_redis_data_lost(self, committed_seq: int) -> None:
+        """A breaker forced open is forced open again from its record beside the ledger;
+        a record that cannot be read is reported, never taken as "not forced"."""
+        try:
+            record = self._store.forced_record()
+        except (OSError, ValueError, KeyError) as exc:
+            self._log.error("breaker.record_unreadable", error=str(exc)[:200],
+                            action="a forced breaker may have been lost with Redis's data: "
+                                   "check `betstream breaker` and force it again if needed")
+            return
+        if record is None:
+            return
+        try:
+            self._store.force(OPEN, record[1])
+        except (redis.RedisError, OSError) as exc:
+            self._log.error("breaker.restore_failed", error=str(exc)[:200])
+            return
+        self._synced = 0.0  # adopt the restored state at once
+        self._log.warning("breaker.restored", state=OPEN, reason=record[1],
+                          why="redis lost its data; the forced state came from its record")
 
     def _apply(self, step) -> None:
         """Decide on what we know; a transition Redis could not take is saved (first, with

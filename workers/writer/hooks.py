@@ -40,6 +40,7 @@ class Hook:
     def on_fenced(self, error: Exception) -> None: ...
     def on_idle(self) -> None: ...
     def on_invariant_violation(self, error: Exception) -> None: ...
+    def on_redis_data_lost(self, committed_seq: int) -> None: ...
 
 
 class Hooks(Hook):
@@ -75,6 +76,10 @@ class Hooks(Hook):
     def on_invariant_violation(self, error: Exception) -> None:
         for h in self._hooks:
             h.on_invariant_violation(error)
+
+    def on_redis_data_lost(self, committed_seq: int) -> None:
+        for h in self._hooks:
+            h.on_redis_data_lost(committed_seq)
 
 
 @dataclass
@@ -125,6 +130,14 @@ class ProgressLog(Hook):
                        action="the breaker is forced open and the writer stops; audit the "
                               "ledger before starting a writer again")
 
+    def on_redis_data_lost(self, committed_seq: int) -> None:
+        self.log.error("redis.data_lost", last_committed_seq=committed_seq,
+                       consequence="intents Redis acknowledged (XADD) but the writer had "
+                                   "not committed may be lost; every committed outcome is "
+                                   "kept and confirmed again",
+                       action="run `betstream reconcile` with the producers' journals to "
+                              "list them; the writer recreated its group and goes on")
+
 
 @dataclass
 class HealthBeacon(Hook):
@@ -139,6 +152,8 @@ class HealthBeacon(Hook):
     last_batch_ms: int = 0
     last_fault: str = ""  # the latest retried fault (kept after recovery, for operators)
     last_fault_ms: int = 0
+    data_lost_ms: int = 0  # when this writer last found Redis without its data
+    data_lost_seq: int = 0  # the last committed seq then
     _last_beat: float = 0.0
 
     def on_lead(self, epoch: int, claimed: int) -> None:
@@ -158,6 +173,10 @@ class HealthBeacon(Hook):
         if changed:
             self.state = "retrying"
         self._beat(force=changed)  # later retries beat at the usual pace
+
+    def on_redis_data_lost(self, committed_seq: int) -> None:
+        self.data_lost_ms, self.data_lost_seq = time.time_ns() // 1_000_000, committed_seq
+        self._beat(force=True)
 
     def on_batch(self, report: BatchReport) -> None:
         self.committed += report.size
@@ -182,6 +201,8 @@ class HealthBeacon(Hook):
         fields = {"state": self.state, "epoch": self.epoch, "pid": os.getpid(),
                   "committed": self.committed, "last_batch_ms": self.last_batch_ms,
                   "last_fault": self.last_fault, "last_fault_ms": self.last_fault_ms,
+                  "redis_data_lost_ms": self.data_lost_ms,
+                  "redis_data_lost_seq": self.data_lost_seq,
                   "beat_ms": time.time_ns() // 1_000_000}
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -213,3 +234,7 @@ class MetricsHook(Hook):
 
     def on_idle(self) -> None:
         self.recorder.maybe_flush()
+
+    def on_redis_data_lost(self, committed_seq: int) -> None:
+        self.recorder.count("redis_data_lost")
+        self.recorder.maybe_flush(force=True)  # rare, and operators want it now
