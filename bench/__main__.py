@@ -18,17 +18,19 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from bench import latency, peers, sustained
+from bench import latency, peers, subscribers, sustained
 from bench.harness import Env, private_env, speed_index_ms
 from bench.throughput import measure_writer, prefill
 
 SIZES = {  # intents per system: the slow peers get fewer, their rate is what is compared
     "full": {"betstream": 300_000, "betstream_runs": 3, "naive": 20_000, "rq_simple": 5_000,
              "rq_default": 1_000, "latency_s": 30.0, "latency_rate": 3_000.0,
-             "sustained_rate": 30_000.0, "sustained_s": 60.0},
+             "sustained_rate": 30_000.0, "sustained_s": 60.0,
+             "subscribers": 10_000, "subscribers_rate": 3_000.0, "subscribers_s": 20.0},
     "smoke": {"betstream": 3_000, "betstream_runs": 1, "naive": 600, "rq_simple": 200,
               "rq_default": 50, "latency_s": 2.0, "latency_rate": 500.0,
-              "sustained_rate": 1_000.0, "sustained_s": 3.0},
+              "sustained_rate": 1_000.0, "sustained_s": 3.0,
+              "subscribers": 200, "subscribers_rate": 300.0, "subscribers_s": 2.0},
 }
 
 
@@ -59,6 +61,11 @@ def run_all(mode: str, console: Console) -> dict[str, Any]:
         console.print(f"measuring latency at {rate}/s ({label}) ...")
         with private_env() as env:
             results["latency"][label] = latency.measure(env, rate, sz["latency_s"])
+    console.print(f"measuring {sz['subscribers']:,} WebSocket subscribers at "
+                  f"{sz['subscribers_rate']:,.0f}/s ...")
+    with private_env() as env:
+        results["subscribers"] = subscribers.measure(
+            env, sz["subscribers_rate"], sz["subscribers_s"], sz["subscribers"])
     console.print(f"measuring sustained: {sustained.PRODUCERS_DEFAULT} producers streaming "
                   f"{sz['sustained_rate']:,.0f}/s for {sz['sustained_s']:g} s ...")
     with private_env() as env:
@@ -107,12 +114,18 @@ def tables(results: dict[str, Any]) -> list[Table]:
                  f"{w['two_core_cap_per_s']:,}/s at this cost")
     lat = Table(title="latency from stream ingress (ms)")
     for col in ("offered/s", "intents", "commit p50", "p99", "p999", "confirm p50", "p99",
-                "p999"):
+                "p999", "confirmer µs/outcome"):
         lat.add_column(col, justify="right")
     for label, r in results["latency"].items():
         lat.add_row(f"{r['offered_per_s']:,.0f} ({label})", str(r["intents"]),
                     *(str(r[f"{kind}_p{p}_ms"]) for kind in ("commit", "confirm")
-                      for p in ("50", "99", "999")))
+                      for p in ("50", "99", "999")), str(r["confirmer_cpu_us_per_outcome"]))
+    sub = results["subscribers"]
+    lat.add_row(f"{sub['offered_per_s']:,.0f} ({sub['sockets']:,} WebSockets)",
+                str(sub["intents"]), *(str(sub[f"{kind}_p{p}_ms"]) for kind in ("commit", "frame")
+                                       for p in ("50", "99", "999")), "-")
+    lat.caption = ("confirm: published on betstream:confirmations; with WebSockets: the frame "
+                   "received by a client holding one socket per user")
     return [t, lat, _sustained_table(results["sustained"])]
 
 

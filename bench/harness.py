@@ -82,6 +82,17 @@ class Env:
         self.logs[proc.pid] = path
         return proc
 
+    def start_python(self, module: str, *args: str) -> subprocess.Popen:
+        """``python -m MODULE ARGS`` from this checkout (a bench helper process)."""
+        path = self.dir / f"{module}-{len(self.procs)}.log"
+        with open(path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
+                                    env=self.environ(), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        self.logs[proc.pid] = path
+        return proc
+
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT,
                               env=self.environ(**extra), capture_output=True, text=True,

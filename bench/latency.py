@@ -12,6 +12,7 @@ import json
 import time
 
 from bench.harness import Env, percentile, private_env, wait
+from bench.throughput import children_stats, proc_stats
 from workers.adapters.intent_stream import backlog
 
 CONFIRMATIONS_KEPT = 10_000_000
@@ -19,10 +20,9 @@ CONFIRMATIONS_KEPT = 10_000_000
 
 def measure(env: Env, rate: float, seconds: float, users: int = 1000) -> dict[str, object]:
     # Every confirmation must stay readable to be timed: lift the stream's retention bound
-    # (200k by default, set by the writer in each job), which 80 % of the maximum for 30 s
-    # exceeds.
-    env.start("writer", BETSTREAM_CONFIRMATIONS_LEN_MAX=str(CONFIRMATIONS_KEPT))
-    env.start("confirmer")
+    # (200k by default, kept by the confirmer), which 80 % of the maximum for 30 s exceeds.
+    env.start("writer")
+    confirmer = env.start("confirmer", BETSTREAM_CONFIRMATIONS_LEN_MAX=str(CONFIRMATIONS_KEPT))
     client = env.client()
     wait(lambda: backlog(client) is not None, 30, "the writer's consumer group")
     bets = max(1, int(rate * seconds) - users)
@@ -31,7 +31,9 @@ def measure(env: Env, rate: float, seconds: float, users: int = 1000) -> dict[st
     wait(lambda: backlog(client) == (0, 0), 300, "the writer to drain")
     total = env.query("SELECT COUNT(*) FROM outcomes")[0][0]
     wait(lambda: client.xlen("betstream:confirmations") >= total, 300, "every confirmation")
-    return summarise(env, client, rate, seconds, total)
+    confirmer_cpu_s = proc_stats(confirmer.pid)[0] + children_stats(confirmer.pid)[0]
+    return {**summarise(env, client, rate, seconds, total),
+            "confirmer_cpu_us_per_outcome": round(confirmer_cpu_s / max(total, 1) * 1e6, 1)}
 
 
 def summarise(env: Env, client, rate: float, seconds: float, total: int) -> dict[str, object]:

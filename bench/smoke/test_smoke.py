@@ -21,7 +21,7 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "betstream ÷ this" in done.stdout and "confirm p50" in done.stdout
+    assert "betstream ÷ this" in done.stdout and "latency from stream ingress" in done.stdout
     (report,) = tmp_path.glob("*-smoke.json")
     results = json.loads(report.read_text())
     assert set(results["throughput"]) == {
@@ -41,6 +41,9 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
     assert streamed["audit_clean"] is True, "the streamed ledger passes betstream audit"
     assert "sustained: 2 producers streaming" in done.stdout
     assert list(tmp_path.glob("*-smoke.png")), "the chart was drawn"
+    framed = results["subscribers"]
+    assert framed["frames"] == framed["intents"] > 0, "every confirmation reached a socket"
+    assert "with WebSockets: the frame" in done.stdout
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None,

@@ -33,6 +33,7 @@ from workers.adapters.ledger_store import connect
 from workers.adapters.redis_connection import redis_client
 from workers.adapters.writer_health import writer_health
 from workers.gateway.fanout import FanOut, Refused, Subscriber
+from workers.gateway.gc_policy import collect_fully_every, defer_full_collections
 from workers.gateway.prometheus import registry_for
 from workers.settings import Settings
 
@@ -224,13 +225,17 @@ def create_app(settings: Settings, demo: bool = False) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        upstream = asyncio.create_task(state.fanout.run())
+        defer_full_collections()
+        tasks = [asyncio.create_task(state.fanout.run()),
+                 asyncio.create_task(collect_fully_every(settings.gateway_gc_full_interval_s))]
         try:
             yield
         finally:
-            upstream.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upstream
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = state
