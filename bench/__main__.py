@@ -112,6 +112,10 @@ def tables(results: dict[str, Any]) -> list[Table]:
                  f"CPU per intent (writer, child, Redis): {w['cpu_us_per_intent']} µs; the "
                  f"cores were {w['cores_busy']:.0%} busy; two fully busy cores would give "
                  f"{w['two_core_cap_per_s']:,}/s at this cost")
+    return [t, _latency_table(results), _sustained_table(results["sustained"])]
+
+
+def _latency_table(results: dict[str, Any]) -> Table:
     lat = Table(title="latency from stream ingress (ms)")
     for col in ("offered/s", "intents", "commit p50", "p99", "p999", "confirm p50", "p99",
                 "p999", "confirmer µs/outcome"):
@@ -126,7 +130,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
                                        for p in ("50", "99", "999")), "-")
     lat.caption = ("confirm: published on betstream:confirmations; with WebSockets: the frame "
                    "received by a client holding one socket per user")
-    return [t, lat, _sustained_table(results["sustained"])]
+    return lat
 
 
 def _sustained_table(r: dict[str, Any]) -> Table:
