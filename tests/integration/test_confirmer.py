@@ -10,6 +10,7 @@ import time
 
 import redis
 
+from producer import constants as c
 from producer.client import Producer
 from producer.contract import new_deposit
 from tests.conftest import Procs, wait_for
@@ -104,3 +105,28 @@ def test_health_turns_unhealthy_while_outcomes_wait_and_healthy_once_they_flow(
 
     redis_client.flushall()  # a Redis restart without its data: ok again once they flow
     wait_for(lambda: health(procs)["ok"], 10, "health to be ok again after the flush")
+
+
+def test_confirmations_redis_lost_at_its_tail_are_published_again(
+        procs: Procs, redis_client: redis.Redis, producer: Producer,
+        env: dict[str, str]) -> None:
+    """A Redis restart that loses its last writes (AOF everysec and a power cut) takes the
+    confirmer's record back with the confirmations it had published after it: the
+    confirmer finds its record behind it and publishes from there again."""
+    procs.start("writer", **FAST)
+    confirmer = procs.start("confirmer", **FAST)
+    first = deposits(producer, 700, 20)
+    wait_for(lambda: first <= published_ids(redis_client), 20, "the first confirmations")
+    confirmer.send_signal(signal.SIGSTOP)
+    try:
+        entries = redis_client.xrange(c.STREAM_CONFIRMATIONS)
+        kept, lost = entries[:5], entries[5:]
+        redis_client.xdel(c.STREAM_CONFIRMATIONS, *[eid for eid, _ in lost])
+        last_kept = json.loads(kept[-1][1][b"outcome"])["seq"]
+        redis_client.hset(c.KEY_CONFIRMER_PROGRESS, "published_seq", last_kept)
+        assert not first <= published_ids(redis_client)
+    finally:
+        confirmer.send_signal(signal.SIGCONT)
+    deposits(producer, 800, 1)  # the next round notices, with or without new outcomes
+    wait_for(lambda: first <= published_ids(redis_client), 20,
+             "the lost confirmations to be published again")

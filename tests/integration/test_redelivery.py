@@ -44,6 +44,9 @@ def test_committed_but_unacked_batch_is_republished_not_reapplied(
             return len(confirmations(redis_client)) == 2
 
         wait_for(published, 20, "the re-published outcomes")
+        wait_for(lambda: redis_client.xpending("betstream:intents",
+                                               "betstream:writers")["pending"] == 0,
+                 20, "the second writer to acknowledge the redelivered entries")
     finally:
         stop.set()
         thread.join(10)

@@ -81,8 +81,8 @@ class Confirmer:
 
     def publish_pending(self) -> int:
         """Publish the outcomes committed since the last round, one round at most; returns
-        how many. Redis having lost our record since the last round means it lost the
-        streams too: the recent outcomes are published again first."""
+        how many. Our record in Redis gone, or behind what we recorded, means Redis lost
+        the streams (or their tail) too: that part is published again first."""
         conn = self._ledger()
         rows, entry_ids = outcomes_after(conn, self.published, self._s.confirm_round_max)
         if not rows and not self._beat_due():
@@ -91,8 +91,7 @@ class Confirmer:
         new = [ingress_ms(e) for r, e in zip(rows, entry_ids) if r[6] > self._high]
         before = publish_round(self._redis, self._s, rows, new, last)
         self._beat_at = time.monotonic()
-        if before is None and self.published > 0:
-            self._rewind(conn, "redis lost the confirmer's record (and its data)")
+        if self._lost_since(before, conn):
             return len(rows)
         self.published, self._high = last, max(self._high, last)
         self._save_progress()
@@ -130,21 +129,36 @@ class Confirmer:
 
     def _start(self) -> None:
         """Where to go on from: our own last seq, else the file, else Redis's record, else
-        the recent outcomes (a first start). If Redis no longer has our record while the
-        ledger has outcomes, what it held may be lost: the recent outcomes again."""
+        the recent outcomes (a first start). Then, if Redis lost what we published, from
+        further back (``_lost_since``)."""
         recorded = read_progress(self._redis)
         seq = self.published
         if seq is None:
             seq = load_progress(self._s.confirm_progress_path)
         if seq is None and recorded is not None:
             seq = recorded[0]
-        self.published = seq if seq is not None else 0
-        if recorded is None:
-            self._rewind(self._ledger(), "no confirmer record in redis")
+        if seq is None:
+            seq = max(0, outcome_seq_max(self._ledger()) - self._s.confirmations_len_max)
+        self.published = seq
+        self._lost_since(recorded[0] if recorded is not None else None, self._ledger())
 
-    def _rewind(self, conn: sqlite3.Connection, why: str) -> None:
-        committed = outcome_seq_max(conn)
-        start = min(self.published, max(0, committed - self._s.confirmations_len_max))
+    def _lost_since(self, recorded: int | None, conn: sqlite3.Connection) -> bool:
+        """Whether Redis lost what we published, judged by our record there (``recorded``):
+        gone (no persistence, FLUSHALL: the recent outcomes again) or behind us (a restart
+        that lost its last writes: from there). Rewinds ``published`` if so."""
+        if recorded is None and self.published > 0:
+            committed = outcome_seq_max(conn)
+            self._rewind(max(0, committed - self._s.confirmations_len_max), committed,
+                         "redis lost the confirmer's record and its streams")
+            return True
+        if recorded is not None and recorded < self.published:
+            self._rewind(recorded, outcome_seq_max(conn),
+                         "redis lost the confirmer's last writes")
+            return True
+        return False
+
+    def _rewind(self, start: int, committed: int, why: str) -> None:
+        start = min(self.published, start)
         if committed > start:
             self._log.warning("confirmer.republishing", reason=why, from_seq=start,
                               through_seq=committed, published_seq=self.published)
