@@ -41,14 +41,21 @@ def deposits(producer: Producer, first_user: int, n: int) -> set[str]:
     return {i.id for i in intents}
 
 
+def confirmed_start(procs: Procs, producer: Producer, client: redis.Redis,
+                    first_user: int, n: int) -> tuple:
+    """Writer and confirmer running, and ``n`` deposits confirmed: (confirmer, their ids)."""
+    procs.start("writer", **FAST)
+    confirmer = procs.start("confirmer", **FAST)
+    ids = deposits(producer, first_user, n)
+    wait_for(lambda: ids <= published_ids(client), 20, "the first confirmations")
+    return confirmer, ids
+
+
 def test_a_flushall_while_the_confirmer_is_paused_loses_no_confirmation(
         procs: Procs, redis_client: redis.Redis, producer: Producer,
         env: dict[str, str]) -> None:
     db = env["BETSTREAM_DB"]
-    procs.start("writer", **FAST)
-    confirmer = procs.start("confirmer", **FAST)
-    before = deposits(producer, 100, 20)
-    wait_for(lambda: before <= published_ids(redis_client), 20, "the first confirmations")
+    confirmer, before = confirmed_start(procs, producer, redis_client, 100, 20)
 
     confirmer.send_signal(signal.SIGSTOP)
     try:
@@ -67,10 +74,7 @@ def test_a_flushall_while_the_confirmer_is_paused_loses_no_confirmation(
 def test_a_killed_confirmer_is_made_good_within_10_s_of_one_running_again(
         procs: Procs, redis_client: redis.Redis, producer: Producer,
         env: dict[str, str]) -> None:
-    procs.start("writer", **FAST)
-    confirmer = procs.start("confirmer", **FAST)
-    first = deposits(producer, 300, 10)
-    wait_for(lambda: first <= published_ids(redis_client), 20, "the first confirmations")
+    confirmer, first = confirmed_start(procs, producer, redis_client, 300, 10)
     confirmer.send_signal(signal.SIGKILL)
     confirmer.wait(10)
     waiting = deposits(producer, 400, 30)
@@ -86,10 +90,7 @@ def test_a_killed_confirmer_is_made_good_within_10_s_of_one_running_again(
 def test_health_turns_unhealthy_while_outcomes_wait_and_healthy_once_they_flow(
         procs: Procs, redis_client: redis.Redis, producer: Producer,
         env: dict[str, str]) -> None:
-    procs.start("writer", **FAST)
-    confirmer = procs.start("confirmer", **FAST)
-    first = deposits(producer, 500, 5)
-    wait_for(lambda: first <= published_ids(redis_client), 20, "the first confirmations")
+    confirmer, first = confirmed_start(procs, producer, redis_client, 500, 5)
     wait_for(lambda: health(procs)["ok"], 20, "health to be ok")
 
     confirmer.send_signal(signal.SIGSTOP)
@@ -113,10 +114,7 @@ def test_confirmations_redis_lost_at_its_tail_are_published_again(
     """A Redis restart that loses its last writes (AOF everysec and a power cut) takes the
     confirmer's record back with the confirmations it had published after it: the
     confirmer finds its record behind it and publishes from there again."""
-    procs.start("writer", **FAST)
-    confirmer = procs.start("confirmer", **FAST)
-    first = deposits(producer, 700, 20)
-    wait_for(lambda: first <= published_ids(redis_client), 20, "the first confirmations")
+    confirmer, first = confirmed_start(procs, producer, redis_client, 700, 20)
     confirmer.send_signal(signal.SIGSTOP)
     try:
         entries = redis_client.xrange(c.STREAM_CONFIRMATIONS)
