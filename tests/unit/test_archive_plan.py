@@ -18,14 +18,17 @@ from workers.core.archive_rules import carried, carry_entry_id, effective_cutoff
 ms = st.integers(0, 2**45)
 
 
-@given(ms, ms, st.integers(100, 10**7), st.integers(0, 10**5), st.none() | ms)
+@given(ms, ms, st.integers(100, 10**7), st.integers(0, 10**5), st.none() | ms, st.none() | ms)
 def test_cutoff_is_the_tightest_bound_and_says_which(before: int, now: int, age: int, skew: int,
-                                                     unacked: int | None) -> None:
-    cut = effective_cutoff(before, now, age, skew, unacked)
+                                                     unacked: int | None,
+                                                     unpublished: int | None) -> None:
+    cut = effective_cutoff(before, now, age, skew, unacked, unpublished)
     assert cut.ms <= before and cut.ms <= now - age - skew
     assert unacked is None or cut.ms <= unacked - age - skew
+    assert unpublished is None or cut.ms <= unpublished, "nothing unpublished is archived"
     assert cut.ms == {"requested": before, "freshness": now - age - skew,
-                      "backlog": (unacked or 0) - age - skew}[cut.why]
+                      "backlog": (unacked or 0) - age - skew,
+                      "confirmations not yet published": unpublished}[cut.why]
 
 
 @given(ms, st.integers(100, 10**7), st.integers(0, 10**5), st.none() | ms, ms)

@@ -21,7 +21,7 @@ class Cutoff:
 
 
 def effective_cutoff(before_ms: int, now_ms: int, age_max_ms: int, skew_max_ms: int,
-                     unacked_ms: int | None) -> Cutoff:
+                     unacked_ms: int | None, unpublished_ms: int | None = None) -> Cutoff:
     """The latest commit time archival may take.
 
     An intent committed at T carried issued_at <= T + skew, so a copy of it re-sent later
@@ -31,11 +31,15 @@ def effective_cutoff(before_ms: int, now_ms: int, age_max_ms: int, skew_max_ms: 
     - freshness: entries yet to arrive have I >= now;
     - backlog: entries already in the stream but not acknowledged (unread, or pending after
       a crash between COMMIT and XACK) have I >= the unacknowledged floor.
+    And the confirmer publishes from the live ledger: the batch of the first outcome it has
+    not published (committed at ``unpublished_ms``) stays.
     """
     options = [Cutoff(before_ms, "requested"),
                Cutoff(now_ms - age_max_ms - skew_max_ms, "freshness")]
     if unacked_ms is not None:
         options.append(Cutoff(unacked_ms - age_max_ms - skew_max_ms, "backlog"))
+    if unpublished_ms is not None:
+        options.append(Cutoff(unpublished_ms, "confirmations not yet published"))
     return min(options, key=lambda c: c.ms)
 
 

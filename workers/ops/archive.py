@@ -10,9 +10,11 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from workers.adapters.confirmation_publisher import read_progress
+from workers.adapters.confirmer_progress import load_progress
 from workers.adapters.intent_stream import unacked_floor_ms
 from workers.adapters.ledger_archive import ArchiveResult, archive
-from workers.adapters.ledger_queries import batches_committed_before
+from workers.adapters.ledger_queries import batches_committed_before, first_committed_after
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_connection import redis_client
 from workers.core.archive_rules import Cutoff, effective_cutoff
@@ -31,11 +33,27 @@ def _batches_before(db: Path, cutoff_ms: int, busy_timeout_ms: int) -> int:
         conn.close()
 
 
+def _first_unpublished_ms(settings: Settings, client: redis.Redis, db: Path) -> int | None:
+    """When the first outcome the confirmer has not published was committed (None: all are
+    published, or no confirmer has recorded its progress, here or in Redis)."""
+    published = load_progress(settings.confirm_progress_path)
+    if published is None:
+        published = (read_progress(client) or (None, 0))[0]
+    if published is None:
+        return None
+    conn = connect(db, settings.sqlite_busy_timeout_ms, readonly=True)
+    try:
+        return first_committed_after(conn, published)
+    finally:
+        conn.close()
+
+
 def run_archive_command(settings: Settings, args: argparse.Namespace, before_ms: int) -> int:
     db = Path(args.db or settings.db)
-    unacked = unacked_floor_ms(redis_client(settings.redis_url))
+    client = redis_client(settings.redis_url)
     cutoff = effective_cutoff(before_ms, int(time.time() * 1000), settings.intent_age_max_ms,
-                              settings.clock_skew_max_ms, unacked)
+                              settings.clock_skew_max_ms, unacked_floor_ms(client),
+                              _first_unpublished_ms(settings, client, db))
     if not args.json:
         print(_explain(cutoff, before_ms))
     result = _run(settings, db, Path(args.archive_dir or settings.archive_path), cutoff.ms,
