@@ -31,6 +31,21 @@ PATTERN: Final = f"{c.CHANNEL_USER_PREFIX}*"
 UPSTREAM_WAIT_S: Final = 1.0  # longest wait for a message before looking at the stop flag
 
 
+SEQ_FIELD: Final = '"seq":'
+
+
+def seq_of(raw: str) -> int:
+    """A confirmation's seq, read without parsing the whole message (the confirmer writes
+    compact JSON; anything else is parsed)."""
+    at = raw.find(SEQ_FIELD)
+    end = raw.find(",", at) if at >= 0 else -1
+    if at >= 0 and end > at:
+        digits = raw[at + len(SEQ_FIELD):end]
+        if digits.isdigit():
+            return int(digits)
+    return int(json.loads(raw)["seq"])
+
+
 class Refused(Exception):
     """A new subscriber over a cap; ``status`` is the HTTP status to answer with."""
 
@@ -115,7 +130,7 @@ class FanOut:
         subs = self._by_user.get(user_id)
         if not subs:
             return
-        seq = int(json.loads(raw)["seq"])
+        seq = seq_of(raw)
         for sub in subs:
             sub.offer(seq, raw)
 
