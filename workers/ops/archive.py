@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from workers.adapters.confirmation_publisher import read_progress
