@@ -167,3 +167,22 @@ def test_a_resume_past_the_kept_history_says_so_first(
             b"outcome"])["seq"] if kept else None
         assert first == {"gap": True, "since": since, "oldest": oldest}
     ws.close()
+
+
+def test_bad_tokens_and_binary_frames_get_clean_answers_not_tracebacks(
+        procs: Procs, redis_client: redis.Redis) -> None:
+    import httpx
+
+    gw = start_gateway(procs)
+    gateway = next(p for p in procs.started if "gateway" in p.args)
+    for bad in ("v1.1.1.%C3%A9", "v1.%C2%B2.99999999999999.abc"):
+        answer = httpx.get(f"{gw.http}/bets/x?token={bad}", timeout=10)
+        assert answer.status_code == 401, (bad, answer.status_code, answer.text[:200])
+    token, = tokens(procs, 61)
+    ws = gw.ws(token)
+    ws.send(b"\x00\x01binary")  # a client may send anything; it is read and dropped
+    redis_client.publish(c.user_channel(61), confirmation(61, 5))
+    assert json.loads(ws.recv(timeout=10))["seq"] == 5, "the socket still serves"
+    ws.close()
+    log = Path(gateway.log_path).read_text(errors="replace")
+    assert "Traceback" not in log, log[-2000:]

@@ -66,6 +66,12 @@ def schema_sql() -> str:
     return resources.files(__package__).joinpath("schema.sql").read_text()
 
 
+def read_only_uri(path: Path | str) -> str:
+    """A read-only SQLite URI for ``path``, quoted: a ``#`` or ``?`` in a file name would
+    otherwise end the path, and SQLite would open (and create) another file."""
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
             cache_mb: int = CACHE_MB_DEFAULT) -> sqlite3.Connection:
     """A connection with the durability settings the ledger depends on."""
@@ -73,7 +79,7 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
     if readonly:
         if not Path(path).exists():
             raise ConfigError(f"database not found: {path}")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,

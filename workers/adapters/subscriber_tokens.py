@@ -59,7 +59,9 @@ def verify(secret: bytes, token: str | None, now_ms: int | None = None) -> int:
     """The user id the token was issued for, or :class:`TokenError`."""
     if not token:
         raise TokenError("token missing")
-    parts = token.split(".") if len(token) <= TOKEN_LEN_MAX else []
+    parts = token.split(".") if len(token) <= TOKEN_LEN_MAX and token.isascii() else []
+    # (ASCII first: str.isdigit accepts digits int() refuses, and compare_digest refuses
+    # non-ASCII text; either was a 500 with a traceback)
     if len(parts) != 4 or parts[0] != VERSION or not parts[1].isdigit() or not parts[2].isdigit():
         raise TokenError("token malformed")
     payload = ".".join(parts[:3])

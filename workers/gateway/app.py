@@ -129,9 +129,10 @@ async def _send_missed(websocket: WebSocket, st: GatewayState, sub: Subscriber, 
 
 
 async def _until_client_leaves(websocket: WebSocket, scope: anyio.CancelScope) -> None:
+    """Whatever the client sends (text or binary frames) is read and dropped."""
     try:
-        while True:
-            await websocket.receive_text()
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
     except WebSocketDisconnect:
         pass
     scope.cancel()

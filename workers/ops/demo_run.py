@@ -28,6 +28,7 @@ from producer.client import Producer
 from producer.load import LoadPlan, LoadResult
 from producer.signing import Keyring
 from workers.adapters.ledger_queries import outcome_counts_after, outcome_seq_max
+from workers.adapters.ledger_store import read_only_uri
 from workers.adapters.redis_connection import redis_client
 from workers.ops.load import push_with_progress
 from workers.settings import Settings
@@ -113,7 +114,7 @@ def start_processes(logdir: Path) -> dict[str, subprocess.Popen]:
 def max_seq(db: Path) -> int:
     if not db.exists():
         return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(db), uri=True)
     try:
         return outcome_seq_max(conn)
     except sqlite3.Error:
@@ -123,7 +124,7 @@ def max_seq(db: Path) -> int:
 
 
 def summary(db: Path, after_seq: int) -> list[tuple[str, str | None, int]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(db), uri=True)
     try:
         return outcome_counts_after(conn, after_seq)
     finally:
