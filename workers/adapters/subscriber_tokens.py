@@ -55,15 +55,21 @@ def issue(secret: bytes, user_id: int, ttl_s: int, now_ms: int | None = None) ->
     return f"{payload}.{_mac(secret, payload)}"
 
 
+def _parts(token: str) -> list[str]:
+    """Version, user id, expiry and signature; TokenError unless the token has that form.
+    ASCII first: str.isdigit accepts digits int() refuses, and compare_digest refuses
+    non-ASCII text (either was a 500 with a traceback)."""
+    parts = token.split(".") if len(token) <= TOKEN_LEN_MAX and token.isascii() else []
+    if len(parts) != 4 or parts[0] != VERSION or not parts[1].isdigit() or not parts[2].isdigit():
+        raise TokenError("token malformed")
+    return parts
+
+
 def verify(secret: bytes, token: str | None, now_ms: int | None = None) -> int:
     """The user id the token was issued for, or :class:`TokenError`."""
     if not token:
         raise TokenError("token missing")
-    parts = token.split(".") if len(token) <= TOKEN_LEN_MAX and token.isascii() else []
-    # (ASCII first: str.isdigit accepts digits int() refuses, and compare_digest refuses
-    # non-ASCII text; either was a 500 with a traceback)
-    if len(parts) != 4 or parts[0] != VERSION or not parts[1].isdigit() or not parts[2].isdigit():
-        raise TokenError("token malformed")
+    parts = _parts(token)
     payload = ".".join(parts[:3])
     if not hmac.compare_digest(_mac(secret, payload), parts[3]):
         raise TokenError("token signature invalid")
