@@ -24,71 +24,63 @@ from workers.settings import Settings
 USER_FIELD: Final = MESSAGE_FIELDS.index("user_id")
 
 
-def add_publishes(pipe: redis.client.Pipeline, rows: Sequence[Sequence[Any]],
-                  settings: Settings) -> None:
-    """Queue the commands that publish ``rows`` (values in MESSAGE_FIELDS order) on
-    ``pipe``; the caller executes it."""
-    for row in rows:
-        message = dict(zip(MESSAGE_FIELDS, row, strict=True))
-        data = json.dumps(message, separators=(",", ":"))
-        user = int(message["user_id"])
-        pipe.xadd(c.STREAM_CONFIRMATIONS, {"outcome": data},
-                  maxlen=settings.confirmations_len_max, approximate=True)
-        pipe.xadd(c.user_confirmations(user), {"outcome": data},
-                  maxlen=settings.user_confirmations_len_max, approximate=True)
-        pipe.expire(c.user_confirmations(user), settings.user_confirmations_ttl_s)
-        pipe.publish(c.user_channel(user), data)
-
-
-# One round in one script call: packing four commands per outcome in Python cost the
-# confirmer most of its CPU. KEYS[1] confirmations stream, KEYS[2] the confirmer's record,
-# KEYS[2+i] outcome i's user stream; ARGV[1..5] stream bound, user stream bound, user TTL,
-# published seq, now (ms); ARGV[5+i] outcome i as JSON, ARGV[5+n+i] its user's channel.
-# Returns the record's published seq as it was before (false: no record).
-_PUBLISH_ROUND: Final = """
-local n = #KEYS - 2
-local before = redis.call('HGET', KEYS[2], 'published_seq')
+# Every outcome in one script call: packing four commands per outcome in Python cost the
+# confirmer most of its CPU. KEYS[1] confirmations stream, KEYS[1+i] outcome i's user
+# stream; ARGV[1..3] stream bound, user stream bound, user TTL; ARGV[3+i] outcome i as
+# JSON, ARGV[3+n+i] its user's channel.
+_PUBLISH: Final = """
+local n = #KEYS - 1
 for i = 1, n do
-  local data = ARGV[5 + i]
+  local data = ARGV[3 + i]
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'outcome', data)
-  redis.call('XADD', KEYS[2 + i], 'MAXLEN', '~', ARGV[2], '*', 'outcome', data)
-  redis.call('EXPIRE', KEYS[2 + i], ARGV[3])
-  redis.call('PUBLISH', ARGV[5 + n + i], data)
+  redis.call('XADD', KEYS[1 + i], 'MAXLEN', '~', ARGV[2], '*', 'outcome', data)
+  redis.call('EXPIRE', KEYS[1 + i], ARGV[3])
+  redis.call('PUBLISH', ARGV[3 + n + i], data)
 end
-redis.call('HSET', KEYS[2], 'published_seq', ARGV[4], 'at_ms', ARGV[5])
-return before
+return n
 """
 
 
-class RoundPublisher:
-    """Publishes rounds of outcomes from the ledger (see ``_PUBLISH_ROUND``)."""
+class Publisher:
+    """Publishes outcomes (rows in MESSAGE_FIELDS order): the confirmer's rounds from the
+    ledger, and the writer's answers to re-sent intents."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._redis = client
         self._s = settings
-        self._script = client.register_script(_PUBLISH_ROUND)
+        self._script = client.register_script(_PUBLISH)
 
-    def publish(self, rows: Sequence[Sequence[Any]], ingress_ms: Sequence[int],
-                published_seq: int) -> int | None:
-        """Publish one round and record how far the confirmer got (``published_seq``),
-        atomically. Returns the record as it was before the round: None when Redis no
-        longer has it (it lost its data, or no confirmer ever ran on it)."""
+    def add(self, pipe: redis.client.Pipeline, rows: Sequence[Sequence[Any]]) -> None:
+        """Queue the publishing of ``rows`` on ``pipe`` (nothing when there are none);
+        the caller executes it."""
+        if not rows:
+            return
         s, users = self._s, [int(row[USER_FIELD]) for row in rows]
         datas = [json.dumps(dict(zip(MESSAGE_FIELDS, row, strict=True)), separators=(",", ":"))
                  for row in rows]
+        self._script(keys=[c.STREAM_CONFIRMATIONS, *map(c.user_confirmations, users)],
+                     args=[s.confirmations_len_max, s.user_confirmations_len_max,
+                           s.user_confirmations_ttl_s, *datas, *map(c.user_channel, users)],
+                     client=pipe)
+
+    def publish_round(self, rows: Sequence[Sequence[Any]], ingress_ms: Sequence[int],
+                      published_seq: int) -> int | None:
+        """Publish one round from the ledger and record how far the confirmer got
+        (``published_seq``), in one MULTI. Returns the record as it was before the round:
+        None when Redis no longer has it (it lost its data, or no confirmer ever ran on
+        it)."""
         now_ms = time.time_ns() // 1_000_000
         pipe = self._redis.pipeline(transaction=True)
-        self._script(keys=[c.STREAM_CONFIRMATIONS, c.KEY_CONFIRMER_PROGRESS,
-                           *map(c.user_confirmations, users)],
-                     args=[s.confirmations_len_max, s.user_confirmations_len_max,
-                           s.user_confirmations_ttl_s, published_seq, now_ms, *datas,
-                           *map(c.user_channel, users)], client=pipe)
+        pipe.hget(c.KEY_CONFIRMER_PROGRESS, "published_seq")
+        self.add(pipe, rows)
+        pipe.hset(c.KEY_CONFIRMER_PROGRESS, mapping={"published_seq": published_seq,
+                                                     "at_ms": now_ms})
         recorder = Recorder(self._redis, 0)
         recorder.observe_many("ingress_to_confirm_ms", [now_ms - t for t in ingress_ms])
         recorder.count("confirmed", len(rows))
         recorder.write_to(pipe)
         before = pipe.execute()[0]
-        return int(before) if before else None
+        return int(before) if before is not None else None
 
 
 def read_progress(client: redis.Redis) -> tuple[int, int] | None:

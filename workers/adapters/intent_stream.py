@@ -15,7 +15,7 @@ import redis
 
 from producer import constants as c
 from producer.errors import LeaseLost
-from workers.adapters.confirmation_publisher import add_publishes
+from workers.adapters.confirmation_publisher import Publisher
 from workers.core.intake import DeadLetter, ingress_ms
 from workers.settings import Settings
 
@@ -56,6 +56,7 @@ class IntentStream:
         self._settings = settings
         self.consumer = consumer
         self._claim = client.register_script(_CLAIM_NONCES)
+        self._publisher = Publisher(client, settings)
         # Same connections, but XREADGROUP replies unparsed: redis-py would fold a field
         # given twice into one dict key (last wins) and the intake could not tell.
         self._raw = redis.Redis(connection_pool=client.connection_pool)
@@ -184,7 +185,7 @@ class IntentStream:
         """After COMMIT: dead-letter, answer re-sent intents and ack, in one MULTI."""
         s = self._settings
         pipe = self._redis.pipeline(transaction=True)
-        add_publishes(pipe, work.duplicates, s)
+        self._publisher.add(pipe, work.duplicates)
         for dead in work.dead:
             pipe.xadd(c.STREAM_DEADLETTER, _dead_fields(dead), maxlen=s.deadletter_len_max,
                       approximate=True)

@@ -28,7 +28,7 @@ import redis
 from producer import constants as c
 from producer.backoff import backoff_ms
 from producer.errors import BetstreamError, LeaseLost
-from workers.adapters.confirmation_publisher import RoundPublisher, read_progress
+from workers.adapters.confirmation_publisher import Publisher, read_progress
 from workers.adapters.confirmer_progress import load_progress, save_progress
 from workers.adapters.ledger_queries import outcome_seq_max, outcomes_after
 from workers.adapters.ledger_store import connect
@@ -51,7 +51,7 @@ class Confirmer:
         self._lease = LeaseKeeper(Lease(client, owner, settings.confirm_lease_ms,
                                         key=c.KEY_CONFIRMER_LEASE),
                                   settings.confirm_lease_ms // LEASE_RENEWALS)
-        self._publisher = RoundPublisher(client, settings)
+        self._publisher = Publisher(client, settings)
         self._conn: sqlite3.Connection | None = None
         self.published: int | None = None  # every outcome up to this seq is published
         self._high = 0  # the highest seq ever published here (latency counts only new ones)
@@ -90,7 +90,7 @@ class Confirmer:
             return 0
         last = rows[-1][6] if rows else self.published
         new = [ingress_ms(e) for r, e in zip(rows, entry_ids) if r[6] > self._high]
-        before = self._publisher.publish(rows, new, last)
+        before = self._publisher.publish_round(rows, new, last)
         self._beat_at = time.monotonic()
         if self._lost_since(before, conn):
             return len(rows)
