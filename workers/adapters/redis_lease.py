@@ -77,10 +77,9 @@ class LeaseKeeper:
         self._renewed_at = time.monotonic()
         return True
 
-    def keep(self, force: bool = False) -> None:
-        """Renew if due (or ``force``: after a wait that may have outlived the lease).
-        Raises LeaseLost if another writer holds it now."""
-        if not force and time.monotonic() - self._renewed_at < self._renew_ms / 1000:
+    def keep(self) -> None:
+        """Renew if due. Raises LeaseLost if another holder has it now."""
+        if time.monotonic() - self._renewed_at < self._renew_ms / 1000:
             return
         if not self.lease.renew():
             raise LeaseLost(f"lease {self.lease.owner} expired or was taken")
