@@ -3,16 +3,14 @@ outcome has waited unpublished, read from the ledger and the confirmer's record 
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from producer.errors import BetstreamError
 from workers.adapters.confirmation_publisher import read_progress
 from workers.adapters.ledger_queries import first_committed_after, outcome_seq_max
-from workers.adapters.ledger_store import connect
+from workers.adapters.ledger_store import read_ledger
 
 
 @dataclass(frozen=True)
@@ -39,16 +37,10 @@ def confirmer_health(client: redis.Redis, db: Path, busy_timeout_ms: int, lag_ma
     record = read_progress(client)
     published, beat = record if record is not None else (None, None)
     age = now_ms - beat if beat is not None else None
-    try:
-        conn = connect(db, busy_timeout_ms, readonly=True)
-    except BetstreamError:
+    got = read_ledger(db, busy_timeout_ms, lambda conn: (
+        outcome_seq_max(conn), first_committed_after(conn, published or 0)))
+    if got is None:
         return ConfirmerHealth(None, published, age, 0, lag_max_ms)
-    try:
-        committed = outcome_seq_max(conn)
-        since = first_committed_after(conn, published or 0)
-    except sqlite3.Error:
-        return ConfirmerHealth(None, published, age, 0, lag_max_ms)
-    finally:
-        conn.close()
+    committed, since = got
     waiting = max(0, now_ms - since) if since is not None else 0
     return ConfirmerHealth(committed, published, age, waiting, lag_max_ms)

@@ -14,9 +14,15 @@ from functools import lru_cache, partial
 from importlib import resources
 from itertools import chain
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
-from producer.errors import ConfigError, FencedOut, InvariantViolation, StoreError
+from producer.errors import (
+    BetstreamError,
+    ConfigError,
+    FencedOut,
+    InvariantViolation,
+    StoreError,
+)
 from producer.invariants import require
 from workers.adapters.ledger_listing import LISTING_CACHE_MB, list_round
 from workers.adapters.ledger_migrations import upgrade
@@ -70,6 +76,26 @@ def read_only_uri(path: Path | str) -> str:
     """A read-only SQLite URI for ``path``, quoted: a ``#`` or ``?`` in a file name would
     otherwise end the path, and SQLite would open (and create) another file."""
     return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
+T = TypeVar("T")
+
+
+def read_ledger(path: Path, busy_timeout_ms: int, read: Callable[[sqlite3.Connection], T]
+                ) -> T | None:
+    """``read`` on a short-lived read-only connection; None when the ledger cannot be read
+    (not created yet, its schema not yet, unreadable): for answers that say "not known"
+    rather than fail (a bet lookup, a balance, health)."""
+    try:
+        conn = connect(path, busy_timeout_ms, readonly=True)
+    except (BetstreamError, sqlite3.Error):
+        return None
+    try:
+        return read(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,

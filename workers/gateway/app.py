@@ -29,7 +29,7 @@ from workers.adapters import subscriber_tokens as tokens
 from workers.adapters.confirmation_feed import SeenSeqs, history_gap, missed_since
 from workers.adapters.confirmer_health import confirmer_health
 from workers.adapters.ledger_queries import bet_outcome
-from workers.adapters.ledger_store import connect
+from workers.adapters.ledger_store import read_ledger
 from workers.adapters.redis_connection import redis_client
 from workers.adapters.writer_health import writer_health
 from workers.gateway.fanout import FanOut, Refused, Subscriber
@@ -157,15 +157,9 @@ async def get_bet(request: Request) -> JSONResponse:
 
 
 def read_bet(settings: Settings, bet_id: str) -> dict[str, Any] | None:
-    """The bet and its outcome (first outcome of that id), from a read-only connection."""
-    try:
-        conn = connect(settings.db, settings.sqlite_busy_timeout_ms, readonly=True)
-    except Exception:
-        return None
-    try:
-        return bet_outcome(conn, bet_id)
-    finally:
-        conn.close()
+    """The bet and its outcome (first outcome of that id); None if not (yet) committed."""
+    return read_ledger(settings.db, settings.sqlite_busy_timeout_ms,
+                       lambda conn: bet_outcome(conn, bet_id))
 
 
 async def health(request: Request) -> JSONResponse:

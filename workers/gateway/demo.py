@@ -21,7 +21,7 @@ from producer.errors import BetstreamError
 from producer.signing import Keyring
 from workers.adapters import subscriber_tokens as tokens
 from workers.adapters.ledger_queries import user_balance
-from workers.adapters.ledger_store import connect
+from workers.adapters.ledger_store import read_ledger
 from workers.gateway.app import _state
 
 
@@ -42,14 +42,8 @@ async def session(request: Request) -> JSONResponse:
 
 
 def _balance(settings: Any, user_id: int) -> int | None:
-    try:
-        conn = connect(settings.db, settings.sqlite_busy_timeout_ms, readonly=True)
-    except BetstreamError:
-        return None
-    try:
-        return user_balance(conn, user_id)
-    finally:
-        conn.close()
+    return read_ledger(settings.db, settings.sqlite_busy_timeout_ms,
+                       lambda conn: user_balance(conn, user_id))
 
 
 async def place_bet(request: Request) -> JSONResponse:
