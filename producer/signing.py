@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from producer.contract import KINDS
 from producer.errors import AuthError, ForbiddenKind, KeyRetired, KeyringError
+from producer.secret_files import read_secret_file
 
 SIG_HEX_LEN: Final = 64
 KID_LEN_MAX: Final = 64
@@ -124,7 +125,8 @@ class Keyring:
     @classmethod
     def load(cls, path: Path) -> Keyring:
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            raw = json.loads(read_secret_file(Path(path), "keyring", KeyringError)
+                             .decode("utf-8"))
         except FileNotFoundError:
             raise KeyringError(f"keyring file not found: {path}") from None
         except UnicodeDecodeError as exc:  # its message quotes the byte: part of a secret

@@ -133,6 +133,18 @@ def private_redis_server(directory: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
+RUNNER_UMASK = 0o022  # the usual default (Debian, containers, CI runners)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def usual_umask() -> Iterator[None]:
+    """Files the tests write get the usual mode 0644, whatever the runner's umask: betstream
+    refuses a keyring others may write, which a umask of 002 would make every one here."""
+    before = os.umask(RUNNER_UMASK)
+    yield
+    os.umask(before)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """The session's server (one per xdist worker). A module whose tests kill, restart or

@@ -7,6 +7,7 @@ batch is either wholly durable (WAL + ``synchronous=FULL``) or not there at all.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,7 @@ STATEMENTS_CACHED_MAX: Final = 256
 # written in bulk and then only read (the live ledger has user_entries instead).
 LEDGER_BY_USER_INDEX: Final = ("CREATE INDEX IF NOT EXISTS ledger_by_user "
                                "ON transaction_ledger(user_id, entry_id)")
+PRIVATE_FILE_MODE: Final = 0o600  # ledgers, archives, backups: readable by their owner only
 
 
 def bind_plainly() -> None:
@@ -98,6 +100,20 @@ def read_ledger(path: Path, busy_timeout_ms: int, read: Callable[[sqlite3.Connec
         conn.close()
 
 
+def create_private(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600; False, leaving it as it is, when anything is
+    there already (a file, or a symlink, even a dangling one: it is never followed).
+
+    SQLite keeps the mode of an existing file and gives its -wal and -shm files the mode
+    of the database file, so a ledger, archive or backup created here stays private to
+    its owner whatever the process umask (the CLI's is 077 anyway)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        return False
+    return True
+
+
 def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
             cache_mb: int = CACHE_MB_DEFAULT) -> sqlite3.Connection:
     """A connection with the durability settings the ledger depends on."""
@@ -108,6 +124,10 @@ def connect(path: Path, busy_timeout_ms: int, readonly: bool = False,
         conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            create_private(path)  # an empty file is a new database to SQLite
+        except OSError:
+            pass  # SQLite says why it cannot open the file, as a sqlite3.Error callers handle
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                cached_statements=STATEMENTS_CACHED_MAX)
     try:

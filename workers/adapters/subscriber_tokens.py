@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from producer.errors import BetstreamError, ConfigError
+from producer.secret_files import read_secret_file
 
 VERSION: Final = "v1"
 SECRET_BYTES: Final = 32
@@ -37,7 +38,7 @@ def load_or_create_secret(path: Path) -> bytes:
         else:
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_hex(SECRET_BYTES))
-        secret = path.read_text().strip()
+        secret = read_secret_file(path, "gateway secret").decode().strip()
     except OSError as exc:
         raise ConfigError(f"gateway secret {path}: {exc}") from None
     if len(secret) < 32:
