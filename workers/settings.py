@@ -27,6 +27,11 @@ LISTING_LAG_ROWS_MIN_DEFAULT: Final = 200_000
 LISTING_SLICE_ROWS_MAX_DEFAULT: Final = 20_000
 
 
+# Added to a failover's longest time for WRITER_SILENT_MAX_MS's default: the new leader
+# bumps the epoch and claims the dead writer's pending entries before its first beat.
+WRITER_SILENT_MARGIN_MS_DEFAULT: Final = 4_500
+
+
 @dataclass(frozen=True, slots=True)
 class Listing:
     """How the writer's lister runs (settings ``LISTING_*``)."""
@@ -232,6 +237,18 @@ class Settings(BaseSettings):
                                                               "their progress")
     health_ttl_ms: int = Field(15_000, ge=1_000, description="a writer's health beacon "
                                                              "expires after this")
+    # Above a failover: a writer's last beat is up to a beat interval (HEALTH_TTL_MS / 3)
+    # old when it dies, and a standby takes over within LEASE_MS + STANDBY_POLL_MS (the
+    # default is derived, 20 s with the defaults: a longer lease must not fail validation).
+    writer_silent_max_ms: int | None = Field(
+        None, ge=1_000, le=3_600_000,
+        description="no writer's beacon (starting, leading or retrying) newer than this while "
+                    "intents wait opens the breaker; a gateway or a standby writer notices. "
+                    "Must exceed `HEALTH_TTL_MS` / 3 + `LEASE_MS` + `STANDBY_POLL_MS` (a "
+                    f"failover); default: that + {WRITER_SILENT_MARGIN_MS_DEFAULT:,} ms")
+    writer_silence_check_interval_ms: int = Field(
+        1_000, ge=10, le=60_000,
+        description="how often a gateway, and a standby writer, look for a silent writer")
     metrics_flush_interval_s: float = Field(1.0, gt=0, description="how often processes "
                                                                    "write their metrics to "
                                                                    "Redis")
@@ -249,6 +266,17 @@ class Settings(BaseSettings):
                 "shed before intents turn stale")
         if self.retry_backoff_min_ms > self.retry_backoff_max_ms:
             raise ValueError("retry_backoff_min_ms must not exceed retry_backoff_max_ms")
+        return self
+
+    @model_validator(mode="after")
+    def _writer_silence_bound(self) -> Settings:
+        if self.writer_silent_max_ms is not None and \
+                self.writer_silent_max_ms <= self.writer_failover_ms:
+            raise ValueError(
+                f"writer_silent_max_ms must exceed health_ttl_ms / 3 + lease_ms + "
+                f"standby_poll_ms ({self.writer_failover_ms} ms): a writer's last beat is up "
+                f"to a third of the beacon's TTL old when it dies, and a standby takes over "
+                f"within the lease and a poll; shorter would open the breaker on a failover")
         return self
 
     @property
@@ -273,6 +301,19 @@ class Settings(BaseSettings):
     def lease_renew_ms(self) -> int:
         """Renew well before expiry: three chances per lease period."""
         return self.lease_ms // 3
+
+    @property
+    def writer_failover_ms(self) -> int:
+        """The longest a failover leaves no live beacon: the dead writer's last beat (up
+        to a beat interval old), its lease running out, the standby's next poll."""
+        return self.health_ttl_ms // 3 + self.lease_ms + self.standby_poll_ms
+
+    @property
+    def writer_silence_bound_ms(self) -> int:
+        """``WRITER_SILENT_MAX_MS``, or its default derived from the failover's bound."""
+        if self.writer_silent_max_ms is not None:
+            return self.writer_silent_max_ms
+        return self.writer_failover_ms + WRITER_SILENT_MARGIN_MS_DEFAULT
 
     @property
     def breaker_record_path(self) -> Path:

@@ -15,7 +15,13 @@ from producer.breaker_state import (
     cooldown_s,
     retry_after_s,
 )
-from workers.core.breaker_machine import force, on_failure, on_success, on_tick
+from workers.core.breaker_machine import (
+    force,
+    on_failure,
+    on_success,
+    on_tick,
+    on_writer_silent,
+)
 
 LIM = BreakerLimits(failures_max=3, commit_max_ms=500, backlog_age_max_ms=10_000,
                     cooldown_s=5, cooldown_max_s=40, stability_s=30, half_open_share=0.25)
@@ -109,8 +115,33 @@ def test_producers_are_admitted_by_state() -> None:
     assert retry_after_s(opened_at(0), LIM, 9 * S) == 0.1, "never zero"
 
 
-events = st.lists(st.tuples(st.sampled_from(["fail", "ok", "slow", "tick", "backlog"]),
-                            st.integers(0, 20_000)), max_size=200)
+def test_a_silent_writer_opens_it_and_says_who_noticed() -> None:
+    for b in (Breaker(), half_open_at(50 * S)):
+        tripped = on_writer_silent(b, 60 * S, 12_345, 57, "gateway host:4242")
+        assert tripped.state == OPEN and tripped.since_ms == 60 * S and not tripped.forced
+        assert tripped.reason == ("writer silent for 12,345 ms with 57 intents waiting "
+                                  "(noticed by gateway host:4242)")
+        assert tripped.opened == b.opened + 1
+
+
+def test_a_silent_writer_leaves_a_forced_or_open_breaker_alone() -> None:
+    forced = force(Breaker(), OPEN, 0, "maintenance")
+    assert on_writer_silent(forced, 10 * S, 30_000, 5, "gateway") == forced
+    opened = opened_at(0)
+    assert on_writer_silent(opened, 10 * S, 30_000, 5, "gateway") == opened, (
+        "the first reason and its cool-down stay")
+
+
+def test_a_writer_back_after_silence_moves_it_on_as_after_any_fault() -> None:
+    b = on_writer_silent(Breaker(), 0, 20_000, 3, "standby writer w2")
+    assert on_tick(b, LIM, 5 * S - 1, 0).state == OPEN
+    b = on_tick(b, LIM, 5 * S, 0)
+    assert b.state == HALF_OPEN
+    assert on_success(b, LIM, 35 * S, 5, 0).state == CLOSED
+
+
+EVENTS = ["fail", "ok", "slow", "tick", "backlog", "silent"]
+events = st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, 20_000)), max_size=200)
 
 
 @settings(max_examples=300, deadline=None)
@@ -129,6 +160,8 @@ def test_never_closes_without_a_full_stability_window(seq: list[tuple[str, int]]
             b = on_success(b, LIM, t, 1, 0)
         elif event == "backlog":
             b = on_tick(b, LIM, t, 50_000)
+        elif event == "silent":
+            b = on_writer_silent(b, t, 20_000, 1, "gateway")
         else:
             b = on_tick(b, LIM, t, 0)
         if b.state == CLOSED and before.state != CLOSED:

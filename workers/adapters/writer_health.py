@@ -39,12 +39,18 @@ class WriterHealth:
                 "checked_ms": time.time_ns() // 10**6}
 
 
-def writer_health(client: redis.Redis) -> WriterHealth:
-    holder = client.get(c.KEY_WRITER_LEASE)
+def writer_beacons(client: redis.Redis) -> dict[str, dict[str, str]]:
+    """Every writer's last beacon (``HealthBeacon``) not yet expired, by consumer name."""
     writers = {}
     for key in client.scan_iter(match=f"{c.KEY_WRITER_HEALTH}:*", count=100):
         name = key.decode().rsplit(":", 1)[-1]
         writers[name] = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    return writers
+
+
+def writer_health(client: redis.Redis) -> WriterHealth:
+    holder = client.get(c.KEY_WRITER_LEASE)
+    writers = writer_beacons(client)
     state = backlog(client)
     breaker = {k.decode(): v.decode() for k, v in client.hgetall(c.KEY_BREAKER).items()}
     return WriterHealth(holder.decode() if holder else None, writers,

@@ -1,12 +1,13 @@
 """The circuit breaker's state machine: how the writer and operators move it. Pure: the
 clock is a parameter, no I/O (the state record itself: ``producer/breaker_state.py``).
 
-CLOSED -> OPEN on consecutive commit failures, a slow commit, or a backlog older than its
-limit. OPEN -> HALF_OPEN once the cool-down has passed and the backlog is back under its
-limit. HALF_OPEN -> CLOSED only after ``stability_s`` seconds of uninterrupted health
-(the seed's 30 s hysteresis); any failure in HALF_OPEN re-opens it, restarting the
-cool-down and, after it, the window. An operator may force OPEN (it then stays open until
-forced closed) or force CLOSED.
+CLOSED -> OPEN on consecutive commit failures, a slow commit, a backlog older than its
+limit, or a writer silent while intents wait (noticed by a gateway or a standby writer).
+OPEN -> HALF_OPEN once the cool-down has passed and the backlog is back under its limit.
+HALF_OPEN -> CLOSED only after ``stability_s`` seconds of uninterrupted health (the seed's
+30 s hysteresis); any failure in HALF_OPEN re-opens it, restarting the cool-down and,
+after it, the window. An operator may force OPEN (it then stays open until forced closed)
+or force CLOSED.
 """
 
 from __future__ import annotations
@@ -70,3 +71,15 @@ def force(b: Breaker, state: str, now_ms: int, reason: str) -> Breaker:
     """Operator override: forced OPEN holds until forced CLOSED."""
     forced = state == OPEN
     return replace(b.to(state, now_ms, f"forced: {reason}"), forced=forced)
+
+
+def on_writer_silent(b: Breaker, now_ms: int, silent_ms: int, waiting: int,
+                     noticed_by: str) -> Breaker:
+    """No writer has shown a sign of life for ``silent_ms`` while ``waiting`` intents wait
+    (whoever watches decides that it is long enough): producers must shed instead of
+    feeding a dead pipeline. Not forced, so a writer that comes back moves it on as after
+    any fault (cool-down, HALF_OPEN, the stability window)."""
+    if b.forced:
+        return b
+    return _trip(b, now_ms, f"writer silent for {silent_ms:,} ms with {waiting:,} intents "
+                            f"waiting (noticed by {noticed_by})")

@@ -8,6 +8,7 @@ most one batch is in flight.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import subprocess
@@ -189,6 +190,7 @@ def main() -> int:
     Frames use the original stdout; fd 1 then points at stderr so that nothing printed
     by a library can corrupt them. Exits when the writer closes its end (or dies).
     """
+    faulthandler.enable()  # not started through the cli: a fatal signal leaves a traceback
     from workers.adapters.redis_connection import redis_client
 
     rfd, wfd = 0, os.dup(1)

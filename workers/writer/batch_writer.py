@@ -30,6 +30,7 @@ from workers.adapters.intent_stream import IntentStream
 from workers.adapters.ledger_store import Store
 from workers.adapters.redis_instance import instance_marker
 from workers.adapters.redis_lease import Lease, LeaseKeeper
+from workers.adapters.writer_silence import WriterSilence
 from workers.settings import Settings
 from workers.writer.batch_pipeline import BatchPipeline, Committed, Decided
 from workers.writer.batch_source import Batch, BatchSource
@@ -70,6 +71,9 @@ class Writer:
         self._trimmed_at = 0.0
         self._deferred: Committed | None = None  # committed; finished during the next commit
         self._instance: str | None = None  # the Redis dataset's marker as we last saw it
+        self._silence = WriterSilence.from_settings(client, settings,
+                                                    f"standby writer {self.consumer}")
+        self._silence_checked = float("-inf")  # monotonic s of the last look
 
     def run(self, stop: threading.Event) -> None:
         """Lead when possible, serve until ``stop`` is set; standby otherwise."""
@@ -82,8 +86,7 @@ class Writer:
                 if self._retry("lead", self.try_lead, stop):
                     self._lead(stop)
                 else:
-                    self._hooks.on_standby(self._lease.holder())
-                    stop.wait(self._s.standby_poll_ms / 1000)
+                    self._stand_by(stop)
         finally:
             self._lease.release()
 
@@ -147,7 +150,18 @@ class Writer:
             self.pipeline = BatchPipeline(self._s, self._store)
         return True
 
+    def _stand_by(self, stop: threading.Event) -> None:
+        """Another writer leads: wait for the lease, and open the breaker if the leader
+        has gone silent while intents wait (it may have died without a word)."""
+        self._hooks.on_standby(self._lease.holder())
+        now = time.monotonic()
+        if now - self._silence_checked >= self._s.writer_silence_check_interval_ms / 1000:
+            self._silence_checked = now
+            self._silence.check(now_ms())
+        stop.wait(self._s.standby_poll_ms / 1000)
+
     def _lead(self, stop: threading.Event) -> None:
+        self._silence.forget()  # back on standby later, it watches afresh
         try:
             self._serve(stop)
         except (FencedOut, LeaseLost) as exc:
