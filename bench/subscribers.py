@@ -32,7 +32,7 @@ def measure(env: Env, rate: float, seconds: float, sockets: int) -> dict[str, An
     port = free_port()
     env.start("writer")
     env.start("confirmer")
-    env.start("gateway", "--port", str(port))
+    env.start("gateway", "--port", str(port), "--ops-port", str(free_port()))
     client = env.client()
     wait(lambda: backlog(client) is not None, 30, "the writer's consumer group")
     users = list(range(USER_FIRST, USER_FIRST + sockets))

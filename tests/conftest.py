@@ -186,6 +186,8 @@ def env(redis_server: RedisServer, tmp_path: Path, keyring_path: Path) -> dict[s
         "BETSTREAM_LOG_FORMAT": "json",
         "BETSTREAM_PROGRESS_INTERVAL_S": "1",
         "BETSTREAM_GATEWAY_SECRET_FILE": str(tmp_path / "gateway-secret"),
+        # a gateway started without --ops-port must not take another test's (or 9101)
+        "BETSTREAM_GATEWAY_OPS_PORT": str(free_port()),
         "PYTHONPATH": str(ROOT),
     }
 

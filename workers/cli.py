@@ -7,6 +7,7 @@ Operators get a clear message and an exit code, never a traceback, for expected 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ from workers.settings import Settings, load_settings
 from workers.writer.gc_tuning import tune_runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+PRIVATE_UMASK = 0o077  # files 0600, directories 0700: nothing for group or others
 
 
 def stop_on_signals() -> threading.Event:
@@ -89,20 +92,19 @@ def cmd_confirmer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from workers.gateway.app import create_app
+    from workers.gateway.app import create_apps
+    from workers.gateway.server import Listener, serve
 
     host = args.host or settings.gateway_host
     port = settings.gateway_port if args.port is None else args.port
-    if args.demo and host not in ("127.0.0.1", "localhost", "::1"):
+    if args.demo and host not in LOOPBACK_HOSTS:
         raise ConfigError("--demo hands out tokens for any user and bets with the server's "
                           "keys: it only listens on loopback (127.0.0.1)")
     ignore_sighup()
-    app = create_app(settings, demo=args.demo)
-    get_logger("betstream.gateway").info("gateway.start", url=f"http://{host}:{port}/",
-                                         demo=args.demo)
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level, access_log=False)
+    operator = Listener(args.ops_host or settings.gateway_ops_host,
+                        settings.gateway_ops_port if args.ops_port is None else args.ops_port)
+    serve(settings, create_apps(settings, demo=args.demo), Listener(host, port), operator,
+          args.demo)
     return EXIT_OK
 
 
@@ -276,9 +278,15 @@ def _add_processes(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=cmd_writer)
     cf = sub.add_parser("confirmer", help="run the confirmer: publishes every committed outcome from the ledger")
     cf.set_defaults(func=cmd_confirmer)
-    g = sub.add_parser("gateway", help="WebSocket confirmations, /bets, /health, /metrics")
+    g = sub.add_parser("gateway", help="WebSocket confirmations, /bets, /health; "
+                                        "/metrics on the operator listener")
     g.add_argument("--host", default=None, help="default BETSTREAM_GATEWAY_HOST (127.0.0.1)")
     g.add_argument("--port", type=int, default=None, help="default BETSTREAM_GATEWAY_PORT (8000)")
+    g.add_argument("--ops-host", default=None,
+                   help="operator listener (/metrics, detailed /health); default "
+                        "BETSTREAM_GATEWAY_OPS_HOST (127.0.0.1)")
+    g.add_argument("--ops-port", type=int, default=None,
+                   help="default BETSTREAM_GATEWAY_OPS_PORT (9101)")
     g.add_argument("--demo", action="store_true", help="serve the demo bet slip at /")
     g.set_defaults(func=cmd_gateway)
 
@@ -373,6 +381,11 @@ def _add_load_and_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    faulthandler.enable()  # a fatal signal (SIGBUS, SIGSEGV) leaves a traceback in the log
+    # Every file betstream creates is private to its owner: the ledger, its WAL and SHM
+    # (SQLite gives them the database file's mode), backups, archives, progress and breaker
+    # records, secrets, logs. Set before any command runs, so no file is ever created 0644.
+    os.umask(PRIVATE_UMASK)
     args = build_parser().parse_args(argv)
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     try:

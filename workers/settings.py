@@ -184,7 +184,23 @@ class Settings(BaseSettings):
                                                 "waited this long unpublished")
 
     gateway_host: str = Field("127.0.0.1", description="where the gateway listens")
-    gateway_port: int = Field(8000, ge=0, le=65_535, description="the gateway's port")
+    gateway_port: int = Field(8000, ge=0, le=65_535,
+                              description="the gateway's public port (WebSockets, bet "
+                                          "lookups, a minimal /health)")
+    gateway_ops_host: str = Field("127.0.0.1",
+                                  description="where the gateway's operator listener "
+                                              "(/metrics, detailed /health) listens; keep it "
+                                              "off the public network")
+    gateway_ops_port: int = Field(9101, ge=0, le=65_535,
+                                  description="the operator listener's port")
+    gateway_health_cache_ms: int = Field(
+        1_000, ge=0, le=60_000,
+        description="how long the public /health answer is reused, so a flood of health "
+                    "checks costs one check per interval")
+    ws_auth_timeout_ms: int = Field(
+        5_000, ge=100, le=60_000,
+        description="how long a WebSocket that brings no token in its handshake has to send "
+                    "it as its first message")
     gateway_secret_file: Path = Field(Path("./var/gateway-secret"),
                                       description="the token signing secret (created on "
                                                   "first use)")

@@ -15,10 +15,16 @@ from tests.conftest import Procs, free_port, wait_for
 class Pipeline:
     procs: Procs
     port: int
+    ops_port: int
 
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops(self) -> str:
+        """The operator listener: /metrics and the detailed /health."""
+        return f"http://127.0.0.1:{self.ops_port}"
 
     def token(self, user_id: int, *extra: str) -> str:
         done = self.procs.run("token", str(user_id), *extra)
@@ -30,28 +36,32 @@ class Pipeline:
         return connect(f"ws://127.0.0.1:{self.port}/ws?{query}", open_timeout=10)
 
 
+def gateway_args(port: int, ops_port: int) -> tuple[str, ...]:
+    return "--port", str(port), "--ops-port", str(ops_port)
+
+
 def start_pipeline(procs: Procs, demo: bool = False, **env: str) -> Pipeline:
-    port = free_port()
+    port, ops_port = free_port(), free_port()
     procs.start("writer", **env)
     procs.start("confirmer", **env)
-    procs.start("gateway", "--port", str(port), *(["--demo"] if demo else []), **env)
-    pipeline = Pipeline(procs, port)
+    procs.start("gateway", *gateway_args(port, ops_port), *(["--demo"] if demo else []), **env)
+    pipeline = Pipeline(procs, port, ops_port)
     wait_for(lambda: _healthy(pipeline), 60, "writer, confirmer and gateway to be healthy")
     return pipeline
 
 
 def start_gateway(procs: Procs, **env: str) -> Pipeline:
     """The gateway alone (no writer or confirmer): confirmations are PUBLISHed by the test."""
-    port = free_port()
-    procs.start("gateway", "--port", str(port), **env)
-    pipeline = Pipeline(procs, port)
+    port, ops_port = free_port(), free_port()
+    procs.start("gateway", *gateway_args(port, ops_port), **env)
+    pipeline = Pipeline(procs, port, ops_port)
     wait_for(lambda: _upstream_connected(pipeline), 60, "the gateway's upstream subscription")
     return pipeline
 
 
 def gateway_state(pipeline: Pipeline) -> dict:
     """The gateway's own part of /health (200 or 503: the writer may not run)."""
-    return httpx.get(f"{pipeline.http}/health", timeout=5).json().get("gateway", {})
+    return httpx.get(f"{pipeline.ops}/health", timeout=5).json().get("gateway", {})
 
 
 def _upstream_connected(pipeline: Pipeline) -> bool:

@@ -41,7 +41,7 @@ def test_each_subscriber_gets_its_own_confirmations_once(
                    if line.startswith(name))
 
     def metrics_flushed() -> str | None:
-        text = httpx.get(f"{pipe.http}/metrics").text
+        text = httpx.get(f"{pipe.ops}/metrics").text
         names = ("betstream_ingress_to_confirm_ms_count", "betstream_intents_accepted_total",
                  "betstream_ingress_to_commit_ms_count")
         return text if all(metric(text, n) >= 3 for n in names) else None
@@ -50,7 +50,7 @@ def test_each_subscriber_gets_its_own_confirmations_once(
     text = wait_for(metrics_flushed, 20, "the counts and latency histograms to be exported")
     assert 'betstream_breaker_state{state="closed"} 1.0' in text
     assert "betstream_stream_lag" in text and "betstream_confirmer_published_seq" in text
-    health = httpx.get(f"{pipe.http}/health").json()
+    health = httpx.get(f"{pipe.ops}/health").json()
     assert health["ok"] and health["breaker"]["state"] == "closed"
     confirmer = health["confirmer"]
     assert confirmer["ok"] and confirmer["published_seq"] == confirmer["committed_seq"] > 0

@@ -98,6 +98,13 @@ def test_compose_runs_redis_with_aof_everysec_and_the_writer() -> None:
     for name in ("writer", "confirmer", "gateway"):
         assert services[name]["command"][0] == name
         assert services[name]["environment"]["BETSTREAM_REDIS_URL"] == "redis://redis:6379/0"
+    gateway = services["gateway"]
+    assert gateway["ports"] == ["127.0.0.1:8000:8000"], "the public port only, never 9101"
+    assert "--ops-port" in gateway["command"]
+    mounts = {name: " ".join(services[name].get("volumes", [])) for name in services}
+    assert "keyring" not in mounts["gateway"] and "keyring" not in mounts["confirmer"]
+    assert "keyring.json:/config/keyring.json:ro" in mounts["writer"]
+    assert "ledger:/data" in mounts["confirmer"], "the confirmer reads the ledger"
     procfile = (ROOT / "Procfile").read_text()
     for line in ("writer: betstream writer", "confirmer: betstream confirmer",
                  "gateway: betstream gateway"):

@@ -19,7 +19,7 @@ import redis
 
 from producer.journal import read_journal
 from tests.conftest import Procs, free_port, wait_for
-from tests.e2e.gateway_support import Collector, Pipeline
+from tests.e2e.gateway_support import Collector, Pipeline, gateway_args
 from tests.support import confirmations, log_events, query
 from tests.torture.report import scaled
 from tests.torture.test_redis_restart import (
@@ -42,9 +42,9 @@ def test_redis_flushall_mid_load_publishes_every_committed_outcome(
         torture_report) -> None:
     row = torture_report("redis FLUSHALL mid-load (writer, confirmer, gateway)")
     writer, confirmer = start_pipeline(procs)
-    port = free_port()
-    procs.start("gateway", "--port", str(port))
-    gateway = Pipeline(procs, port)
+    port, ops_port = free_port(), free_port()
+    procs.start("gateway", *gateway_args(port, ops_port))
+    gateway = Pipeline(procs, port, ops_port)
     wait_for(lambda: _connects(gateway), 60, "the gateway")
     subscriber = Collector(gateway.ws(gateway.token(HOT_USER), since=0))
     bets = scaled(2_000, 20_000)
@@ -95,6 +95,6 @@ def _connects(gateway: Pipeline) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"{gateway.http}/health", timeout=2).json()["gateway"]["upstream"]
+        return httpx.get(f"{gateway.ops}/health", timeout=2).json()["gateway"]["upstream"]
     except (httpx.HTTPError, KeyError, ValueError):
         return False

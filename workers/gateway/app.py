@@ -1,15 +1,21 @@
-"""The gateway (Starlette): per-user WebSocket confirmations, bet lookups, health, metrics.
+"""The gateway's public port (Starlette): per-user WebSocket confirmations, bet lookups and a
+minimal health check.
 
-``/ws?token=…[&since=SEQ]`` streams the token's user's confirmations (missed ones first
-when ``since`` is given); ``/bets/{id}`` shows one of the caller's bets; ``/health`` and
-``/metrics`` are for operators; ``/`` is the demo bet slip (only with ``--demo``).
+``/ws`` streams the token's user's confirmations (missed ones first when ``since`` is
+given). The token comes in the handshake (``Authorization: Bearer``, the sub-protocols
+``betstream`` + ``bearer.<token>`` a browser can set, or ``?token=``) or as the first
+message, ``{"token": "…", "since": SEQ}``. ``/bets/{id}`` shows one of the caller's bets;
+``/health`` says ``{"ok": …}`` only; ``/`` is the demo bet slip (only with ``--demo``).
+``/metrics`` and the detailed health are on the operator listener (``operator.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,26 +23,28 @@ from typing import Any, Final
 import anyio
 import redis
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from producer.contract import now_ms
 from workers.adapters import subscriber_tokens as tokens
 from workers.adapters.confirmation_feed import SeenSeqs, history_gap, missed_since
-from workers.adapters.confirmer_health import confirmer_health
 from workers.adapters.ledger_queries import bet_outcome
 from workers.adapters.ledger_store import read_ledger
 from workers.adapters.redis_connection import redis_client
-from workers.adapters.writer_health import writer_health
+from workers.adapters.writer_silence import WriterSilence
 from workers.gateway.fanout import FanOut, Refused, Subscriber
 from workers.gateway.gc_policy import collect_fully_every, defer_full_collections
-from workers.gateway.prometheus import registry_for
+from workers.gateway.operator import CachedHealth, create_operator_app, health_report
 from workers.settings import Settings
 
+SUBPROTOCOL: Final = "betstream"  # selected when offered, so a browser accepts the socket
+TOKEN_SUBPROTOCOL_PREFIX: Final = "bearer."  # offered beside it: bearer.<token>
+FIRST_MESSAGE_LEN_MAX: Final = 1_024  # characters: a token and a seq, nothing bigger
 WS_POLICY_VIOLATION: Final = 1008  # close code: a refused token, a client too far behind
 WS_TRY_AGAIN_LATER: Final = 1013  # close code: over a connection cap
 CLOSE_WAIT_S: Final = 2.0  # for a closing handshake a client that does not read may never do
@@ -49,6 +57,7 @@ class GatewayState:
     aredis: aioredis.Redis
     redis: redis.Redis
     fanout: FanOut
+    health: CachedHealth
 
 
 def _state(request: Request | WebSocket) -> GatewayState:
@@ -62,12 +71,58 @@ def _token_of(request: Request | WebSocket) -> str | None:
     return request.query_params.get("token")
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What a subscriber presents: its token and, to resume, the last seq it has."""
+
+    token: str | None
+    since: object = None
+
+
+def _handshake_credentials(websocket: WebSocket) -> Credentials:
+    """From the handshake: ``Authorization: Bearer``, the ``bearer.<token>`` sub-protocol
+    (what a browser can set) or ``?token=``."""
+    token = _token_of(websocket)
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            token = offered[len(TOKEN_SUBPROTOCOL_PREFIX):]
+    return Credentials(token, websocket.query_params.get("since"))
+
+
+async def _first_message_credentials(websocket: WebSocket, timeout_s: float) -> Credentials:
+    """``{"token": "…", "since": SEQ}`` as the first text message, within the timeout;
+    anything else (a binary frame, other JSON, nothing) presents no token."""
+    with anyio.move_on_after(timeout_s):
+        message = await websocket.receive()
+        text = message.get("text")
+        if isinstance(text, str) and len(text) <= FIRST_MESSAGE_LEN_MAX:
+            with contextlib.suppress(ValueError):
+                body = json.loads(text)
+                if isinstance(body, dict) and isinstance(body.get("token"), str):
+                    return Credentials(body["token"], body.get("since"))
+    return Credentials(None)
+
+
+def _since(raw: object) -> int | None:
+    """The resume point: a seq >= 0 (a JSON number or digits); ValueError otherwise."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+        raise ValueError("since must be a seq (an integer >= 0)")
+    return int(raw)
+
+
 async def ws_confirmations(websocket: WebSocket) -> None:
     st = _state(websocket)
+    subprotocol = SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
+    credentials = _handshake_credentials(websocket)
+    if credentials.token is None:  # it may come as the first message: accept to read it
+        await websocket.accept(subprotocol=subprotocol)
+        credentials = await _first_message_credentials(
+            websocket, st.settings.ws_auth_timeout_ms / 1000)
     try:
-        user_id = tokens.verify(st.secret, _token_of(websocket))
-        since_raw = websocket.query_params.get("since")
-        since = int(since_raw) if since_raw is not None else None
+        user_id = tokens.verify(st.secret, credentials.token)
+        since = _since(credentials.since)
     except (tokens.TokenError, ValueError):
         await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: HTTP 403
         return
@@ -77,7 +132,8 @@ async def ws_confirmations(websocket: WebSocket) -> None:
         await _refuse(websocket, exc)
         return
     try:
-        await websocket.accept()
+        if websocket.application_state == WebSocketState.CONNECTING:
+            await websocket.accept(subprotocol=subprotocol)
         await _serve_subscriber(websocket, st, sub, since)
     finally:
         st.fanout.leave(sub)
@@ -86,11 +142,13 @@ async def ws_confirmations(websocket: WebSocket) -> None:
 async def _refuse(websocket: WebSocket, refused: Refused) -> None:
     """An HTTP status before the handshake where the server can send one, else close code
     1013 (try again later) right after it."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+    if websocket.application_state == WebSocketState.CONNECTING and (
+            "websocket.http.response" in websocket.scope.get("extensions", {})):
         await websocket.send_denial_response(
             JSONResponse({"error": str(refused)}, status_code=refused.status))
     else:
-        await websocket.accept()
+        if websocket.application_state == WebSocketState.CONNECTING:
+            await websocket.accept()
         await websocket.close(code=WS_TRY_AGAIN_LATER, reason=str(refused))
 
 
@@ -162,50 +220,30 @@ def read_bet(settings: Settings, bet_id: str) -> dict[str, Any] | None:
                        lambda conn: bet_outcome(conn, bet_id))
 
 
-async def health(request: Request) -> JSONResponse:
-    st = _state(request)
-    report = await run_in_threadpool(health_report, st)
-    return JSONResponse(report, status_code=200 if report["ok"] else 503)
+async def public_health(request: Request) -> JSONResponse:
+    """``{"ok": true|false}`` and nothing else: no hosts, pids or faults on the public port
+    (the detailed report is on the operator listener)."""
+    ok = await _state(request).health.ok()
+    return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
 
 
-def health_report(st: GatewayState) -> dict[str, Any]:
-    try:
-        st.redis.ping()
-    except redis.RedisError as exc:
-        return {"ok": False, "redis": f"unreachable: {exc}"}
-    writer = writer_health(st.redis)
-    confirmer = confirmer_health(st.redis, st.settings.db, st.settings.sqlite_busy_timeout_ms,
-                                 st.settings.confirm_lag_max_ms, time.time_ns() // 10**6)
-    gateway = {"connections": st.fanout.count, "upstream": st.fanout.connected}
-    return {
-        "ok": writer.ok and confirmer.ok and st.fanout.connected,
-        "redis": "ok",
-        "gateway": gateway,
-        "writer": writer.as_dict(),
-        "confirmer": confirmer.as_dict(),
-        "breaker": _breaker_state(st),
-    }
+async def watch_writer(st: GatewayState) -> None:
+    """Opens the breaker when no writer has shown a sign of life for the silence bound
+    while intents wait (a writer killed by a signal says nothing itself)."""
+    watcher = WriterSilence.from_settings(
+        st.redis, st.settings, noticed_by=f"gateway {socket.gethostname()}:{os.getpid()}")
+    interval_s = st.settings.writer_silence_check_interval_ms / 1000
+    while True:
+        await run_in_threadpool(watcher.check, now_ms())  # one look at a time, in order
+        await asyncio.sleep(interval_s)
 
 
-def _breaker_state(st: GatewayState) -> dict[str, Any]:
-    from workers.adapters.breaker_store import BreakerStore
-
-    b = BreakerStore(st.redis, st.settings.breaker_limits).load().breaker
-    return {"state": b.state, "reason": b.reason, "since_ms": b.since_ms, "forced": b.forced}
-
-
-async def metrics(request: Request) -> Response:
-    st = _state(request)
-    body = await run_in_threadpool(lambda: generate_latest(registry_for(st.redis)))
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-
-def create_app(settings: Settings, demo: bool = False) -> Starlette:
+def create_apps(settings: Settings, demo: bool = False) -> tuple[Starlette, Starlette]:
+    """The public app and the operator app, sharing one state (the public app runs it)."""
     routes = [
         WebSocketRoute("/ws", ws_confirmations),
         Route("/bets/{bet_id}", get_bet),
-        Route("/health", health),
-        Route("/metrics", metrics),
+        Route("/health", public_health),
     ]
     if demo:
         from workers.gateway.demo import demo_routes
@@ -216,13 +254,17 @@ def create_app(settings: Settings, demo: bool = False) -> Starlette:
     state = GatewayState(settings, tokens.load_or_create_secret(settings.gateway_secret_file),
                          aredis, redis_client(settings.redis_url), FanOut(
                              settings, aredis,
-                             lambda user, since: missed_since(aredis, user, since)))
+                             lambda user, since: missed_since(aredis, user, since)),
+                         CachedHealth(lambda: run_in_threadpool(
+                             lambda: bool(health_report(state)["ok"])),
+                             settings.gateway_health_cache_ms))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         defer_full_collections()
         tasks = [asyncio.create_task(state.fanout.run()),
-                 asyncio.create_task(collect_fully_every(settings.gateway_gc_full_interval_s))]
+                 asyncio.create_task(collect_fully_every(settings.gateway_gc_full_interval_s)),
+                 asyncio.create_task(watch_writer(state))]
         try:
             yield
         finally:
@@ -234,4 +276,4 @@ def create_app(settings: Settings, demo: bool = False) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = state
-    return app
+    return app, create_operator_app(state)

@@ -47,17 +47,21 @@ PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in
 # doubled again, slowing every SET for ~25 s (docs/performance.md). Also in
 # compose.yaml and the benchmark's Redis.
 REDIS_SERVER_TUNING: Final = ("--active-expire-effort", "10")
+KEYRING_FILE_MODE: Final = 0o600
 
 
 def ensure_keyring(path: Path, console: Console) -> None:
-    """A demo keyring with fresh random secrets, readable only by its owner."""
-    if path.exists():
-        return
+    """A demo keyring with fresh random secrets, readable only by its owner; a file already
+    at ``path`` is kept as it is."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ring = {kid: {"secret": secrets.token_urlsafe(32), "kinds": kinds}
             for kid, kinds in DEMO_KEYS.items()}
-    path.write_text(json.dumps(ring, indent=2))
-    path.chmod(0o600)
+    try:  # owner-only from the first byte, whatever the umask
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEYRING_FILE_MODE)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(ring, indent=2))
     console.print(f"created demo keyring [bold]{path}[/] (keys: {', '.join(ring)})")
 
 
@@ -196,9 +200,12 @@ def print_gateway(console: Console, settings: Settings) -> None:
     token = tokens.issue(tokens.load_or_create_secret(settings.gateway_secret_file), 1,
                          settings.token_ttl_s)
     console.print(f"bet slip    [bold]{base}/[/]  (demo users 1-5)")
-    console.print(f"health      {base}/health    metrics {base}/metrics")
+    ops = f"http://{settings.gateway_ops_host}:{settings.gateway_ops_port}"
+    console.print(f"health      {ops}/health    metrics {ops}/metrics  (operator listener)")
     console.print(f"token (user 1, {settings.token_ttl_s}s)  {token}")
-    console.print(f"websocket   ws://{settings.gateway_host}:{settings.gateway_port}/ws?token=…&since=0")
+    console.print(f"websocket   ws://{settings.gateway_host}:{settings.gateway_port}/ws?since=0  "
+                  "(token: header `Authorization: Bearer …`, or first message "
+                  '{"token": "…"})')
 
 
 def _answers(url: str) -> bool:
