@@ -295,3 +295,20 @@ def test_audit_of_a_file_that_is_not_a_ledger_exits_2_without_traceback(
     assert "Traceback" not in result.stderr, result.stderr[-500:]
     assert result.returncode == 2
     assert str(wrong) in result.stderr
+
+
+def test_paths_with_a_hash_are_the_files_named(procs: Procs, ledger: Path,
+                                               tmp_path: Path) -> None:
+    """A '#' (or '?') is part of the file name: --db audits that file, and backup copies
+    it there (a file: URI built by hand had cut the path at '#', opening an empty file)."""
+    odd = tmp_path / "odd #1 ?x"
+    odd.mkdir()
+    copy = odd / "copy#1.sqlite3"
+    backup = procs.run("backup", str(copy), BETSTREAM_DB=str(ledger))
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    result = procs.run("audit", "--db", str(copy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report(result)["ledger sums to zero"] == "ok"
+    assert sorted(p.name for p in odd.iterdir() if not p.name.endswith(("-wal", "-shm"))) \
+        == ["copy#1.sqlite3"], "no file named by a cut path was created"
+    assert not (tmp_path / "odd ").exists()
