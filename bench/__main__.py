@@ -18,7 +18,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from bench import latency, peers, subscribers, sustained
+from bench import latency, market_settlement, peers, subscribers, sustained
 from bench.harness import Env, private_env, speed_index_ms
 from bench.throughput import measure_writer, prefill
 
@@ -26,11 +26,13 @@ SIZES = {  # intents per system: the slow peers get fewer, their rate is what is
     "full": {"betstream": 300_000, "betstream_runs": 3, "naive": 20_000, "rq_simple": 5_000,
              "rq_default": 1_000, "latency_s": 30.0, "latency_rate": 3_000.0,
              "sustained_rate": 30_000.0, "sustained_s": 60.0,
-             "subscribers": 10_000, "subscribers_rate": 3_000.0, "subscribers_s": 20.0},
+             "subscribers": 10_000, "subscribers_rate": 3_000.0, "subscribers_s": 20.0,
+             "market_bets": 100_000},
     "smoke": {"betstream": 3_000, "betstream_runs": 1, "naive": 600, "rq_simple": 200,
               "rq_default": 50, "latency_s": 2.0, "latency_rate": 500.0,
               "sustained_rate": 1_000.0, "sustained_s": 3.0,
-              "subscribers": 200, "subscribers_rate": 300.0, "subscribers_s": 2.0},
+              "subscribers": 200, "subscribers_rate": 300.0, "subscribers_s": 2.0,
+              "market_bets": 2_000},
 }
 
 
@@ -70,6 +72,9 @@ def run_all(mode: str, console: Console) -> dict[str, Any]:
                   f"{sz['sustained_rate']:,.0f}/s for {sz['sustained_s']:g} s ...")
     with private_env() as env:
         results["sustained"] = sustained.measure(env, sz["sustained_rate"], sz["sustained_s"])
+    console.print(f"measuring the settlement of a {sz['market_bets']:,}-bet market ...")
+    with private_env() as env:
+        results["market_settlement"] = market_settlement.measure(env, sz["market_bets"])
     return results
 
 
@@ -112,7 +117,21 @@ def tables(results: dict[str, Any]) -> list[Table]:
                  f"CPU per intent (writer, child, Redis): {w['cpu_us_per_intent']} µs; the "
                  f"cores were {w['cores_busy']:.0%} busy; two fully busy cores would give "
                  f"{w['two_core_cap_per_s']:,}/s at this cost")
-    return [t, _latency_table(results), _sustained_table(results["sustained"])]
+    return [t, _latency_table(results), _sustained_table(results["sustained"]),
+            _market_table(results["market_settlement"])]
+
+
+def _market_table(r: dict[str, Any]) -> Table:
+    t = Table(title=f"resulting a market of {r['bets']:,} open bets")
+    for col in ("how", "seconds", "bets settled/s", "settle_market ÷ this"):
+        t.add_column(col, justify="right" if col != "how" else "left")
+    t.add_row("one settle_market (chunks)", str(r["market_s"]), f"{r['market_per_s']:,}", "1.0x")
+    t.add_row("one settle per bet", str(r["per_bet_s"]), f"{r['per_bet_per_s']:,}",
+              f"{r['ratio']:.1f}x")
+    t.caption = ("the same number of bets, the same writer, in this run; from the first intent "
+                 "pushed to the last bet committed; audit afterwards: "
+                 + ("clean" if r["audit_clean"] else "FAILED"))
+    return t
 
 
 def _latency_table(results: dict[str, Any]) -> Table:

@@ -26,6 +26,8 @@ KEYRING = {
     "frontend": {"secret": "bench-frontend-secret-0001", "kinds": ["bet"]},
     "cashier": {"secret": "bench-cashier-secret-00001", "kinds": ["deposit", "withdrawal"]},
     "settlement": {"secret": "bench-settlement-secret-1", "kinds": ["settle"]},
+    "trading": {"secret": "bench-trading-desk-secret-1",
+                "kinds": ["suspend_market", "resume_market", "settle_market"]},
 }
 
 

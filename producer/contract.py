@@ -22,7 +22,10 @@ from producer.entropy import BLOCK_BYTES, RandomBlocks
 from producer.errors import ContractError
 from producer.invariants import require
 
-KINDS: Final = ("bet", "deposit", "withdrawal", "settle")
+MARKET_KINDS: Final = ("suspend_market", "resume_market", "settle_market")  # v1.1: no user_id
+RESULTS_MAX: Final = 64  # selections a settle_market may name
+KINDS: Final = ("bet", "deposit", "withdrawal", "settle", *MARKET_KINDS)
+MARKET_USER_ID: Final = 0  # a market intent's own outcome belongs to no player
 USER_ID_MAX: Final = 2**53 - 1  # JSON-safe integer: browsers receive user ids too.
 AMOUNT_MAX: Final = 10**15  # minor units; keeps every sum far below 2**63.
 ISSUED_AT_MAX: Final = 2**53 - 1
@@ -130,8 +133,54 @@ class SettleIntent(_IntentBase):
     outcome: Literal["won", "lost", "void"]
 
 
+class _MarketIntentBase(BaseModel):
+    """Contract v1.1: an operation on a whole market, signed by a trading desk's key. It
+    names no player: its own outcome has ``user_id`` 0."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: UuidStr
+    market: Text
+    nonce: Nonce
+    issued_at: IssuedAt
+
+    @property
+    def user_id(self) -> int:
+        return MARKET_USER_ID
+
+
+class SuspendMarketIntent(_MarketIntentBase):
+    """From the batch that commits it on, bets on ``market`` are rejected
+    ``market_suspended`` (until a ``resume_market``)."""
+
+    kind: Literal["suspend_market"]
+
+
+class ResumeMarketIntent(_MarketIntentBase):
+    """Lifts a suspension: bets on ``market`` are taken again."""
+
+    kind: Literal["resume_market"]
+
+
+Result = Literal["won", "lost", "void"]
+
+
+class SettleMarketIntent(_MarketIntentBase):
+    """Results a whole market: every open bet on it settles exactly once, ``results[its
+    selection]`` if named, else ``others``; the market is then closed."""
+
+    kind: Literal["settle_market"]
+    results: Annotated[dict[Text, Result], Field(min_length=1, max_length=RESULTS_MAX)]
+    others: Literal["lost", "void"]
+
+    def result_of(self, selection: str) -> str:
+        return self.results.get(selection, self.others)
+
+
+MarketIntent = SuspendMarketIntent | ResumeMarketIntent | SettleMarketIntent
 Intent = Annotated[
-    Union[DepositIntent, WithdrawalIntent, BetIntent, SettleIntent], Field(discriminator="kind")
+    Union[DepositIntent, WithdrawalIntent, BetIntent, SettleIntent, SuspendMarketIntent,
+          ResumeMarketIntent, SettleMarketIntent], Field(discriminator="kind")
 ]
 _INTENT_ADAPTER: Final = TypeAdapter(Intent)
 
@@ -284,3 +333,23 @@ def new_settle(user_id: int, bet_id: str, outcome: str,
                intent_id: str | None = None) -> SettleIntent:
     return SettleIntent(kind="settle", bet_id=bet_id, outcome=outcome,
                         **_common(user_id, intent_id))
+
+
+def _market_common(intent_id: str | None) -> dict[str, Any]:
+    return {"id": intent_id or new_intent_id(), "nonce": new_nonce(), "issued_at": now_ms()}
+
+
+def new_suspend_market(market: str, intent_id: str | None = None) -> SuspendMarketIntent:
+    return SuspendMarketIntent(kind="suspend_market", market=market,
+                               **_market_common(intent_id))
+
+
+def new_resume_market(market: str, intent_id: str | None = None) -> ResumeMarketIntent:
+    return ResumeMarketIntent(kind="resume_market", market=market, **_market_common(intent_id))
+
+
+def new_settle_market(market: str, results: dict[str, str], others: str = "lost",
+                      intent_id: str | None = None) -> SettleMarketIntent:
+    """``results``: selection -> won/lost/void; every other selection gets ``others``."""
+    return SettleMarketIntent(kind="settle_market", market=market, results=results,
+                              others=others, **_market_common(intent_id))

@@ -31,6 +31,8 @@ KEYRING = {
     "frontend": {"secret": "frontend-test-secret-0001", "kinds": ["bet"]},
     "cashier": {"secret": "cashier-test-secret-00001", "kinds": ["deposit", "withdrawal"]},
     "settlement": {"secret": "settlement-test-secret-01", "kinds": ["settle"]},
+    "trading": {"secret": "trading-desk-test-secret-1",
+                "kinds": ["suspend_market", "resume_market", "settle_market"]},
 }
 
 
@@ -167,6 +169,7 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def keyring_path(tmp_path: Path) -> Path:
     path = tmp_path / "keyring.json"
     path.write_text(json.dumps(KEYRING))
+    path.chmod(0o600)  # as an operator keeps it: others may not read it (no warning)
     return path
 
 

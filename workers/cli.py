@@ -186,6 +186,12 @@ def cmd_statement(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_market(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.ops.market import run_market
+
+    return run_market(settings, args)
+
+
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     from workers.ops.audit import run_audit
 
@@ -333,6 +339,20 @@ def _add_operations(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--reason", help="why (required to force; recorded in the transition log)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_breaker)
+    mk = sub.add_parser("market", help="a market's state and open bets, or suspend, resume "
+                                       "or settle it (signed with a keyring key; waits for "
+                                       "the outcome)")
+    mk.add_argument("action", choices=["status", "suspend", "resume", "settle"])
+    mk.add_argument("market", metavar="MARKET")
+    mk.add_argument("--result", action="append", metavar="SEL=RESULT",
+                    help="settle: a selection's result, won|lost|void (repeat)")
+    mk.add_argument("--others", choices=["lost", "void"], default="lost",
+                    help="settle: the result of every selection not named (default lost)")
+    mk.add_argument("--kid", help="the keyring key to sign with (default: the first allowed)")
+    mk.add_argument("--wait", type=float, default=None, metavar="S",
+                    help="seconds to wait for the outcome (default 30)")
+    mk.add_argument("--json", action="store_true")
+    mk.set_defaults(func=cmd_market)
     st = sub.add_parser("settings", help="print every BETSTREAM_* setting with its default "
                                          "and meaning (docs/settings.md)")
     st.set_defaults(func=cmd_settings)

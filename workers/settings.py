@@ -251,6 +251,10 @@ class Settings(BaseSettings):
 
     progress_interval_s: float = Field(5.0, gt=0, description="how often processes log "
                                                               "their progress")
+    settle_chunk_bets_max: int = Field(
+        5_000, ge=1, le=100_000,
+        description="bets of a market being resulted (settle_market) that one batch settles: "
+                    "other intents wait at most one such chunk")
     health_ttl_ms: int = Field(15_000, ge=1_000, description="a writer's health beacon "
                                                              "expires after this")
     # Above a failover: a writer's last beat is up to a beat interval (HEALTH_TTL_MS / 3)

@@ -44,6 +44,9 @@ def test_bench_smoke_prints_the_table_and_writes_json_and_png(tmp_path: Path) ->
     framed = results["subscribers"]
     assert framed["frames"] == framed["intents"] > 0, "every confirmation reached a socket"
     assert "with WebSockets: the frame" in done.stdout
+    market = results["market_settlement"]
+    assert market["market_per_s"] > 0 and market["per_bet_per_s"] > 0, "both ways measured"
+    assert market["audit_clean"] is True and "resulting a market of" in done.stdout
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None,

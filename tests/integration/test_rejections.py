@@ -582,6 +582,48 @@ def test_settling_a_bet_twice_is_rejected_already_settled(w: RunningWriter) -> N
     assert query(w.db, "SELECT status FROM bets WHERE id = ?", (bet["id"],)) == [("won",)]
 
 
+def market_body(kind: str, market: str) -> dict[str, Any]:
+    """A contract-v1.1 market intent: no user_id."""
+    return {"id": str(uuid.uuid4()), "kind": kind, "market": market, "nonce": new_nonce(),
+            "issued_at": now_ms()}
+
+
+def test_a_bet_on_a_suspended_market_is_rejected_market_suspended(w: RunningWriter) -> None:
+    """The stake stays with the player; the market's other bettors see the same."""
+    user = new_user()
+    w.deposit(user, 1_000)
+    market = f"m-{uuid.uuid4().hex[:8]}"
+    suspend = market_body("suspend_market", market)
+    send(w.client, w.key("trading"), suspend)
+    assert wait_outcome(w.db, suspend["id"])["status"] == "accepted"
+    bet = body("bet", user, amount=100, market=market, selection="home", odds="2.50")
+    send(w.client, w.key("frontend"), bet)
+    out = wait_outcome(w.db, bet["id"])
+    assert (out["status"], out["reason"], out["balance"]) == (
+        "rejected", "market_suspended", 1_000)
+    w.assert_still_serving()
+    assert balances(w.db)[user] == 1_000
+
+
+def test_a_closed_market_takes_no_bet_and_no_suspension(w: RunningWriter) -> None:
+    """A market settled as a whole is closed for good (its state as the ledger records it)."""
+    user = new_user()
+    w.deposit(user, 1_000)
+    market = f"m-{uuid.uuid4().hex[:8]}"
+    with sqlite3.connect(w.db) as conn:
+        conn.execute("INSERT INTO markets(market, state, updated_seq) VALUES (?, 'closed', 0)",
+                     (market,))
+    bet = body("bet", user, amount=100, market=market, selection="home", odds="2.50")
+    suspend = market_body("suspend_market", market)
+    send(w.client, w.key("frontend"), bet)
+    send(w.client, w.key("trading"), suspend)
+    assert [(o["status"], o["reason"]) for o in (wait_outcome(w.db, i["id"])
+                                                 for i in (bet, suspend))] == [
+        ("rejected", "market_closed"), ("rejected", "market_closed")]
+    w.assert_still_serving()
+    assert balances(w.db)[user] == 1_000
+
+
 def test_every_rejection_reason_is_covered_here() -> None:
     """Guard: a new reason in workers/core/decision.py must get a test in this module."""
     import sys

@@ -76,7 +76,7 @@ def test_a_schema_2_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
     """A file from before archival keeps its rows and gets the new tables and trigger."""
     path = tmp_path / "old.sqlite3"
     schema = schema_sql()
-    old = (schema.replace("('schema_version', 5)", "('schema_version', 2)")
+    old = (schema.replace(f"('schema_version', {SCHEMA_VERSION})", "('schema_version', 2)")
            .replace("WHEN OLD.batch_no > COALESCE((SELECT through_batch FROM archive_anchor), 0)\n",
                     ""))
     conn = sqlite3.connect(path)
@@ -102,7 +102,8 @@ def test_a_schema_3_ledger_loses_the_unread_market_index_and_keeps_its_rows(
     path = tmp_path / "v3.sqlite3"
     schema = schema_sql()
     conn = sqlite3.connect(path)
-    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 3)"))
+    conn.executescript(schema.replace(f"('schema_version', {SCHEMA_VERSION})",
+                                      "('schema_version', 3)"))
     conn.execute("CREATE INDEX bets_by_market ON bets(market, status)")
     conn.execute("INSERT INTO bets VALUES (1, 'b', 7, 'm', 's', '2.00', 10, 'open', NULL)")
     conn = _upgraded(conn, path)
@@ -126,7 +127,8 @@ def _schema_4_file(path: Path) -> sqlite3.Connection:
     """A ledger as version 4 made it: ledger_by_user, and no user_entries or mark."""
     schema = schema_sql()
     conn = sqlite3.connect(path)
-    conn.executescript(schema.replace("('schema_version', 5)", "('schema_version', 4)"))
+    conn.executescript(schema.replace(f"('schema_version', {SCHEMA_VERSION})",
+                                      "('schema_version', 4)"))
     conn.executescript("DROP TABLE user_entries; DELETE FROM meta WHERE key = "
                        "'user_entries_through'; CREATE INDEX ledger_by_user ON "
                        "transaction_ledger(user_id, entry_id);")
@@ -144,7 +146,7 @@ def test_a_schema_4_ledger_lists_its_rows_in_user_entries_and_drops_the_index(
             (3, "t2", 2, 9, 4, "deposit", "t2", 0), (4, "t2", 2, 0, -4, "deposit", "t2", 0)]
     conn.executemany("INSERT INTO transaction_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn = _upgraded(conn, path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (5,)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("SELECT user_id, entry_id FROM user_entries ORDER BY entry_id"
                         ).fetchall() == [(5, 1), (9, 3)]
     assert conn.execute("SELECT value FROM meta WHERE key = 'user_entries_through'"
@@ -179,3 +181,18 @@ def test_a_fully_archived_schema_4_ledger_gets_mark_0_and_its_statements_stay_si
     house = statement(path, -1)
     assert [(ln.entry_id, ln.amount) for ln in house.lines] == [(carry_entry_id(-1), 2)]
     assert house.consistent
+
+
+def test_a_schema_5_ledger_gains_the_markets_table(tmp_path: Path) -> None:
+    """Version 6 adds market states (contract v1.1); every market of an older file is open."""
+    path = tmp_path / "v5.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(schema_sql().replace(f"('schema_version', {SCHEMA_VERSION})",
+                                            "('schema_version', 5)"))
+    conn.execute("DROP TABLE markets")
+    conn.commit()
+    conn = _upgraded(conn, path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                        ).fetchone() == (SCHEMA_VERSION,) == (6,)
+    assert conn.execute("SELECT COUNT(*) FROM markets").fetchone() == (0,)
+    conn.close()

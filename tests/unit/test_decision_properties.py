@@ -30,7 +30,9 @@ from producer.contract import (
     ODDS_MIN_X100,
     BetIntent,
     DepositIntent,
+    ResumeMarketIntent,
     SettleIntent,
+    SuspendMarketIntent,
     WithdrawalIntent,
     intent_body,
 )
@@ -102,8 +104,11 @@ SETTLE = st.tuples(st.just("settle"), st.integers(0, 1) | st.integers(0, 3) | st
 # a bet immediately followed by its settlement (batch cuts may still separate the two)
 BET_THEN_SETTLE = st.tuples(st.just("bet+settle"), st.sampled_from(DEPOSITORS), SMALL, ODDS,
                             st.integers(0, 2), st.sampled_from(["won", "lost", "void"]))
+# bets are all on "final"; a market operation names it, or a market nobody bets on
+MARKET_OP = st.tuples(st.sampled_from(["suspend_market", "resume_market"]),
+                      st.sampled_from(["final", "final", "other"]))
 BASE_OPS = st.one_of(DEPOSIT, DEPOSIT, WITHDRAWAL, BET_SMALL, BET_SMALL, BET_SMALL, BET_ANY,
-                     SETTLE, SETTLE, SETTLE, BET_THEN_SETTLE, BET_THEN_SETTLE)
+                     SETTLE, SETTLE, SETTLE, BET_THEN_SETTLE, BET_THEN_SETTLE, MARKET_OP)
 OPS = st.one_of(
     *[BASE_OPS] * 10,
     st.tuples(st.just("pre"), st.sampled_from(PRE_REASONS), BASE_OPS),
@@ -184,6 +189,9 @@ def make_intent(op: tuple, intent_id: str, bet_ids: list[tuple[str, int]]) -> An
         bet_ids.append((intent_id, op[1]))
         return BetIntent(kind="bet", user_id=op[1], amount=op[2], market="final",
                          selection="home", odds=odds_text(op[3], op[4]), **common)
+    if kind in ("suspend_market", "resume_market"):
+        intent_type = SuspendMarketIntent if kind == "suspend_market" else ResumeMarketIntent
+        return intent_type(kind=kind, market=op[1], **common)
     if kind == "settle_exact":
         return SettleIntent(kind="settle", user_id=op[3], bet_id=op[1], outcome=op[2], **common)
     _, ref, outcome, who = op
@@ -209,6 +217,7 @@ class Ledger:
 
     balances: dict[int, int] = field(default_factory=lambda: {a: 0 for a in SYSTEM_ACCOUNTS})
     bets: dict[str, BetState] = field(default_factory=dict)
+    markets: dict[str, str] = field(default_factory=dict)
     by_id: dict[str, OutcomeRow] = field(default_factory=dict)
     by_entry: dict[str, OutcomeRow] = field(default_factory=dict)
     heads: Heads = Heads(0, 0, 0, GENESIS_HASH)
@@ -226,7 +235,8 @@ class Ledger:
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
         settles = {c.intent.bet_id for c in fresh if isinstance(c.intent, SettleIntent)}
         book = Book({a: self.balances[a] for a in wanted if a in self.balances},
-                    {b: msgspec.structs.replace(self.bets[b]) for b in settles if b in self.bets})
+                    {b: msgspec.structs.replace(self.bets[b]) for b in settles if b in self.bets},
+                    {m: st for m, st in self.markets.items() if st != "open"})
         decisions, book = decide_batch(fresh, book)
         if not decisions:
             return []
@@ -244,6 +254,8 @@ class Ledger:
                                                    outcome.seq)
             if d.settled_bet:
                 self.bets[d.settled_bet.id].status = d.settled_bet.status
+        for change, _ in write.market_changes:
+            self.markets[change.market] = change.state
         for o in write.outcomes:
             if o.reason != "id_conflict":
                 self.by_id.setdefault(o.id, o)
@@ -268,6 +280,7 @@ def reference(cands: list[Candidate]) -> tuple[list[tuple], dict[int, int]]:
     """
     bal: dict[int, int] = {0: 0, -1: 0, -2: 0}
     bets: dict[str, list] = {}  # id -> [owner, stake, odds Fraction, status]
+    suspended: set[str] = set()  # markets whose bets are refused
     first_sha: dict[str, bytes] = {}
     out: list[tuple] = []
 
@@ -279,16 +292,23 @@ def reference(cands: list[Candidate]) -> tuple[list[tuple], dict[int, int]]:
         if cand.id in first_sha:
             if first_sha[cand.id] == cand.body_sha:
                 continue  # a repeat: its original outcome again, no new decision
-            out.append((cand.id, "rejected", "id_conflict", bal.get(user)))
+            out.append((cand.id, "rejected", "id_conflict", bal.get(user) if user > 0 else None))
             continue
         first_sha[cand.id] = cand.body_sha
+        shown = bal.get(user) if user > 0 else None  # a market's outcome shows no balance
         if cand.pre_reason:
-            out.append((cand.id, "rejected", cand.pre_reason, bal.get(user)))
+            out.append((cand.id, "rejected", cand.pre_reason, shown))
             continue
         it = cand.intent
         change: dict[int, int] = {}
         reason = None
-        if it.kind == "deposit":
+        if it.kind in ("suspend_market", "resume_market"):
+            (suspended.add if it.kind == "suspend_market" else suspended.discard)(it.market)
+            out.append((cand.id, "accepted", None, None))
+            continue
+        if it.kind == "bet" and it.market in suspended:
+            reason = "market_suspended"
+        elif it.kind == "deposit":
             change = {0: -it.amount, user: it.amount}
         elif it.kind in ("withdrawal", "bet"):
             if user not in bal:
@@ -384,13 +404,15 @@ def test_ledger_invariants_hold_after_every_decision(ops: list[tuple], cuts: lis
             assert d.postings == () and d.new_bet is None and d.settled_bet is None
             assert d.reason in REASONS
             continue
-        assert d.reason is None and d.postings
+        assert d.reason is None
+        assert bool(d.postings) != (d.market_change is not None), "money moves, or a market"
         assert sum(amount for _, amount in d.postings) == 0
         for account, amount in d.postings:
             running[account] += amount
             assert account <= 0 or running[account] >= 0, f"player {account} below zero"
             assert abs(running[account]) <= BALANCE_ABS_MAX
-        assert d.balance == running[d.candidate.user_id]
+        user = d.candidate.user_id
+        assert d.balance == (running[user] if user > 0 else None)
         assert sum(running.values()) == 0
     assert all(ledger.balances.get(a, 0) == v for a, v in running.items())
     assert all(v == running[a] for a, v in ledger.balances.items())

@@ -56,8 +56,7 @@ class Publisher:
         if not rows:
             return
         s, users = self._s, [int(row[USER_FIELD]) for row in rows]
-        datas = [json.dumps(dict(zip(MESSAGE_FIELDS, row, strict=True)), separators=(",", ":"))
-                 for row in rows]
+        datas = [json.dumps(_message(row), separators=(",", ":")) for row in rows]
         self._script(keys=[c.STREAM_CONFIRMATIONS, *map(c.user_confirmations, users)],
                      args=[s.confirmations_len_max, s.user_confirmations_len_max,
                            s.user_confirmations_ttl_s, *datas, *map(c.user_channel, users)],
@@ -90,3 +89,12 @@ def read_progress(client: redis.Redis) -> tuple[int, int] | None:
     if got[0] is None or got[1] is None:
         return None
     return int(got[0]), int(got[1])
+
+
+def _message(row: Sequence[Any]) -> dict[str, Any]:
+    """A confirmation: MESSAGE_FIELDS, and a settle's bet_id, result and payout when the
+    row carries them (one more element)."""
+    message = dict(zip(MESSAGE_FIELDS, row[:len(MESSAGE_FIELDS)], strict=True))
+    if len(row) > len(MESSAGE_FIELDS):
+        message.update(row[len(MESSAGE_FIELDS)])
+    return message

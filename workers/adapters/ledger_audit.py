@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from producer.contract import MARKET_KINDS
 from producer.errors import ConfigError
 from workers.adapters.ledger_listing import LISTED_ACCOUNT_MIN, MARK_SQL, has_user_entries
 from workers.adapters.ledger_store import connect
@@ -20,6 +21,7 @@ from workers.core.hash_chain import GENESIS_HASH, batch_hash
 EXAMPLES_MAX: Final = 5  # offending ids shown per failed check
 # Outcomes and bets up to this seq may have their ledger rows in archive files.
 ANCHOR_SEQ: Final = "(SELECT COALESCE(MAX(seq_max), 0) FROM archive_anchor)"
+_MARKET_KINDS_SQL: Final = ", ".join(f"'{kind}'" for kind in MARKET_KINDS)  # they move no money
 LISTED_THROUGH: Final = f"COALESCE(({MARK_SQL}), 0)"  # unclamped: a negative mark fails
 
 
@@ -151,10 +153,15 @@ CHECKS: Final = (
           "bets settled other than once"),
     # NOT IN builds one temporary index of txn_id; a correlated NOT EXISTS would scan the
     # ledger once per outcome (txn_id has no index: it would cost the writer a page write).
-    _none("every accepted outcome is in the ledger",
+    _none("every accepted outcome is in the ledger",  # but a market's: it moves no money
           "SELECT o.id FROM outcomes o WHERE o.status = 'accepted' "
-          f"AND o.seq > {ANCHOR_SEQ} AND o.id NOT IN (SELECT txn_id FROM transaction_ledger)",
+          f"AND o.seq > {ANCHOR_SEQ} AND o.kind NOT IN ({_MARKET_KINDS_SQL}) "
+          "AND o.id NOT IN (SELECT txn_id FROM transaction_ledger)",
           "accepted outcomes without ledger rows"),
+    _none("a resulted market has no open bet",
+          "SELECT market FROM markets WHERE state = 'closed' "
+          "AND market IN (SELECT market FROM bets WHERE status = 'open')",
+          "closed markets with open bets"),
     _none("escrow holds exactly the open stakes",
           "SELECT id FROM users WHERE id = -2 AND balance != "
           "(SELECT COALESCE(SUM(stake), 0) FROM bets WHERE status = 'open')",

@@ -37,6 +37,9 @@ STEPS: Final[dict[int, tuple[str, ...]]] = {
         "DROP INDEX IF EXISTS ledger_by_user",
         "UPDATE meta SET value = 5 WHERE key = 'schema_version'",
     ),
+    5: (  # 6: market states (contract v1.1); the table itself comes from schema.sql
+        "UPDATE meta SET value = 6 WHERE key = 'schema_version'",
+    ),
 }
 
 

@@ -11,6 +11,8 @@ import sqlite3
 from collections import Counter
 from typing import Any, Final
 
+from workers.core.decision import payout
+
 
 def first_outcome(table: str = "") -> str:
     """An intent id's first outcome (later entries with the id but another body are
@@ -83,17 +85,26 @@ def outcome_ids_through(conn: sqlite3.Connection, seq_max: int) -> set[str]:
     return {i for (i,) in conn.execute("SELECT id FROM outcomes WHERE seq <= ?", (seq_max,))}
 
 
-_OUTCOMES_AFTER: Final = ("SELECT id, kind, user_id, status, reason, balance, seq, committed_at, "
-                          "0, detail, entry_id FROM outcomes WHERE seq > ? ORDER BY seq LIMIT ?")
+# A settle's outcome also names its bet, the result and the payout (the bet settled by it).
+_OUTCOMES_AFTER: Final = (
+    "SELECT o.id, o.kind, o.user_id, o.status, o.reason, o.balance, o.seq, o.committed_at, 0, "
+    "o.detail, o.entry_id, b.id, b.status, b.stake, b.odds FROM outcomes o "
+    "LEFT JOIN bets b ON o.kind = 'settle' AND b.settled_seq = o.seq "
+    "WHERE o.seq > ? ORDER BY o.seq LIMIT ?")
 
 
 def outcomes_after(conn: sqlite3.Connection, seq: int, limit: int
                    ) -> tuple[list[tuple], list[str]]:
     """Up to ``limit`` outcomes after ``seq``, in seq order: confirmation rows (values in
-    MESSAGE_FIELDS order, ``duplicate`` false) and their stream entry ids."""
+    MESSAGE_FIELDS order, ``duplicate`` false; a settle's then has its bet's ``bet_id``,
+    ``result`` and ``payout`` as a last element) and their stream entry ids."""
     rows, entry_ids = [], []
-    for *row, entry_id in conn.execute(_OUTCOMES_AFTER, (seq, limit)):
+    for *row, entry_id, bet_id, result, stake, odds in conn.execute(_OUTCOMES_AFTER,
+                                                                   (seq, limit)):
         row[8] = False
+        if bet_id is not None:  # a settlement: what it paid the player
+            row.append({"bet_id": bet_id, "result": result,
+                        "payout": {"won": payout(stake, odds), "void": stake}.get(result, 0)})
         rows.append(tuple(row))
         entry_ids.append(entry_id)
     return rows, entry_ids
@@ -104,3 +115,25 @@ def first_committed_after(conn: sqlite3.Connection, seq: int) -> int | None:
     row = conn.execute("SELECT committed_at FROM outcomes WHERE seq > ? ORDER BY seq LIMIT 1",
                        (seq,)).fetchone()
     return row[0] if row else None
+
+
+def market_status(conn: sqlite3.Connection, market: str) -> dict[str, Any]:
+    """A market's state (``open`` when the ledger never named it), the outcome that set
+    it, and its open bets (count, stakes). A scan of bets: an operator's question, not the
+    writer's (there is no index by market, on purpose: docs/ledger.md)."""
+    row = conn.execute("SELECT state, updated_seq FROM markets WHERE market = ?",
+                       (market,)).fetchone()
+    bets, stakes = conn.execute("SELECT COUNT(*), COALESCE(SUM(stake), 0) FROM bets "
+                                "WHERE market = ? AND status = 'open'", (market,)).fetchone()
+    return {"market": market, "state": row[0] if row else "open",
+            "since_seq": row[1] if row else None, "open_bets": bets, "open_stakes": stakes}
+
+
+def outcome_of(conn: sqlite3.Connection, intent_id: str) -> dict[str, Any] | None:
+    """The first outcome of an intent id, as a confirmation shows it; None until committed."""
+    row = conn.execute(f"SELECT id, kind, user_id, status, reason, balance, seq, committed_at, "
+                       f"detail FROM outcomes WHERE {first_outcome()} AND id = ?",
+                       (intent_id,)).fetchone()
+    keys = ("id", "kind", "user_id", "status", "reason", "balance", "seq", "committed_at",
+            "detail")
+    return dict(zip(keys, row)) if row else None

@@ -33,7 +33,7 @@ from workers.core.decision import BetState
 from workers.core.hash_chain import GENESIS_HASH
 from workers.settings import Listing
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
 WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
@@ -334,11 +334,33 @@ class Store:
     def load_bets(self, bet_ids: Iterable[str]) -> dict[str, BetState]:
         out: dict[str, BetState] = {}
         for chunk in _chunks(sorted(set(bet_ids)), self._vars_per_read()):
-            sql = ("SELECT b.id, b.user_id, b.stake, b.odds, b.status, b.seq FROM outcomes o "
+            sql = ("SELECT b.id, b.user_id, b.stake, b.odds, b.status, b.seq, b.market, "
+                   "b.selection FROM outcomes o "
                    f"JOIN bets b ON b.seq = o.seq WHERE {first_outcome('o')} "
                    f"AND o.id IN ({_marks(chunk)})")
             for row in self._read(sql, chunk):
                 out[row[0]] = BetState(*row)
+        return out
+
+    def load_settlements(self) -> list[tuple[str, str, int]]:
+        """(market, settlement JSON, settled_through) of every market being settled."""
+        return self._read("SELECT market, settlement, settled_through FROM markets "
+                          "WHERE state = 'settling' ORDER BY updated_seq", ())
+
+    def open_bets_after(self, market: str, after_seq: int, limit: int) -> list[BetState]:
+        """Up to ``limit`` open bets on ``market`` placed after ``after_seq``, in bet order
+        (a walk of bets by seq from there: there is no index by market, on purpose)."""
+        rows = self._read("SELECT id, user_id, stake, odds, status, seq, market, selection "
+                          "FROM bets WHERE seq > ? AND market = ? AND status = 'open' "
+                          "ORDER BY seq LIMIT ?", (after_seq, market, limit))
+        return [BetState(*row) for row in rows]
+
+    def load_markets(self, markets: Iterable[str]) -> dict[str, str]:
+        """The state of each of these markets the ledger names (absent: open)."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(markets)), self._vars_per_read()):
+            out.update(self._read(f"SELECT market, state FROM markets WHERE market IN "
+                                  f"({_marks(chunk)})", chunk))
         return out
 
     def _vars_per_read(self) -> int:
@@ -389,6 +411,14 @@ class Store:
         require(cur.rowcount == len(batch.settled_bets) or not batch.settled_bets,
                 "a settled bet was not open on disk")
         self._insert_outcomes(batch)
+        self._conn.executemany(  # few rows, and rarely any
+            "INSERT INTO markets(market, state, updated_seq, settlement, settled_through) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(market) DO UPDATE SET state = excluded.state, "
+            "updated_seq = excluded.updated_seq, "
+            "settlement = COALESCE(excluded.settlement, markets.settlement), "
+            "settled_through = COALESCE(excluded.settled_through, markets.settled_through)",
+            [(ch.market, ch.state, seq, ch.settlement, ch.settled_through)
+             for ch, seq in batch.market_changes])
         self._conn.execute(
             "INSERT INTO batches(batch_no, epoch, rows, prev_hash, hash, committed_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",

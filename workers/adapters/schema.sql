@@ -1,5 +1,5 @@
--- betstream ledger schema, version 5 (2: bets keyed by seq; 3: archival; 4: no bets_by_market;
--- 5: user_entries instead of the ledger_by_user index). Table names follow
+-- betstream ledger schema, version 6 (2: bets keyed by seq; 3: archival; 4: no bets_by_market;
+-- 5: user_entries instead of the ledger_by_user index; 6: markets). Table names follow
 -- the seed audit.
 -- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).
 
@@ -79,6 +79,20 @@ CREATE TABLE IF NOT EXISTS bets (
 -- Archival finds the bets settled before its cutoff (appends: settled_seq only grows).
 CREATE INDEX IF NOT EXISTS bets_by_settled ON bets(settled_seq) WHERE settled_seq IS NOT NULL;
 
+-- Markets that are not simply open (contract v1.1): suspended (bets rejected
+-- market_suspended until resumed), settling (a settle_market committed: its open bets are
+-- being settled in chunks, settlement holds its id and results, settled_through the last bet
+-- seq done) or closed (resulted: market_closed for good). updated_seq is the outcome that
+-- set the state. A market never named here is open.
+CREATE TABLE IF NOT EXISTS markets (
+    market          TEXT    PRIMARY KEY,
+    state           TEXT    NOT NULL
+                    CHECK (state IN ('open', 'suspended', 'settling', 'closed')),
+    updated_seq     INTEGER NOT NULL,
+    settlement      TEXT,
+    settled_through INTEGER
+) WITHOUT ROWID;
+
 -- One row per outcome; seq is the monotonic confirmation sequence number.
 -- entry_id (the stream entry) is unique: a redelivered entry never gets a second outcome.
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -124,6 +138,6 @@ CREATE TABLE IF NOT EXISTS batches (
     committed_at INTEGER NOT NULL
 );
 
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 5), ('epoch', 0),
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 6), ('epoch', 0),
     ('user_entries_through', 0);
 INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0);

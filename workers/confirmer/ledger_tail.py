@@ -33,6 +33,7 @@ from workers.adapters.confirmer_progress import load_progress, save_progress
 from workers.adapters.ledger_queries import outcome_seq_max, outcomes_after
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_lease import Lease, LeaseKeeper
+from workers.core.decision import WRITER_ENTRY_PREFIX
 from workers.core.intake import ingress_ms
 from workers.logs import get_logger
 from workers.settings import Settings
@@ -89,7 +90,9 @@ class Confirmer:
         if not rows and not self._beat_due():
             return 0
         last = rows[-1][6] if rows else self.published
-        new = [ingress_ms(e) for r, e in zip(rows, entry_ids) if r[6] > self._high]
+        # (the writer's own settles came in by no stream entry: no ingress to measure from)
+        new = [ingress_ms(e) for r, e in zip(rows, entry_ids)
+               if r[6] > self._high and not e.startswith(WRITER_ENTRY_PREFIX)]
         before = self._publisher.publish_round(rows, new, last)
         self._beat_at = time.monotonic()
         if self._lost_since(before, conn):

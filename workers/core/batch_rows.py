@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
 
 from producer.errors import InvariantViolation
 from producer.invariants import require
-from workers.core.decision import ACCEPTED, BetState, Candidate, Decision
+from workers.core.decision import ACCEPTED, BetState, Candidate, Decision, MarketChange
 from workers.core.hash_chain import LedgerRow, batch_hash
 
 
@@ -79,11 +79,15 @@ class BatchWrite:
     prev_hash: str
     hash: str
     after: Heads  # the store's heads once this batch is committed
+    # (change, seq of the outcome that made it), in order: the last one per market wins
+    market_changes: list[tuple[MarketChange, int]] = field(default_factory=list)
 
 
-def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int) -> BatchWrite:
+def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int,
+                chunk: MarketChange | None = None) -> BatchWrite:
     """Rows for one transaction, built anew (the decisions are left as they are); checks
-    that every transaction's postings sum to zero. (Names bound to locals: this loop runs
+    that every transaction's postings sum to zero. ``chunk``: where a market settlement
+    stands once this batch (which settles its next chunk) commits. (Names bound to locals: this loop runs
     for every intent of a batch.)"""
     batch_no = heads.batch_no + 1
     outcomes: list[OutcomeRow] = []
@@ -115,13 +119,23 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
                 d.settled_bet.id)
             require(bet_seq is not None, "a settled bet must have been placed")
             settled.append((d.settled_bet.status, seq, bet_seq))
+    markets = _market_changes(decisions, outcomes, chunk, seq)
     digest = batch_hash(heads.hash, ledger)
     after = Heads(seq, batch_no, entry_id, digest)
     return BatchWrite(
         epoch, batch_no, now, outcomes, ledger, new_bets, settled,
         [(acc, delta, now) for acc, delta in deltas.items()],  # 0 too: the account must exist
-        heads.hash, digest, after,
+        heads.hash, digest, after, markets,
     )
+
+
+def _market_changes(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow],
+                    chunk: MarketChange | None, last_seq: int) -> list[tuple[MarketChange, int]]:
+    """Each market change with the seq of the outcome that made it, in order; a settlement
+    chunk's cursor last, as of the batch's last outcome."""
+    changes = [(d.market_change, o.seq) for d, o in zip(decisions, outcomes)
+               if d.market_change is not None]
+    return changes + [(chunk, last_seq)] if chunk is not None else changes
 
 
 def _posts(d: Decision) -> bool:

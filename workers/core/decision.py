@@ -15,9 +15,11 @@ from typing import Final
 import msgspec
 
 from producer.contract import (
+    MARKET_KINDS,
     BetIntent,
     DepositIntent,
     Intent,
+    MarketIntent,
     SettleIntent,
     odds_x100,
 )
@@ -36,7 +38,20 @@ REJECTED: Final = "rejected"
 REASONS: Final = (
     "insufficient_funds", "duplicate", "stale", "replay", "unknown_user", "invalid",
     "forbidden_kind", "unknown_bet", "already_settled", "id_conflict",
+    "market_suspended", "market_closed",
 )
+# A market's state as the ledger keeps it (table markets); a market never named there is
+# open. Closed is for good: no bet, suspension or resumption after it.
+MARKET_OPEN: Final = "open"
+MARKET_SUSPENDED: Final = "suspended"
+MARKET_SETTLING: Final = "settling"  # a settle_market committed; its bets settle in chunks
+MARKET_CLOSED: Final = "closed"
+MARKET_RESULTED: Final = (MARKET_SETTLING, MARKET_CLOSED)
+_MARKET_REFUSALS: Final = {MARKET_SUSPENDED: "market_suspended",
+                           MARKET_SETTLING: "market_closed", MARKET_CLOSED: "market_closed"}
+# Stream entry ids are "<ms>-<n>"; an entry id with this prefix is the writer's own work
+# (a bet settled for a settle_market), never something read from the stream.
+WRITER_ENTRY_PREFIX: Final = "writer:"
 
 
 # Records made for every intent (Candidate, Decision, BetState, and batch.OutcomeRow) are
@@ -78,6 +93,17 @@ class BetState(msgspec.Struct, gc=False):
     odds: str
     status: str  # open | won | lost | void
     seq: int | None = None  # seq of the outcome that placed it (None until committed)
+    market: str = ""
+    selection: str = ""
+
+
+class MarketChange(msgspec.Struct, gc=False):  # never mutated
+    """A market's new state, as a decision (or a settlement chunk) leaves it."""
+
+    market: str
+    state: str
+    settlement: str | None = None  # settle_market: its id and results, as JSON
+    settled_through: int | None = None  # the bet seq the settlement has reached
 
 
 class Decision(msgspec.Struct, gc=False):  # never mutated
@@ -89,6 +115,7 @@ class Decision(msgspec.Struct, gc=False):  # never mutated
     new_bet: BetState | None = None
     settled_bet: BetState | None = None
     detail: str | None = None
+    market_change: MarketChange | None = None  # for market kinds
 
 
 @dataclass(slots=True)
@@ -97,6 +124,7 @@ class Book:
 
     balances: MutableMapping[int, int]
     bets: MutableMapping[str, BetState] = field(default_factory=dict)
+    markets: MutableMapping[str, str] = field(default_factory=dict)  # absent: open
 
 
 def payout(stake: int, odds: str) -> int:
@@ -107,7 +135,7 @@ def payout(stake: int, odds: str) -> int:
 def decide_batch(candidates: Sequence[Candidate], book: Book) -> tuple[list[Decision], Book]:
     """Decide every candidate in order: the decisions, and the book after their accepted
     effects. ``book`` itself is left as it was (its bets included)."""
-    after = Book(dict(book.balances), dict(book.bets))
+    after = Book(dict(book.balances), dict(book.bets), dict(book.markets))
     return [decide(candidate, after) for candidate in candidates], after
 
 
@@ -129,11 +157,14 @@ def decide(candidate: Candidate, book: Book) -> Decision:
         return _move(candidate, book, intent.user_id, CASH, intent.amount)
     if kind == "settle":
         return _settle(candidate, intent, book)
+    if kind in MARKET_KINDS:
+        return _market(candidate, intent, book)
     raise TypeError(f"no decision for {type(intent).__name__}")  # programmer error
 
 
 def _reject(candidate: Candidate, book: Book, reason: str, detail: str | None = None) -> Decision:
-    balance = book.balances.get(candidate.user_id)
+    user_id = candidate.user_id  # 0 for a market intent: no player, no balance to show
+    balance = book.balances.get(user_id) if user_id > 0 else None
     return Decision(candidate, REJECTED, reason, balance, detail=detail)
 
 
@@ -170,7 +201,12 @@ def _move(candidate: Candidate, book: Book, source: int, target: int, amount: in
 def _bet(candidate: Candidate, intent: BetIntent | FastBet, book: Book) -> Decision:
     if intent.id in book.bets:  # only reachable if an id was reused under another kind
         return _reject(candidate, book, "id_conflict")
-    bet = BetState(intent.id, intent.user_id, intent.amount, intent.odds, "open")
+    if book.markets:  # (most batches name no market that is not open)
+        refusal = _MARKET_REFUSALS.get(book.markets.get(intent.market, MARKET_OPEN))
+        if refusal is not None:
+            return _reject(candidate, book, refusal)
+    bet = BetState(intent.id, intent.user_id, intent.amount, intent.odds, "open",
+                   market=intent.market, selection=intent.selection)
     return _move(candidate, book, intent.user_id, ESCROW, intent.amount, bet)
 
 
@@ -178,8 +214,9 @@ def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book)
     bet = book.bets.get(intent.bet_id)
     if bet is None or bet.user_id != intent.user_id:
         return _reject(candidate, book, "unknown_bet")
-    if bet.status != "open":
-        return _reject(candidate, book, "already_settled")
+    if bet.status != "open" or (book.markets.get(bet.market) in MARKET_RESULTED
+                                and not candidate.entry_id.startswith(WRITER_ENTRY_PREFIX)):
+        return _reject(candidate, book, "already_settled")  # (or its market's settlement is)
     postings = settlement_postings(bet, intent.outcome)
     if not _within_bounds(book, postings):
         return _reject(candidate, book, "invalid", "balance would leave the supported range")
@@ -188,6 +225,26 @@ def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book)
     book.bets[bet.id] = settled
     balance = book.balances[intent.user_id]
     return Decision(candidate, ACCEPTED, None, balance, postings, settled_bet=settled)
+
+
+def _market(candidate: Candidate, intent: MarketIntent, book: Book) -> Decision:
+    """Suspend, resume or result a market: moves no money itself, changes what later
+    intents on the market get. A resulted market stays closed. The outcome belongs to no
+    player: no balance."""
+    state = book.markets.get(intent.market, MARKET_OPEN)
+    if state in MARKET_RESULTED:
+        reason = "already_settled" if intent.kind == "settle_market" else "market_closed"
+        return Decision(candidate, REJECTED, reason, None)
+    settlement = None
+    if intent.kind == "settle_market":
+        new = MARKET_SETTLING
+        settlement = msgspec.json.encode({"id": intent.id, "results": intent.results,
+                                          "others": intent.others}).decode()
+    else:
+        new = MARKET_SUSPENDED if intent.kind == "suspend_market" else MARKET_OPEN
+    book.markets[intent.market] = new
+    change = MarketChange(intent.market, new, settlement, 0 if settlement else None)
+    return Decision(candidate, ACCEPTED, None, None, market_change=change)
 
 
 def settlement_postings(bet: BetState, outcome: str) -> tuple[tuple[int, int], ...]:

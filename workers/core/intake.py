@@ -17,6 +17,8 @@ from producer import constants as c
 from producer.contract import (
     BODY_BYTES_MAX,
     KINDS,
+    MARKET_KINDS,
+    MARKET_USER_ID,
     USER_ID_MAX,
     Intent,
     is_canonical_uuid,
@@ -134,7 +136,9 @@ def _identity(body: bytes) -> tuple[str, str, int] | None:
     if not isinstance(raw, dict):
         return None
     intent_id, kind, user_id = raw.get("id"), raw.get("kind"), raw.get("user_id")
-    if kind not in KINDS or type(user_id) is not int or not 0 < user_id <= USER_ID_MAX:
+    if kind in MARKET_KINDS:  # names no player: its outcome is the market's (user 0)
+        user_id = MARKET_USER_ID
+    elif kind not in KINDS or type(user_id) is not int or not 0 < user_id <= USER_ID_MAX:
         return None
     if not isinstance(intent_id, str) or not is_canonical_uuid(intent_id):
         return None

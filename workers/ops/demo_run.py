@@ -40,7 +40,7 @@ STOP_TIMEOUT_S: Final = 15.0
 CHILD_POLL_S: Final = 0.5
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
-                    "settlement": ["settle"]}
+                    "settlement": ["settle"], "trading": ["suspend_market", "resume_market", "settle_market"]}
 PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
 # Every intent leaves a nonce key that expires after nonce_ttl_s. At Redis's default effort
 # (1) expiry fell behind at 30,000 intents/s: 4.2M keys instead of ~2.7M, and the keyspace

@@ -15,18 +15,44 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from producer.contract import now_ms
+import msgspec
+
+from producer.contract import MARKET_KINDS, now_ms
 from workers.adapters.intent_stream import Claims, Entry, Finish
 from workers.adapters.ledger_store import Store
 from workers.core.batch_rows import BatchWrite, OutcomeRow, build_batch
-from workers.core.decision import ACCEPTED, SYSTEM_ACCOUNTS, Book, Candidate, decide_batch
+from workers.core.decision import (
+    ACCEPTED,
+    MARKET_CLOSED,
+    MARKET_OPEN,
+    SYSTEM_ACCOUNTS,
+    BetState,
+    Book,
+    Candidate,
+    MarketChange,
+    decide_batch,
+)
 from workers.core.intake import DeadLetter, ingress_ms, reject_replays, reject_stale
+from workers.core.market_settlement import Settlement, chunk_candidates, chunk_change
 from workers.core.repeats import Repeat, split_repeats
 from workers.settings import Settings
 from workers.writer.batch_source import Batch
 from workers.writer.hooks import BatchReport
 
 BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache starts afresh
+MARKET_CACHE_SIZE_MAX: Final = 100_000  # markets; past this the cache starts afresh
+MARKET_NAMING_KINDS: Final = frozenset({"bet", *MARKET_KINDS})  # intents with a ``market``
+SETTLE_KINDS: Final = frozenset({"settle"})  # intents with a ``bet_id``
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """The next bets of a market being settled: the writer's settle candidates for them,
+    the bets, and where the settlement stands once they commit."""
+
+    candidates: list[Candidate]
+    bets: dict[str, BetState]
+    change: MarketChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +88,8 @@ class BatchPipeline:
         self._s = settings
         self._store = store
         self.balances: dict[int, int] = {}  # cache; valid only while we hold the epoch
+        self.markets: dict[str, str] = {}  # cache of market states, "open" included
+        self.settlements: list[Settlement] | None = None  # None: read them from the ledger
         self._committer: ThreadPoolExecutor | None = None  # made on first overlapped commit
 
     def close(self) -> None:
@@ -72,6 +100,8 @@ class BatchPipeline:
         """Drop cached balances (all, or those a failed batch touched)."""
         if accounts is None:
             self.balances.clear()
+            self.markets.clear()
+            self.settlements = None
         else:
             for account in accounts:
                 self.balances.pop(account, None)
@@ -85,9 +115,47 @@ class BatchPipeline:
         fresh, repeats = split_repeats(candidates, stored)
         fresh = reject_stale(fresh, now, self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
         fresh = reject_replays(fresh, claims)
-        decisions, after = decide_batch(fresh, self._book(fresh))
-        write = build_batch(decisions, self._store.heads, epoch, now_ms()) if decisions else None
+        chunk = self._next_chunk(now)
+        if chunk is not None:  # the writer's own settles, after the batch's intents
+            fresh = [*fresh, *chunk.candidates]
+        decisions, after = decide_batch(fresh, self._book(fresh, chunk))
+        change = chunk.change if chunk is not None else None
+        write = (build_batch(decisions, self._store.heads, epoch, now_ms(), change)
+                 if decisions or change is not None else None)
         return Decided(batch, write, [d.candidate.ingress_ms for d in decisions], repeats, after)
+
+    def has_chores(self) -> bool:
+        """Whether the writer has work of its own (a market to settle) with nothing read."""
+        return bool(self._settlements())
+
+    def _settlements(self) -> list[Settlement]:
+        """Markets being settled, oldest first; read from the ledger after a lead or a
+        failed commit, then followed from our own commits."""
+        if self.settlements is None:
+            self.settlements = [Settlement.of(*row) for row in self._store.load_settlements()]
+        return self.settlements
+
+    def _next_chunk(self, now: int) -> Chunk | None:
+        settlements = self._settlements()
+        if not settlements:
+            return None
+        first, chunk_max = settlements[0], self._s.settle_chunk_bets_max
+        bets = self._store.open_bets_after(first.market, first.through, chunk_max)
+        return Chunk(chunk_candidates(first, bets, now), {b.id: b for b in bets},
+                     chunk_change(first, bets, chunk_max))
+
+    def _follow(self, change: MarketChange) -> None:
+        """Our committed market change, in the caches."""
+        self.markets[change.market] = change.state
+        if self.settlements is None:
+            return
+        if change.settlement is not None:
+            self.settlements.append(Settlement.of(change.market, change.settlement, 0))
+        elif change.state == MARKET_CLOSED:
+            self.settlements = [s for s in self.settlements if s.market != change.market]
+        elif change.settled_through is not None:
+            self.settlements = [msgspec.structs.replace(s, through=change.settled_through)
+                                if s.market == change.market else s for s in self.settlements]
 
     def commit(self, decided: Decided) -> float:
         """Durably commit here; returns the commit's own duration in ms."""
@@ -112,8 +180,14 @@ class BatchPipeline:
             took_ms = commit()
         except Exception:
             self.forget(list(decided.book_after.balances))
+            for market in decided.book_after.markets:
+                self.markets.pop(market, None)
+            self.settlements = None
             raise
         self.balances.update(decided.book_after.balances)
+        self.markets.update(decided.book_after.markets)
+        for change, _ in decided.write.market_changes:
+            self._follow(change)
         return took_ms
 
     def _timed_commit(self, write: BatchWrite | None) -> float:
@@ -121,13 +195,29 @@ class BatchPipeline:
         self._store.commit(write)  # type: ignore[arg-type]  (None never reaches here)
         return (time.perf_counter() - started) * 1000
 
-    def _book(self, fresh: list[Candidate]) -> Book:
+    def _book(self, fresh: list[Candidate], chunk: Chunk | None) -> Book:
+        """The balances, bets and market states the batch's decisions read."""
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
         self._cache_balances(wanted)
-        settles = [c.intent.bet_id for c in fresh
-                   if c.intent is not None and c.intent.kind == "settle"]
-        bets = self._store.load_bets(settles) if settles else {}
-        return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets)
+        bets = dict(chunk.bets) if chunk is not None else {}
+        settles = _named(fresh, "bet_id", SETTLE_KINDS) - bets.keys()
+        if settles:  # a settle of a bet on a market being resulted is already_settled
+            bets.update(self._store.load_bets(settles))
+        markets = self._market_states(_named(fresh, "market", MARKET_NAMING_KINDS)
+                                      | {b.market for b in bets.values()})
+        return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets, markets)
+
+    def _market_states(self, names: set[str]) -> dict[str, str]:
+        """The markets among ``names`` that are not open (suspended or closed), from the
+        cache, which loads what it lacks; past its bound it starts afresh."""
+        missing = [m for m in names if m not in self.markets]
+        if missing:
+            if len(self.markets) + len(missing) > MARKET_CACHE_SIZE_MAX:
+                self.markets.clear()
+                missing = list(names)
+            stored = self._store.load_markets(missing)
+            self.markets.update({m: stored.get(m, MARKET_OPEN) for m in missing})
+        return {m: state for m in names if (state := self.markets[m]) != MARKET_OPEN}
 
     def _cache_balances(self, wanted: set[int]) -> None:
         """Load the balances the cache lacks; past its bound it starts afresh."""
@@ -138,6 +228,11 @@ class BatchPipeline:
             self.balances.clear()
             missing = list(wanted)
         self.balances.update(self._store.load_balances(missing))
+
+
+def _named(fresh: Sequence[Candidate], field: str, kinds: frozenset[str]) -> set[str]:
+    """The ``field`` (a bet id, a market) of every candidate of these kinds with an intent."""
+    return {getattr(c.intent, field) for c in fresh if c.intent is not None and c.kind in kinds}
 
 
 def _duplicates(outcomes: Sequence[OutcomeRow], repeats: Sequence[Repeat]) -> list[tuple]:

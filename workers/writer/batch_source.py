@@ -79,11 +79,12 @@ class BatchSource:
     def has_ahead(self) -> bool:
         return self._ahead is not None
 
-    def next(self) -> Batch | None:
+    def next(self, wait: bool = True) -> Batch | None:
         """The next batch: the one read ahead, else our pending entries again when due,
-        else new entries (waiting up to ``batch_wait_ms`` for some). None: the stream is
-        idle. A Redis fault raises, and the retry reads our pending entries first."""
-        batch = self._take_ahead() or self._reread() or self._read_new()
+        else new entries (waiting up to ``batch_wait_ms`` for some, unless ``wait`` is
+        false: the writer has work of its own). None: the stream is idle. A Redis fault
+        raises, and the retry reads our pending entries first."""
+        batch = self._take_ahead() or self._reread() or self._read_new(wait)
         if batch is None or not batch.rereads:
             self._maybe_reclaim()
         return batch
@@ -151,9 +152,10 @@ class BatchSource:
         self._reread_from = entries[-1][0] if entries else None
         return self.admit(entries, rereads=True) if entries else None
 
-    def _read_new(self) -> Batch | None:
+    def _read_new(self, wait: bool) -> Batch | None:
+        read = self._stream.read_new if wait else self._stream.read_new_now
         try:
-            entries = self._stream.read_new(self._lease.owner)
+            entries = read(self._lease.owner)
         except redis.RedisError:
             self._read_failed = True
             raise

@@ -180,7 +180,11 @@ class Writer:
         try:
             while not stop.is_set():
                 self._between_batches(stop)
-                batch = self._retry("read", self.source.next, stop, leading=True)
+                chores = self._retry("chores", self.pipeline.has_chores, stop, leading=True)
+                batch = self._retry("read", lambda: self.source.next(wait=not chores), stop,
+                                    leading=True)
+                if batch is None and chores:
+                    batch = Batch([], [], [])  # nothing read: a batch of our own work
                 if batch is not None:
                     self.process(batch, stop)
                 else:
