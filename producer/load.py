@@ -32,6 +32,9 @@ RECENT_MAX: Final = 100  # duplicates are drawn from this many recent intents
 SHED_WAIT_MAX_S: Final = 5.0  # longest back-off after the breaker refused a chunk
 ODDS_CHOICES: Final = ("1.25", "1.50", "1.90", "2.00", "2.50", "3.10", "5.00", "12.00")
 MARKETS: Final = 20
+MARKET_PREFIX: Final = "market-"  # --markets: market-<seed or a fresh tag>-<n>
+MARKET_TAG_LEN: Final = 6
+MARKET_OPS_PER_MARKET: Final = 2  # suspensions and resumptions over a load, per market
 SETTLE_OUTCOMES: Final = ("won", "lost", "void")
 SETTLE_UNKNOWN_SHARE: Final = 0.05  # of settlements: a bet id that was never placed
 SETTLE_AGAIN_SHARE: Final = 0.05  # of settlements: a bet this load settled already
@@ -54,6 +57,10 @@ class LoadPlan:
     settle_share: float = 0.0  # settle one of this load's recent bets (won / lost / void)
     duplicate_share: float = 0.0  # re-send an earlier intent unchanged (same id and nonce)
     seed: int | None = None
+    # Markets with a life (contract v1.1): bets spread over this many, some suspended and
+    # resumed on the way, every one resulted (settle_market) at the end. 0: the MARKETS
+    # fixed markets, never suspended nor resulted.
+    markets: int = 0
 
 
 @dataclass
@@ -110,6 +117,16 @@ def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
     first, last_user = plan.user_first, plan.user_first + plan.users - 1
     for user in range(first, last_user + 1):
         yield _body("deposit", user, amount=plan.deposit)
+    # a load's own markets: its seed's, or a fresh tag, so two loads never share one
+    tag = str(plan.seed) if plan.seed is not None else new_nonce()[:MARKET_TAG_LEN]
+    if plan.markets:
+        yield from _with_market_life(_bets_and_more(plan, rng, tag), plan, rng, tag)
+    else:
+        yield from _bets_and_more(plan, rng, tag)
+
+
+def _bets_and_more(plan: LoadPlan, rng: random.Random, tag: str) -> Iterator[dict[str, Any]]:
+    first = plan.user_first
     hot = min(plan.hot_users, plan.users)
     book = _SettleBook()
     bits, draw = rng.getrandbits, rng.random
@@ -125,13 +142,57 @@ def intents(plan: LoadPlan, rng: random.Random) -> Iterator[dict[str, Any]]:
             yield _body("withdrawal", user, amount=1 + _below(bits, plan.stake_max))
             continue
         amount = 1 + _below(bits, plan.stake_max)  # rng.randint(1, stake_max); order kept
-        market = f"match-{_below(bits, MARKETS)}"
+        market = (f"match-{_below(bits, MARKETS)}" if not plan.markets
+                  else market_name(tag, _below(bits, plan.markets)))
         selection = "12X"[_below(bits, 3)]
         bet = {"id": new_intent_id(), "kind": "bet", "user_id": user, "nonce": new_nonce(),
                "issued_at": now_ms(), "amount": amount, "market": market,
                "selection": selection, "odds": ODDS_CHOICES[_below(bits, len(ODDS_CHOICES))]}
         book.placed.append((bet["id"], user))
         yield bet
+
+
+def market_name(tag: str, index: int) -> str:
+    return f"{MARKET_PREFIX}{tag}-{index}"
+
+
+def _market_body(kind: str, market: str, **extra: Any) -> dict[str, Any]:
+    return {"id": new_intent_id(), "kind": kind, "market": market, "nonce": new_nonce(),
+            "issued_at": now_ms(), **extra}
+
+
+def market_intents(plan: LoadPlan) -> int:
+    """How many market intents ``--markets`` adds to the plan's intents."""
+    if not plan.markets:
+        return 0
+    toggles = plan.bets // _market_op_every(plan)
+    return toggles + toggles % 2 + plan.markets  # a last resume, then every result
+
+
+def _market_op_every(plan: LoadPlan) -> int:
+    return max(1, plan.bets // (MARKET_OPS_PER_MARKET * plan.markets))
+
+
+def _with_market_life(stream: Iterator[dict[str, Any]], plan: LoadPlan, rng: random.Random,
+                      tag: str) -> Iterator[dict[str, Any]]:
+    """``stream`` with a market suspended (or the suspended one resumed) every so often,
+    and every market resulted at the end: selection 1 won, X void, the others lost."""
+    every = _market_op_every(plan)
+    suspended: str | None = None
+    for n, body in enumerate(stream, start=1):
+        yield body
+        if n % every == 0:
+            if suspended is None:
+                suspended = market_name(tag, rng.randrange(plan.markets))
+                yield _market_body("suspend_market", suspended)
+            else:
+                yield _market_body("resume_market", suspended)
+                suspended = None
+    if suspended is not None:
+        yield _market_body("resume_market", suspended)
+    for index in range(plan.markets):
+        yield _market_body("settle_market", market_name(tag, index),
+                           results={"1": "won", "X": "void"}, others="lost")
 
 
 def _below(getrandbits: Callable[[int], int], n: int) -> int:
@@ -157,7 +218,7 @@ def run_load(producer: Producer, plan: LoadPlan,
     writer answers them ``duplicate`` and applies each intent once.
     """
     rng = random.Random(plan.seed)
-    total = plan.users + plan.bets
+    total = plan.users + plan.bets + market_intents(plan)
     result = LoadResult()
     started = time.perf_counter()
     chunk: list[dict[str, Any]] = []

@@ -385,6 +385,9 @@ def _add_load_and_demo(sub: argparse._SubParsersAction) -> None:
                     help="share of settlements of the load's own recent bets")
     ld.add_argument("--duplicates", type=float, default=0.0, help="share of re-sent intents")
     ld.add_argument("--seed", type=int, default=None)
+    ld.add_argument("--markets", type=int, default=0, metavar="N",
+                    help="spread bets over N markets of this load, suspend and resume some on "
+                         "the way, result them all at the end (needs a key for market kinds)")
     ld.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     ld.add_argument("--quiet", action="store_true", help="no progress bar")
     ld.add_argument("--journal", help="append one line per acknowledged XADD to this file "

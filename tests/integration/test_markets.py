@@ -193,3 +193,23 @@ def test_the_trading_desk_results_a_market_from_the_cli(
     assert "0 open bets" in procs.run("market", "status", "cup").stdout
     again = procs.run("market", "settle", "cup", "--result", "home=lost")
     assert again.returncode == 1 and "(already_settled)" in again.stdout
+
+
+def test_a_load_with_markets_runs_their_whole_life(procs: Procs, redis_client: redis.Redis,
+                                                   env: dict[str, str]) -> None:
+    db = env["BETSTREAM_DB"]
+    procs.start("writer")
+    load = procs.run("load", "--users", "20", "--bets", "1000", "--markets", "2", "--seed",
+                     "5", "--quiet", "--json")
+    assert load.returncode == 0, load.stdout + load.stderr
+    by_kind = json.loads(load.stdout)["by_kind"]
+    assert by_kind["settle_market"] == 2 and by_kind["suspend_market"] >= 1
+    wait_for(lambda: drained(redis_client), 60, "the writer to take the load")
+    wait_for(lambda: query(db, "SELECT market, state FROM markets ORDER BY market")
+             == [("market-5-0", "closed"), ("market-5-1", "closed")], 60,
+             "both markets resulted")
+    reasons = dict(query(db, "SELECT reason, COUNT(*) FROM outcomes WHERE status = 'rejected' "
+                             "GROUP BY reason"))
+    assert reasons.get("market_suspended", 0) > 0, "bets met a suspended market"
+    assert query(db, "SELECT COUNT(*) FROM bets WHERE status = 'open'") == [(0,)]
+    assert procs.run("audit").returncode == 0

@@ -8,7 +8,7 @@ import random
 from collections import Counter
 
 from producer.contract import encode_body, parse_intent
-from producer.load import LoadPlan, intents
+from producer.load import LoadPlan, intents, market_intents
 
 
 def _bodies(plan: LoadPlan) -> list[dict]:
@@ -81,3 +81,20 @@ def test_progress_ends_at_the_plans_total_when_copies_are_re_sent() -> None:
     assert seen[-1] == (plan.users + plan.bets, plan.users + plan.bets)
     assert all(done <= total for done, total in seen)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_load_with_markets_suspends_resumes_and_results_each_of_them() -> None:
+    """Markets of its own, some suspended and resumed on the way, each resulted once at the
+    end, every body valid under the contract."""
+    plan = LoadPlan(users=3, bets=400, markets=3, seed=7)
+    bodies = list(intents(plan, random.Random(7)))
+    assert len(bodies) == plan.users + plan.bets + market_intents(plan)
+    for body in bodies:
+        parse_intent(encode_body(body))
+    ops = [(b["kind"], b["market"]) for b in bodies if b["kind"].endswith("_market")]
+    toggles = [op for op in ops if op[0] != "settle_market"]
+    assert toggles and all(a == "suspend_market" and b == "resume_market" and m == n
+                           for (a, m), (b, n) in zip(toggles[::2], toggles[1::2]))
+    assert ops[-3:] == [("settle_market", f"market-7-{i}") for i in range(3)]
+    assert {b["market"] for b in bodies if b["kind"] == "bet"} == {
+        f"market-7-{i}" for i in range(3)}

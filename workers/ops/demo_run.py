@@ -25,6 +25,7 @@ import redis
 from rich.console import Console
 
 from producer.client import Producer
+from producer.contract import MARKET_KINDS
 from producer.load import LoadPlan, LoadResult
 from producer.signing import Keyring
 from workers.adapters.ledger_queries import outcome_counts_after, outcome_seq_max
@@ -41,6 +42,7 @@ CHILD_POLL_S: Final = 0.5
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
                     "settlement": ["settle"], "trading": ["suspend_market", "resume_market", "settle_market"]}
+DEMO_MARKETS: Final = 3  # each suspended and resumed on the way, resulted at the end
 PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
 # Every intent leaves a nonce key that expires after nonce_ttl_s. At Redis's default effort
 # (1) expiry fell behind at 30,000 intents/s: 4.2M keys instead of ~2.7M, and the keyspace
@@ -245,10 +247,16 @@ def _demo(settings: Settings, args: argparse.Namespace, console: Console,
           children: dict[str, subprocess.Popen]) -> None:
     client = redis_client(settings.redis_url)
     wait_writer_leading(client, children)
-    producer = Producer(client, Keyring.load(settings.keyring))
+    keyring = Keyring.load(settings.keyring)
+    producer = Producer(client, keyring)
     after = max_seq(settings.db)
+    markets = DEMO_MARKETS if all(keyring.kids_for(kind) for kind in MARKET_KINDS) else 0
+    if not markets:
+        console.print(f"{settings.keyring} has no key for market kinds: the demo's markets "
+                      "are never suspended nor resulted (a new demo keyring has one)")
     plan = LoadPlan(users=args.users, bets=args.bets, rate=args.rate, deposit=1_000_000,
-                    stake_max=2_000, withdrawal_share=0.02, duplicate_share=0.01)
+                    stake_max=2_000, withdrawal_share=0.02, duplicate_share=0.01,
+                    markets=markets)
     started = time.perf_counter()
     result = push_with_progress(producer, plan, quiet=False)
     wait_committed(client, result.sent, console, children)

@@ -16,7 +16,13 @@ from rich.progress import (
 
 from producer.client import Producer
 from producer.journal import Journal, JournaledProducer
-from producer.load import REDIS_WAIT_S_DEFAULT, LoadPlan, LoadResult, run_load
+from producer.load import (
+    REDIS_WAIT_S_DEFAULT,
+    LoadPlan,
+    LoadResult,
+    market_intents,
+    run_load,
+)
 from producer.signing import Keyring
 from workers.adapters.redis_connection import redis_client
 from workers.settings import Settings
@@ -26,7 +32,7 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     return LoadPlan(users=args.users, bets=args.bets, rate=args.rate, user_first=args.user_first,
                     deposit=args.deposit, withdrawal_share=args.withdrawals,
                     settle_share=args.settles,
-                    duplicate_share=args.duplicates, seed=args.seed)
+                    duplicate_share=args.duplicates, seed=args.seed, markets=args.markets)
 
 
 def push_with_progress(producer: Producer, plan: LoadPlan, quiet: bool,
@@ -36,7 +42,7 @@ def push_with_progress(producer: Producer, plan: LoadPlan, quiet: bool,
     columns = (TextColumn("pushing intents"), BarColumn(), MofNCompleteColumn(),
                TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("load", total=plan.users + plan.bets)
+        task = bar.add_task("load", total=plan.users + plan.bets + market_intents(plan))
         return run_load(producer, plan, lambda sent, _total: bar.update(task, completed=sent),
                         redis_wait_s)
 
