@@ -117,12 +117,22 @@ def first_committed_after(conn: sqlite3.Connection, seq: int) -> int | None:
     return row[0] if row else None
 
 
+def _market_row(conn: sqlite3.Connection, market: str) -> tuple[str, int] | None:
+    return conn.execute("SELECT state, updated_seq FROM markets WHERE market = ?",
+                        (market,)).fetchone()
+
+
+def market_state(conn: sqlite3.Connection, market: str) -> str:
+    """open, suspended, settling or closed (one key lookup: the demo page asks often)."""
+    row = _market_row(conn, market)
+    return row[0] if row else "open"
+
+
 def market_status(conn: sqlite3.Connection, market: str) -> dict[str, Any]:
     """A market's state (``open`` when the ledger never named it), the outcome that set
     it, and its open bets (count, stakes). A scan of bets: an operator's question, not the
     writer's (there is no index by market, on purpose: docs/ledger.md)."""
-    row = conn.execute("SELECT state, updated_seq FROM markets WHERE market = ?",
-                       (market,)).fetchone()
+    row = _market_row(conn, market)
     bets, stakes = conn.execute("SELECT COUNT(*), COALESCE(SUM(stake), 0) FROM bets "
                                 "WHERE market = ? AND status = 'open'", (market,)).fetchone()
     return {"market": market, "state": row[0] if row else "open",

@@ -87,8 +87,8 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
                 chunk: MarketChange | None = None) -> BatchWrite:
     """Rows for one transaction, built anew (the decisions are left as they are); checks
     that every transaction's postings sum to zero. ``chunk``: where a market settlement
-    stands once this batch (which settles its next chunk) commits. (Names bound to locals: this loop runs
-    for every intent of a batch.)"""
+    stands once this batch (which settles its next chunk) commits. (Names bound to locals:
+    this loop runs for every intent of a batch.)"""
     batch_no = heads.batch_no + 1
     outcomes: list[OutcomeRow] = []
     ledger: list[LedgerRow] = []

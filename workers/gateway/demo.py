@@ -26,7 +26,7 @@ from producer.contract import new_bet
 from producer.errors import BetstreamError
 from producer.signing import Keyring
 from workers.adapters import subscriber_tokens as tokens
-from workers.adapters.ledger_queries import user_balance
+from workers.adapters.ledger_queries import market_state, user_balance
 from workers.adapters.ledger_store import read_ledger
 from workers.gateway.app import _state
 
@@ -53,8 +53,10 @@ def foreign(request: Request) -> str | None:
     return None
 
 
-def same_site_only(
-        handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def same_site_only(handler: Handler) -> Handler:
     async def checked(request: Request) -> Response:
         reason = foreign(request)
         if reason is not None:
@@ -107,9 +109,22 @@ async def place_bet(request: Request) -> JSONResponse:
     return JSONResponse({"id": intent.id, "status": "pending"}, status_code=202)
 
 
+async def market(request: Request) -> JSONResponse:
+    """Whether the page's market takes bets (the page greys it out when not)."""
+    st = _state(request)
+    name = request.query_params.get("market", "")
+    state = await run_in_threadpool(read_ledger, st.settings.db,
+                                    st.settings.sqlite_busy_timeout_ms,
+                                    lambda conn: market_state(conn, name))
+    if state is None:
+        return JSONResponse({"error": "the ledger cannot be read yet"}, status_code=503)
+    return JSONResponse({"market": name, "state": state})
+
+
 def demo_routes() -> list[Route]:
     return [
         Route("/", same_site_only(page)),
         Route("/demo/session", same_site_only(session)),
         Route("/demo/bets", same_site_only(place_bet), methods=["POST"]),
+        Route("/demo/market", same_site_only(market)),
     ]

@@ -2,10 +2,10 @@
 operations.
 
 ``suspend``, ``resume`` and ``settle`` sign a ``suspend_market`` / ``resume_market`` /
-``settle_market`` intent (contract v1.1) with a keyring key allowed to sign it, push it like any producer, and wait for its
-outcome in the ledger. They are never shed by the circuit breaker: a suspension is what
-protects the book while the pipeline is in trouble, and it waits in the stream, ahead of
-every later bet, until the writer takes it.
+``settle_market`` intent (contract v1.1) with a keyring key allowed to sign it, push it
+like any producer, and wait for its outcome in the ledger. They are never shed by the
+circuit breaker: a suspension is what protects the book while the pipeline is in trouble,
+and it waits in the stream, ahead of every later bet, until the writer takes it.
 """
 
 from __future__ import annotations
