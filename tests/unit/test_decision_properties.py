@@ -1,8 +1,9 @@
 """Money rules of the pure decision core (workers/core/decision.py), with dedupe and batch rows.
 
-Random sequences of deposits, withdrawals, bets and settlements are cut into random batches
-and run through the same pure steps the writer uses (split_repeats -> decide_batch ->
-build_batch). An independent reference model written here with plain dict arithmetic must
+Random sequences of deposits, withdrawals, bets, settlements and market operations
+(suspend, resume, settle a whole market) are cut into random batches and run through the
+same pure steps the writer uses (split_repeats -> decide_batch -> build_batch, a resulted
+market's bets settled in chunks as the pipeline takes them). An independent reference model written here with plain dict arithmetic must
 agree on every outcome and balance, and the ledger invariants must hold after every step:
 no player below zero, every transaction sums to zero, a bet settles once, and replaying the
 same entries changes nothing.
@@ -32,6 +33,7 @@ from producer.contract import (
     DepositIntent,
     ResumeMarketIntent,
     SettleIntent,
+    SettleMarketIntent,
     SuspendMarketIntent,
     WithdrawalIntent,
     intent_body,
@@ -52,12 +54,14 @@ from workers.core.decision import (
     Book,
     Candidate,
     Decision,
+    MarketChange,
     decide,
     decide_batch,
     payout,
     settlement_postings,
 )
 from workers.core.hash_chain import GENESIS_HASH
+from workers.core.market_settlement import Settlement, chunk_candidates, chunk_change
 from workers.core.repeats import Repeat, split_repeats
 
 PROPS = settings(max_examples=200, deadline=None, database=None,
@@ -105,8 +109,11 @@ SETTLE = st.tuples(st.just("settle"), st.integers(0, 1) | st.integers(0, 3) | st
 BET_THEN_SETTLE = st.tuples(st.just("bet+settle"), st.sampled_from(DEPOSITORS), SMALL, ODDS,
                             st.integers(0, 2), st.sampled_from(["won", "lost", "void"]))
 # bets are all on "final"; a market operation names it, or a market nobody bets on
-MARKET_OP = st.tuples(st.sampled_from(["suspend_market", "resume_market"]),
-                      st.sampled_from(["final", "final", "other"]))
+MARKET_OP = st.one_of(
+    st.tuples(st.sampled_from(["suspend_market", "resume_market"]),
+              st.sampled_from(["final", "final", "other"])),
+    st.tuples(st.just("settle_market"), st.sampled_from(["final", "final", "other"]),
+              st.sampled_from(["won", "lost", "void"]), st.sampled_from(["lost", "void"])))
 BASE_OPS = st.one_of(DEPOSIT, DEPOSIT, WITHDRAWAL, BET_SMALL, BET_SMALL, BET_SMALL, BET_ANY,
                      SETTLE, SETTLE, SETTLE, BET_THEN_SETTLE, BET_THEN_SETTLE, MARKET_OP)
 OPS = st.one_of(
@@ -189,6 +196,9 @@ def make_intent(op: tuple, intent_id: str, bet_ids: list[tuple[str, int]]) -> An
         bet_ids.append((intent_id, op[1]))
         return BetIntent(kind="bet", user_id=op[1], amount=op[2], market="final",
                          selection="home", odds=odds_text(op[3], op[4]), **common)
+    if kind == "settle_market":  # the bets' selection ("home") gets op[2]
+        return SettleMarketIntent(kind=kind, market=op[1], results={"home": op[2]},
+                                  others=op[3], **common)
     if kind in ("suspend_market", "resume_market"):
         intent_type = SuspendMarketIntent if kind == "suspend_market" else ResumeMarketIntent
         return intent_type(kind=kind, market=op[1], **common)
@@ -224,23 +234,38 @@ class Ledger:
     decisions: list[Decision] = field(default_factory=list)
     repeats: list[Repeat] = field(default_factory=list)
     fresh_counts: list[int] = field(default_factory=list)
+    chunk_max: int = 0  # bets a batch settles for a resulted market (0: none, as decide_batch)
+    settlements: list[Settlement] = field(default_factory=list)
 
     def stored(self) -> Stored:
         return Stored(dict(self.by_id), dict(self.by_entry))
 
+    def chunk(self) -> tuple[list[Candidate], MarketChange | None]:
+        """As the pipeline: the first resulted market's next open bets, in bet order."""
+        if not (self.settlements and self.chunk_max):
+            return [], None
+        first = self.settlements[0]
+        bets = sorted((b for b in self.bets.values() if b.market == first.market
+                       and b.status == "open" and b.seq > first.through),
+                      key=lambda b: b.seq)[:self.chunk_max]
+        return (chunk_candidates(first, bets, 5),
+                chunk_change(first, bets, self.chunk_max))
+
     def run_batch(self, batch: list[Candidate], check_step=None) -> list[Decision]:
         fresh, repeats = split_repeats(batch, self.stored())
         self.repeats += repeats
+        chunk, change = self.chunk()
+        fresh += chunk
         self.fresh_counts.append(len(fresh))
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
-        settles = {c.intent.bet_id for c in fresh if isinstance(c.intent, SettleIntent)}
+        settles = {c.intent.bet_id for c in fresh if c.kind == "settle" and c.intent}
         book = Book({a: self.balances[a] for a in wanted if a in self.balances},
                     {b: msgspec.structs.replace(self.bets[b]) for b in settles if b in self.bets},
                     {m: st for m, st in self.markets.items() if st != "open"})
         decisions, book = decide_batch(fresh, book)
-        if not decisions:
+        if not decisions and change is None:
             return []
-        write = build_batch(decisions, self.heads, epoch=1, now=5)
+        write = build_batch(decisions, self.heads, epoch=1, now=5, chunk=change)
         # "commit": the store applies the batch's rows
         for acc, delta, _ in write.balance_deltas:
             self.balances[acc] = self.balances.get(acc, 0) + delta
@@ -251,11 +276,12 @@ class Ledger:
             if d.new_bet:
                 self.bets[d.new_bet.id] = BetState(d.new_bet.id, d.new_bet.user_id,
                                                    d.new_bet.stake, d.new_bet.odds, "open",
-                                                   outcome.seq)
+                                                   outcome.seq, d.new_bet.market,
+                                                   d.new_bet.selection)
             if d.settled_bet:
                 self.bets[d.settled_bet.id].status = d.settled_bet.status
-        for change, _ in write.market_changes:
-            self.markets[change.market] = change.state
+        for market_change, _ in write.market_changes:
+            self.follow(market_change)
         for o in write.outcomes:
             if o.reason != "id_conflict":
                 self.by_id.setdefault(o.id, o)
@@ -264,49 +290,99 @@ class Ledger:
         self.decisions += decisions
         return decisions
 
+    def follow(self, change: MarketChange) -> None:
+        self.markets[change.market] = change.state
+        if change.settlement is not None:
+            self.settlements.append(Settlement.of(change.market, change.settlement, 0))
+        elif change.state == "closed":
+            self.settlements = [x for x in self.settlements if x.market != change.market]
+        elif change.settled_through is not None:
+            self.settlements = [msgspec.structs.replace(x, through=change.settled_through)
+                                if x.market == change.market else x for x in self.settlements]
+
     def run(self, cands: list[Candidate], cuts: list[int]) -> None:
         for batch in cut(cands, cuts):
             self.run_batch(batch)
             assert sum(self.balances.values()) == 0
+        while self.settlements and self.chunk_max:  # the writer's batches of its own work
+            self.run_batch([])
 
 
 # --- the independent reference model -----------------------------------------------------
 
 
-def reference(cands: list[Candidate]) -> tuple[list[tuple], dict[int, int]]:
-    """Expected (id, status, reason, balance) per first-time candidate, and final balances.
+SETTLE_NAMESPACE = uuid.UUID("6b1d6a4e-7c1a-4f0e-9a57-5b2f3d0c8e11")  # docs/wire-contract.md
 
-    Written from docs/ledger.md and docs/wire-contract.md alone: plain dicts, Fraction for payouts, no project helpers.
+
+def reference(cands: list[Candidate], cuts: list[int] | None = None,
+              chunk_max: int = 0) -> tuple[list[tuple], dict[int, int]]:
+    """Expected (id, status, reason, balance) per first-time candidate (and per bet a
+    settle_market settles), and final balances.
+
+    Written from docs/ledger.md and docs/wire-contract.md alone: plain dicts, Fraction for
+    payouts, no project helpers. A resulted market's open bets settle ``chunk_max`` at a
+    time, in the order they were placed, at the end of each batch after the one that
+    resulted it (0: never, as decide_batch alone), then in batches of their own.
     """
     bal: dict[int, int] = {0: 0, -1: 0, -2: 0}
-    bets: dict[str, list] = {}  # id -> [owner, stake, odds Fraction, status]
-    suspended: set[str] = set()  # markets whose bets are refused
+    bets: dict[str, list] = {}  # id -> [owner, stake, odds Fraction, status, market, selection]
     first_sha: dict[str, bytes] = {}
     out: list[tuple] = []
+    suspended: set[str] = set()  # markets whose bets are refused
+    resulted: set[str] = set()  # markets a settle_market closed
+    queue: list[dict] = []  # resulted markets whose bets are still to settle, oldest first
 
     def fits(changes: dict[int, int]) -> bool:
         return all(abs(bal.get(a, 0) + d) <= 2**62 for a, d in changes.items())
 
-    for cand in cands:
+    def settle_changes(bet: list, outcome: str) -> dict[int, int]:
+        user, stake = bet[0], bet[1]
+        if outcome == "won":
+            paid = floor(stake * bet[2])
+            change = {-2: -stake, -1: -(paid - stake)}
+            change[user] = change.get(user, 0) + paid
+            return change
+        if outcome == "lost":
+            return {-2: -stake, -1: stake}
+        return {-2: -stake, user: stake}
+
+    def apply(changes: dict[int, int]) -> None:
+        for acc, d in changes.items():
+            bal[acc] = bal.get(acc, 0) + d
+
+    def market_op(cand: Candidate, it: Any, shown: Any) -> None:
+        if it.market in resulted:
+            reason = "already_settled" if it.kind == "settle_market" else "market_closed"
+            out.append((cand.id, "rejected", reason, None))
+            return
+        if it.kind == "settle_market":
+            resulted.add(it.market)
+            pending.append({"market": it.market, "id": it.id, "results": it.results,
+                            "others": it.others, "after": -1})
+        else:
+            (suspended.add if it.kind == "suspend_market" else suspended.discard)(it.market)
+        out.append((cand.id, "accepted", None, None))
+
+    def one(cand: Candidate) -> None:
         user = cand.user_id
-        if cand.id in first_sha:
-            if first_sha[cand.id] == cand.body_sha:
-                continue  # a repeat: its original outcome again, no new decision
-            out.append((cand.id, "rejected", "id_conflict", bal.get(user) if user > 0 else None))
-            continue
-        first_sha[cand.id] = cand.body_sha
         shown = bal.get(user) if user > 0 else None  # a market's outcome shows no balance
+        if cand.id in first_sha:
+            if first_sha[cand.id] != cand.body_sha:
+                out.append((cand.id, "rejected", "id_conflict", shown))
+            return  # a repeat: its original outcome again, no new decision
+        first_sha[cand.id] = cand.body_sha
         if cand.pre_reason:
             out.append((cand.id, "rejected", cand.pre_reason, shown))
-            continue
+            return
         it = cand.intent
+        if it.kind in ("suspend_market", "resume_market", "settle_market"):
+            market_op(cand, it, shown)
+            return
         change: dict[int, int] = {}
         reason = None
-        if it.kind in ("suspend_market", "resume_market"):
-            (suspended.add if it.kind == "suspend_market" else suspended.discard)(it.market)
-            out.append((cand.id, "accepted", None, None))
-            continue
-        if it.kind == "bet" and it.market in suspended:
+        if it.kind == "bet" and it.market in resulted:
+            reason = "market_closed"
+        elif it.kind == "bet" and it.market in suspended:
             reason = "market_suspended"
         elif it.kind == "deposit":
             change = {0: -it.amount, user: it.amount}
@@ -321,30 +397,52 @@ def reference(cands: list[Candidate]) -> tuple[list[tuple], dict[int, int]]:
             bet = bets.get(it.bet_id)
             if bet is None or bet[0] != user:
                 reason = "unknown_bet"
-            elif bet[3] != "open":
+            elif bet[3] != "open" or bet[4] in resulted:
                 reason = "already_settled"
             else:
-                stake = bet[1]
-                if it.outcome == "won":
-                    paid = floor(stake * bet[2])
-                    change = {-2: -stake, -1: -(paid - stake)}
-                    change[user] = change.get(user, 0) + paid
-                elif it.outcome == "lost":
-                    change = {-2: -stake, -1: stake}
-                else:
-                    change = {-2: -stake, user: stake}
+                change = settle_changes(bet, it.outcome)
         if reason is None and not fits(change):
             reason = "invalid"
         if reason is not None:
             out.append((cand.id, "rejected", reason, bal.get(user)))
-            continue
-        for acc, d in change.items():
-            bal[acc] = bal.get(acc, 0) + d
+            return
+        apply(change)
         if it.kind == "bet":
-            bets[it.id] = [user, it.amount, Fraction(it.odds), "open"]
+            bets[it.id] = [user, it.amount, Fraction(it.odds), "open", it.market, it.selection]
         if it.kind == "settle":
             bets[it.bet_id][3] = it.outcome
         out.append((cand.id, "accepted", None, bal[user]))
+
+    def take_chunk() -> None:
+        """At a batch's end: the next bets of the oldest resulted market it knew of."""
+        if not chunk_ready or not chunk_max:
+            return
+        s = chunk_ready[0]
+        ids = list(bets)
+        todo = [(n, b) for n, b in enumerate(ids) if n > s["after"]
+                and bets[b][4] == s["market"] and bets[b][3] == "open"][:chunk_max]
+        for n, bet_id in todo:
+            bet = bets[bet_id]
+            outcome = s["results"].get(bet[5], s["others"])
+            apply(settle_changes(bet, outcome))
+            bet[3] = outcome
+            out.append((str(uuid.uuid5(SETTLE_NAMESPACE, f"{s['id']}:{bet_id}")), "accepted",
+                        None, bal[bet[0]]))
+            s["after"] = n
+        if len(todo) < chunk_max:
+            queue.remove(s)
+
+    batches = cut(cands, cuts) if cuts is not None else [cands]
+    for batch in batches:
+        chunk_ready = list(queue)  # what earlier batches resulted
+        pending: list[dict] = []
+        for cand in batch:
+            one(cand)
+        take_chunk()
+        queue.extend(pending)
+    while queue and chunk_max:  # the writer's batches of its own work
+        chunk_ready, pending = list(queue), []
+        take_chunk()
     return out, bal
 
 
@@ -358,15 +456,17 @@ CUTS = st.lists(st.integers(0, 130), max_size=15)
 
 
 @PROPS
-@given(SEQUENCES, CUTS)
+@given(SEQUENCES, CUTS, st.integers(1, 4))
 def test_decisions_agree_with_an_independent_reference_model(ops: list[tuple],
-                                                            cuts: list[int]) -> None:
+                                                            cuts: list[int],
+                                                            chunk_max: int) -> None:
     """Every outcome (status, reason, balance after) and every final balance is what the
-    documented rules say, however the stream is cut into batches."""
+    documented rules say, however the stream is cut into batches and a resulted market's
+    bets into chunks."""
     cands = build(ops)
-    ledger = Ledger()
+    ledger = Ledger(chunk_max=chunk_max)
     ledger.run(cands, cuts)
-    expected, balances = reference(cands)
+    expected, balances = reference(cands, cuts, chunk_max)
     got = [(d.candidate.id, d.status, d.reason, d.balance) for d in ledger.decisions]
     assert got == expected
     assert ledger.balances == balances
@@ -384,7 +484,7 @@ def test_decide_batch_on_one_book_matches_the_reference(ops: list[tuple], cuts: 
     for batch in cut(cands, cuts):
         decided, book = decide_batch(batch, book)
         decisions += decided
-    expected, balances = reference(cands)
+    expected, balances = reference(cands, cuts)  # no chunks: decide_batch settles no market
     assert [(d.candidate.id, d.status, d.reason, d.balance) for d in decisions] == expected
     assert dict(book.balances) == balances
     assert sum(book.balances.values()) == 0
@@ -425,24 +525,29 @@ def test_bets_settle_at_most_once_and_pay_exact_integer_payouts(ops: list[tuple]
                                                                cuts: list[int]) -> None:
     """A bet settles once (later settles are already_settled); a win pays floor(stake x odds);
     the house P&L is lost stakes minus net winnings; escrow holds exactly the open stakes."""
-    ledger = Ledger()
+    ledger = Ledger(chunk_max=2)  # a resulted market's bets settle too, two a batch
     ledger.run(build(ops), cuts)
     placed: dict[str, Decision] = {}
     settled: dict[str, str] = {}
+    resulted: set[str] = set()  # markets a settle_market closed: their bets settle with it
     house = 0
     for d in ledger.decisions:
         intent = d.candidate.intent
+        if d.status == ACCEPTED and isinstance(intent, SettleMarketIntent):
+            resulted.add(intent.market)
         if d.status == ACCEPTED and isinstance(intent, BetIntent):
             assert d.new_bet is not None and d.new_bet.stake == intent.amount
             assert d.postings == ((intent.user_id, -intent.amount), (ESCROW, intent.amount))
             placed[intent.id] = d
-        if not isinstance(intent, SettleIntent) or d.candidate.pre_reason:
+        if d.candidate.kind != "settle" or d.candidate.pre_reason:
             continue
         bet = placed.get(intent.bet_id)
         owned = bet is not None and bet.candidate.user_id == intent.user_id
+        by_market = d.candidate.entry_id.startswith("writer:")
         if not owned:
             assert (d.status, d.reason) == (REJECTED, "unknown_bet")
-        elif intent.bet_id in settled:
+        elif intent.bet_id in settled or (bet.candidate.intent.market in resulted
+                                          and not by_market):
             assert (d.status, d.reason) == (REJECTED, "already_settled")
         elif d.status == ACCEPTED:
             settled[intent.bet_id] = intent.outcome
@@ -466,8 +571,7 @@ def test_bets_settle_at_most_once_and_pay_exact_integer_payouts(ops: list[tuple]
         else:
             assert d.reason == "invalid"  # only a balance bound may refuse a valid settle
     accepted_settles = Counter(d.candidate.intent.bet_id for d in ledger.decisions
-                               if d.status == ACCEPTED
-                               and isinstance(d.candidate.intent, SettleIntent))
+                               if d.status == ACCEPTED and d.candidate.kind == "settle")
     assert all(n == 1 for n in accepted_settles.values())
     assert set(accepted_settles) == set(settled)
     assert ledger.balances[HOUSE] == house
@@ -690,3 +794,31 @@ def test_deciding_and_building_a_batch_leave_their_inputs_as_they_were(
         heads, book = write.after, after
         for seq, bet_id, *_ in write.new_bets:  # as the store would load them: placed at seq
             book.bets[bet_id] = msgspec.structs.replace(book.bets[bet_id], seq=seq)
+
+
+@pytest.mark.parametrize("chunk_max", [1, 2, 5])
+@pytest.mark.parametrize("cuts", [[], [3], [4, 6], [5, 7, 8]])
+def test_a_resulted_market_settles_in_chunks_as_the_reference_says(
+        chunk_max: int, cuts: list[int]) -> None:
+    """Three bets on "final", one suspended in between, the market resulted, a withdrawal
+    of winnings that may not have arrived yet, a late bet and settle: the same outcomes
+    and balances as the reference, however it is cut."""
+    ops = [("deposit", 1, 500), ("deposit", 2, 500),
+           ("bet", 1, 100, 250, 0), ("bet", 2, 100, 250, 0), ("suspend_market", "final"),
+           ("bet", 1, 50, 250, 0), ("resume_market", "final"), ("bet", 2, 70, 250, 0),
+           ("settle_market", "final", "won", "lost"), ("withdrawal", 1, 600),
+           ("bet", 1, 10, 250, 0), ("settle", 1, "void", "owner"),  # 1: the bet before
+           ("settle_market", "final", "lost", "void")]
+    cands = build(ops)
+    ledger = Ledger(chunk_max=chunk_max)
+    ledger.run(cands, cuts)
+    expected, balances = reference(cands, cuts, chunk_max)
+    assert [(d.candidate.id, d.status, d.reason, d.balance) for d in ledger.decisions] == expected
+    assert ledger.balances == balances
+    settled = [d for d in ledger.decisions if d.candidate.entry_id.startswith("writer:")]
+    assert len(settled) == 3 and all(d.status == ACCEPTED for d in settled), \
+        "the three bets placed while open settle, each once"
+    stream = {d.candidate.id: d.reason for d in ledger.decisions if d not in settled}
+    late_bet, late_settle, second = (c.id for c in cands[-3:])
+    assert (stream[late_bet], stream[late_settle], stream[second]) == (
+        "market_closed", "already_settled", "already_settled")
