@@ -23,8 +23,10 @@ from producer.errors import ContractError
 from producer.invariants import require
 
 MARKET_KINDS: Final = ("suspend_market", "resume_market", "settle_market")  # v1.1: no user_id
+HOLD_KINDS: Final = ("withdrawal_hold", "withdrawal_post", "withdrawal_void")  # v1.1
+HOLD_TIMEOUT_S_MAX: Final = 2_592_000  # 30 days
 RESULTS_MAX: Final = 64  # selections a settle_market may name
-KINDS: Final = ("bet", "deposit", "withdrawal", "settle", *MARKET_KINDS)
+KINDS: Final = ("bet", "deposit", "withdrawal", "settle", *MARKET_KINDS, *HOLD_KINDS)
 MARKET_USER_ID: Final = 0  # a market intent's own outcome belongs to no player
 USER_ID_MAX: Final = 2**53 - 1  # JSON-safe integer: browsers receive user ids too.
 AMOUNT_MAX: Final = 10**15  # minor units; keeps every sum far below 2**63.
@@ -133,6 +135,31 @@ class SettleIntent(_IntentBase):
     outcome: Literal["won", "lost", "void"]
 
 
+class WithdrawalHoldIntent(_IntentBase):
+    """Contract v1.1: a cash-out reserved (player -> pending account -3) until a payment
+    provider answers; posted (pending -> cash) or voided (back to the player) later, by
+    ``hold_id`` = this intent's id. With ``timeout_s``, a hold neither posted nor voided
+    in time is voided by the writer itself."""
+
+    kind: Literal["withdrawal_hold"]
+    amount: Amount
+    timeout_s: Annotated[int, Field(ge=1, le=HOLD_TIMEOUT_S_MAX)] | None = None
+
+
+class WithdrawalPostIntent(_IntentBase):
+    """The provider paid: the held amount leaves (pending -> cash)."""
+
+    kind: Literal["withdrawal_post"]
+    hold_id: UuidStr
+
+
+class WithdrawalVoidIntent(_IntentBase):
+    """The provider refused: the held amount goes back to the player."""
+
+    kind: Literal["withdrawal_void"]
+    hold_id: UuidStr
+
+
 class _MarketIntentBase(BaseModel):
     """Contract v1.1: an operation on a whole market, signed by a trading desk's key. It
     names no player: its own outcome has ``user_id`` 0."""
@@ -180,7 +207,8 @@ class SettleMarketIntent(_MarketIntentBase):
 MarketIntent = SuspendMarketIntent | ResumeMarketIntent | SettleMarketIntent
 Intent = Annotated[
     Union[DepositIntent, WithdrawalIntent, BetIntent, SettleIntent, SuspendMarketIntent,
-          ResumeMarketIntent, SettleMarketIntent], Field(discriminator="kind")
+          ResumeMarketIntent, SettleMarketIntent, WithdrawalHoldIntent, WithdrawalPostIntent,
+          WithdrawalVoidIntent], Field(discriminator="kind")
 ]
 _INTENT_ADAPTER: Final = TypeAdapter(Intent)
 
@@ -260,8 +288,9 @@ def encode_body(fields: dict[str, Any]) -> bytes:
 
 
 def intent_body(intent: Intent) -> bytes:
-    """The exact bytes that are signed and stored for a validated intent."""
-    return encode_body(intent.model_dump())
+    """The exact bytes that are signed and stored for a validated intent (an optional field
+    left out is absent, not null)."""
+    return encode_body(intent.model_dump(exclude_none=True))
 
 
 NONCE_RANDOM_BYTES: Final = 16
@@ -353,3 +382,22 @@ def new_settle_market(market: str, results: dict[str, str], others: str = "lost"
     """``results``: selection -> won/lost/void; every other selection gets ``others``."""
     return SettleMarketIntent(kind="settle_market", market=market, results=results,
                               others=others, **_market_common(intent_id))
+
+
+def new_withdrawal_hold(user_id: int, amount: int, timeout_s: int | None = None,
+                        intent_id: str | None = None) -> WithdrawalHoldIntent:
+    """A cash-out reserved; its id is the ``hold_id`` to post or void it with."""
+    return WithdrawalHoldIntent(kind="withdrawal_hold", amount=amount, timeout_s=timeout_s,
+                                **_common(user_id, intent_id))
+
+
+def new_withdrawal_post(user_id: int, hold_id: str,
+                        intent_id: str | None = None) -> WithdrawalPostIntent:
+    return WithdrawalPostIntent(kind="withdrawal_post", hold_id=hold_id,
+                                **_common(user_id, intent_id))
+
+
+def new_withdrawal_void(user_id: int, hold_id: str,
+                        intent_id: str | None = None) -> WithdrawalVoidIntent:
+    return WithdrawalVoidIntent(kind="withdrawal_void", hold_id=hold_id,
+                                **_common(user_id, intent_id))

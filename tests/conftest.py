@@ -33,6 +33,8 @@ KEYRING = {
     "settlement": {"secret": "settlement-test-secret-01", "kinds": ["settle"]},
     "trading": {"secret": "trading-desk-test-secret-1",
                 "kinds": ["suspend_market", "resume_market", "settle_market"]},
+    "payments": {"secret": "payments-desk-test-secret-1",
+                 "kinds": ["withdrawal_hold", "withdrawal_post", "withdrawal_void"]},
 }
 
 

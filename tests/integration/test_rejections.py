@@ -624,6 +624,30 @@ def test_a_closed_market_takes_no_bet_and_no_suspension(w: RunningWriter) -> Non
     assert balances(w.db)[user] == 1_000
 
 
+def test_posting_a_hold_that_is_not_the_players_or_is_closed_is_refused(
+        w: RunningWriter) -> None:
+    """unknown_hold: no such hold for that user; hold_closed: posted, voided or expired."""
+    user, other = new_user(), new_user()
+    w.deposit(user, 1_000)
+    w.deposit(other, 1_000)
+    hold = body("withdrawal_hold", user, amount=300)
+    send(w.client, w.key("payments"), hold)
+    assert wait_outcome(w.db, hold["id"])["status"] == "accepted"
+    stranger = body("withdrawal_post", other, hold_id=hold["id"])
+    send(w.client, w.key("payments"), stranger)
+    out = wait_outcome(w.db, stranger["id"])
+    assert (out["status"], out["reason"], out["balance"]) == ("rejected", "unknown_hold", 1_000)
+    void = body("withdrawal_void", user, hold_id=hold["id"])
+    post = body("withdrawal_post", user, hold_id=hold["id"])
+    send(w.client, w.key("payments"), void)
+    send(w.client, w.key("payments"), post)
+    assert wait_outcome(w.db, void["id"])["status"] == "accepted"
+    out = wait_outcome(w.db, post["id"])
+    assert (out["status"], out["reason"], out["balance"]) == ("rejected", "hold_closed", 1_000)
+    w.assert_still_serving()
+    assert balances(w.db)[user] == 1_000
+
+
 def test_every_rejection_reason_is_covered_here() -> None:
     """Guard: a new reason in workers/core/decision.py must get a test in this module."""
     import sys

@@ -183,16 +183,25 @@ def test_a_fully_archived_schema_4_ledger_gets_mark_0_and_its_statements_stay_si
     assert house.consistent
 
 
-def test_a_schema_5_ledger_gains_the_markets_table(tmp_path: Path) -> None:
-    """Version 6 adds market states (contract v1.1); every market of an older file is open."""
-    path = tmp_path / "v5.sqlite3"
+@pytest.mark.parametrize("version,undo,gained", [
+    # 6: market states (contract v1.1); every market of an older file is open
+    (5, ["DROP TABLE markets", "DROP TABLE holds", "DELETE FROM users WHERE id = -3"],
+     ["SELECT COUNT(*) FROM markets"]),
+    # 7: withdrawal holds and the pending account -3
+    (6, ["DROP TABLE holds", "DELETE FROM users WHERE id = -3"],
+     ["SELECT COUNT(*) FROM holds", "SELECT balance FROM users WHERE id = -3"]),
+])
+def test_an_older_ledger_gains_the_tables_of_contract_1_1(
+        tmp_path: Path, version: int, undo: list[str], gained: list[str]) -> None:
+    path = tmp_path / f"v{version}.sqlite3"
     conn = sqlite3.connect(path)
     conn.executescript(schema_sql().replace(f"('schema_version', {SCHEMA_VERSION})",
-                                            "('schema_version', 5)"))
-    conn.execute("DROP TABLE markets")
+                                            f"('schema_version', {version})"))
+    for statement in undo:
+        conn.execute(statement)
     conn.commit()
     conn = _upgraded(conn, path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                        ).fetchone() == (SCHEMA_VERSION,) == (6,)
-    assert conn.execute("SELECT COUNT(*) FROM markets").fetchone() == (0,)
+                        ).fetchone() == (SCHEMA_VERSION,)
+    assert [conn.execute(sql).fetchone() for sql in gained] == [(0,)] * len(gained)
     conn.close()

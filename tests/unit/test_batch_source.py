@@ -3,7 +3,6 @@ after a failed read, nothing read ahead while they wait, and a batch read ahead 
 
 from __future__ import annotations
 
-
 import pytest
 import redis
 
@@ -13,7 +12,6 @@ from workers.core.decision import Candidate
 from workers.core.intake import reject_replays
 from workers.settings import load_settings
 from workers.writer.batch_source import BatchSource
-
 
 
 class FakeStream:

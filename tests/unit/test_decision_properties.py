@@ -35,7 +35,10 @@ from producer.contract import (
     SettleIntent,
     SettleMarketIntent,
     SuspendMarketIntent,
+    WithdrawalHoldIntent,
     WithdrawalIntent,
+    WithdrawalPostIntent,
+    WithdrawalVoidIntent,
     intent_body,
 )
 from producer.errors import InvariantViolation
@@ -47,6 +50,7 @@ from workers.core.decision import (
     CASH,
     ESCROW,
     HOUSE,
+    PENDING,
     REASONS,
     REJECTED,
     SYSTEM_ACCOUNTS,
@@ -54,6 +58,7 @@ from workers.core.decision import (
     Book,
     Candidate,
     Decision,
+    HoldState,
     MarketChange,
     decide,
     decide_batch,
@@ -61,6 +66,7 @@ from workers.core.decision import (
     settlement_postings,
 )
 from workers.core.hash_chain import GENESIS_HASH
+from workers.core.hold_expiry import expiry_candidates
 from workers.core.market_settlement import Settlement, chunk_candidates, chunk_change
 from workers.core.repeats import Repeat, split_repeats
 
@@ -114,8 +120,17 @@ MARKET_OP = st.one_of(
               st.sampled_from(["final", "final", "other"])),
     st.tuples(st.just("settle_market"), st.sampled_from(["final", "final", "other"]),
               st.sampled_from(["won", "lost", "void"]), st.sampled_from(["lost", "void"])))
+# holds (with no time, or 1-2 s: 10-20 candidates, INGRESS_STEP_MS apart), and posts or
+# voids of a recent one (by its owner, mostly)
+HOLD_OP = st.one_of(
+    st.tuples(st.just("withdrawal_hold"), st.sampled_from(USERS), SMALL,
+              st.sampled_from([None, None, 1, 2])),
+    st.tuples(st.sampled_from(["withdrawal_post", "withdrawal_void"]), st.integers(0, 4),
+              st.sampled_from(["owner"] * 8 + USERS)))
 BASE_OPS = st.one_of(DEPOSIT, DEPOSIT, WITHDRAWAL, BET_SMALL, BET_SMALL, BET_SMALL, BET_ANY,
-                     SETTLE, SETTLE, SETTLE, BET_THEN_SETTLE, BET_THEN_SETTLE, MARKET_OP)
+                     SETTLE, SETTLE, SETTLE, BET_THEN_SETTLE, BET_THEN_SETTLE, MARKET_OP,
+                     HOLD_OP, HOLD_OP)
+INGRESS_STEP_MS = 100  # between two candidates' ingress times
 OPS = st.one_of(
     *[BASE_OPS] * 10,
     st.tuples(st.just("pre"), st.sampled_from(PRE_REASONS), BASE_OPS),
@@ -147,9 +162,11 @@ def build(ops: list[tuple]) -> list[Candidate]:
     cands: list[Candidate] = []
     originals: list[Candidate] = []  # candidates with an id of their own
     bet_ids: list[tuple[str, int]] = []  # (bet id, owner) of every bet op, placed or not
+    hold_ids: list[tuple[str, int]] = []  # (hold id, owner) of every hold op
     last_settle: SettleIntent | None = None
     for i, op in enumerate(ops):
-        entry, ingress = f"{1000 + i}-0", 1000 + i
+        ingress = 1000 + i * INGRESS_STEP_MS
+        entry = f"{ingress}-0"
         if op[0] in ("resend", "conflict"):
             if not originals:
                 continue
@@ -168,7 +185,7 @@ def build(ops: list[tuple]) -> list[Candidate]:
             if last_settle is None:
                 continue
             op = ("settle_exact", last_settle.bet_id, op[1], last_settle.user_id)
-        intent = make_intent(op, uid(i + 1), bet_ids)
+        intent = make_intent(op, uid(i + 1), bet_ids, hold_ids)
         if intent.kind == "settle":
             last_settle = intent
         if pre == "invalid":  # signed body failed validation: no intent, just identity
@@ -185,9 +202,20 @@ def build(ops: list[tuple]) -> list[Candidate]:
     return cands
 
 
-def make_intent(op: tuple, intent_id: str, bet_ids: list[tuple[str, int]]) -> Any:
+def make_intent(op: tuple, intent_id: str, bet_ids: list[tuple[str, int]],
+                hold_ids: list[tuple[str, int]] | None = None) -> Any:
     common = dict(id=intent_id, nonce=NONCE, issued_at=1)
     kind = op[0]
+    if kind == "withdrawal_hold":
+        (hold_ids if hold_ids is not None else []).append((intent_id, op[1]))
+        return WithdrawalHoldIntent(kind=kind, user_id=op[1], amount=op[2], timeout_s=op[3],
+                                    **common)
+    if kind in ("withdrawal_post", "withdrawal_void"):
+        holds = hold_ids or [(uid(10**9 + 7), 1)]  # none yet: one that never existed
+        hold_id, owner = holds[-1 - op[1] % len(holds)]
+        user = owner if op[2] == "owner" else op[2]
+        intent_type = WithdrawalPostIntent if kind == "withdrawal_post" else WithdrawalVoidIntent
+        return intent_type(kind=kind, user_id=user, hold_id=hold_id, **common)
     if kind == "deposit":
         return DepositIntent(kind="deposit", user_id=op[1], amount=op[2], **common)
     if kind == "withdrawal":
@@ -236,6 +264,9 @@ class Ledger:
     fresh_counts: list[int] = field(default_factory=list)
     chunk_max: int = 0  # bets a batch settles for a resulted market (0: none, as decide_batch)
     settlements: list[Settlement] = field(default_factory=list)
+    holds: dict[str, HoldState] = field(default_factory=dict)
+    now: int = 0  # the batch's clock: its last candidate's ingress time
+    expire_holds: bool = True  # the writer's own voids of holds past their time
 
     def stored(self) -> Stored:
         return Stored(dict(self.by_id), dict(self.by_entry))
@@ -251,17 +282,33 @@ class Ledger:
         return (chunk_candidates(first, bets, 5),
                 chunk_change(first, bets, self.chunk_max))
 
+    def due(self, fresh: list[Candidate]) -> list[HoldState]:
+        """As the pipeline: holds open and due by the batch's clock, soonest first, but
+        those the batch's own posts or voids name."""
+        if not self.expire_holds:
+            return []
+        named = {c.intent.hold_id for c in fresh if c.intent is not None
+                 and c.kind in ("withdrawal_post", "withdrawal_void")}
+        return sorted((h for h in self.holds.values() if h.state == "open"
+                       and h.expires_at is not None and h.expires_at <= self.now
+                       and h.id not in named), key=lambda h: (h.expires_at, h.id))
+
     def run_batch(self, batch: list[Candidate], check_step=None) -> list[Decision]:
         fresh, repeats = split_repeats(batch, self.stored())
         self.repeats += repeats
+        self.now = max([self.now, *(c.ingress_ms for c in batch)])
         chunk, change = self.chunk()
-        fresh += chunk
+        expiring = self.due(fresh)
+        fresh += chunk + expiry_candidates(expiring, self.now)
         self.fresh_counts.append(len(fresh))
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
         settles = {c.intent.bet_id for c in fresh if c.kind == "settle" and c.intent}
+        closing = {c.intent.hold_id for c in fresh if c.intent is not None
+                   and c.kind in ("withdrawal_post", "withdrawal_void")}
         book = Book({a: self.balances[a] for a in wanted if a in self.balances},
                     {b: msgspec.structs.replace(self.bets[b]) for b in settles if b in self.bets},
-                    {m: st for m, st in self.markets.items() if st != "open"})
+                    {m: st for m, st in self.markets.items() if st != "open"},
+                    {h: self.holds[h] for h in closing if h in self.holds})
         decisions, book = decide_batch(fresh, book)
         if not decisions and change is None:
             return []
@@ -282,6 +329,11 @@ class Ledger:
                 self.bets[d.settled_bet.id].status = d.settled_bet.status
         for market_change, _ in write.market_changes:
             self.follow(market_change)
+        for hold_id, user, amount, expires_at, _ in write.new_holds:
+            self.holds[hold_id] = HoldState(hold_id, user, amount, "open", expires_at)
+        for state, _, hold_id in write.closed_holds:
+            assert self.holds[hold_id].state == "open", "a hold closes once"
+            self.holds[hold_id] = msgspec.structs.replace(self.holds[hold_id], state=state)
         for o in write.outcomes:
             if o.reason != "id_conflict":
                 self.by_id.setdefault(o.id, o)
@@ -324,8 +376,9 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
     time, in the order they were placed, at the end of each batch after the one that
     resulted it (0: never, as decide_batch alone), then in batches of their own.
     """
-    bal: dict[int, int] = {0: 0, -1: 0, -2: 0}
+    bal: dict[int, int] = {0: 0, -1: 0, -2: 0, -3: 0}
     bets: dict[str, list] = {}  # id -> [owner, stake, odds Fraction, status, market, selection]
+    holds: dict[str, list] = {}  # id -> [owner, amount, state, expires_at or None]
     first_sha: dict[str, bytes] = {}
     out: list[tuple] = []
     suspended: set[str] = set()  # markets whose bets are refused
@@ -378,6 +431,9 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
         if it.kind in ("suspend_market", "resume_market", "settle_market"):
             market_op(cand, it, shown)
             return
+        if it.kind in ("withdrawal_post", "withdrawal_void"):
+            close_hold(cand, it, by_writer=False)
+            return
         change: dict[int, int] = {}
         reason = None
         if it.kind == "bet" and it.market in resulted:
@@ -386,13 +442,14 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
             reason = "market_suspended"
         elif it.kind == "deposit":
             change = {0: -it.amount, user: it.amount}
-        elif it.kind in ("withdrawal", "bet"):
+        elif it.kind in ("withdrawal", "bet", "withdrawal_hold"):
             if user not in bal:
                 reason = "unknown_user"
             elif bal[user] < it.amount:
                 reason = "insufficient_funds"
             else:
-                change = {user: -it.amount, (0 if it.kind == "withdrawal" else -2): it.amount}
+                to = {"withdrawal": 0, "bet": -2, "withdrawal_hold": -3}[it.kind]
+                change = {user: -it.amount, to: it.amount}
         else:
             bet = bets.get(it.bet_id)
             if bet is None or bet[0] != user:
@@ -409,9 +466,41 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
         apply(change)
         if it.kind == "bet":
             bets[it.id] = [user, it.amount, Fraction(it.odds), "open", it.market, it.selection]
+        if it.kind == "withdrawal_hold":
+            expires = cand.ingress_ms + it.timeout_s * 1000 if it.timeout_s else None
+            holds[it.id] = [user, it.amount, "open", expires, batch_no]
         if it.kind == "settle":
             bets[it.bet_id][3] = it.outcome
         out.append((cand.id, "accepted", None, bal[user]))
+
+    def close_hold(cand: Candidate, it: Any, by_writer: bool) -> None:
+        user, hold = cand.user_id, holds.get(it.hold_id)
+        if hold is None or hold[0] != user:
+            out.append((cand.id, "rejected", "unknown_hold", bal.get(user)))
+            return
+        late = hold[3] is not None and cand.ingress_ms >= hold[3]
+        if hold[2] != "open" or (late and not by_writer):
+            out.append((cand.id, "rejected", "hold_closed", bal.get(user)))
+            return
+        post = it.kind == "withdrawal_post"
+        apply({-3: -hold[1], 0 if post else user: hold[1]})
+        hold[2] = "posted" if post else "expired" if by_writer else "voided"
+        out.append((cand.id, "accepted", None, bal[user]))
+
+    def expire(batch: list[Candidate]) -> None:
+        """At a batch's end: holds of earlier batches due by its last ingress, soonest
+        first, but those its own posts and voids name (with an intent)."""
+        named = {c.intent.hold_id for c in batch if c.intent is not None
+                 and c.kind in ("withdrawal_post", "withdrawal_void") and c.id in fresh_ids}
+        due = sorted((h[3], hid) for hid, h in holds.items() if h[2] == "open"
+                     and h[3] is not None and h[3] <= now and h[4] < batch_no
+                     and hid not in named)
+        for _, hid in due:
+            name = f"expire:{hid}"
+            expiry = Candidate(f"writer:{name}", now, str(uuid.uuid5(SETTLE_NAMESPACE, name)),
+                               "withdrawal_void", holds[hid][0], b"", None)
+            close_hold(expiry, WithdrawalVoidIntent.model_construct(
+                kind="withdrawal_void", hold_id=hid), by_writer=True)
 
     def take_chunk() -> None:
         """At a batch's end: the next bets of the oldest resulted market it knew of."""
@@ -433,16 +522,25 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
             queue.remove(s)
 
     batches = cut(cands, cuts) if cuts is not None else [cands]
-    for batch in batches:
+    now = 0
+    for batch_no, batch in enumerate(batches):
         chunk_ready = list(queue)  # what earlier batches resulted
         pending: list[dict] = []
+        now = max([now, *(c.ingress_ms for c in batch)])
+        seen_before = set(first_sha)
+        fresh_ids = {c.id for c in batch if c.id not in seen_before}
         for cand in batch:
             one(cand)
         take_chunk()
+        if chunk_max:  # the writer's own work, as its pipeline does it
+            expire(batch)
         queue.extend(pending)
+    batch_no = len(batches)
     while queue and chunk_max:  # the writer's batches of its own work
-        chunk_ready, pending = list(queue), []
+        chunk_ready, pending, fresh_ids = list(queue), [], set()
         take_chunk()
+        expire([])
+        batch_no += 1
     return out, bal
 
 
@@ -479,7 +577,7 @@ def test_decide_batch_on_one_book_matches_the_reference(ops: list[tuple], cuts: 
     needed), gives the reference outcomes and leaves the reference balances in the Book."""
     seen: set[str] = set()
     cands = [c for c in build(ops) if not (c.id in seen or seen.add(c.id))]
-    book = Book({CASH: 0, HOUSE: 0, ESCROW: 0})
+    book = Book({CASH: 0, HOUSE: 0, ESCROW: 0, PENDING: 0})
     decisions = []
     for batch in cut(cands, cuts):
         decided, book = decide_batch(batch, book)
@@ -581,6 +679,8 @@ def test_bets_settle_at_most_once_and_pay_exact_integer_payouts(ops: list[tuple]
                    and isinstance(d.candidate.intent, DepositIntent))
     withdrawals = sum(d.candidate.intent.amount for d in ledger.decisions if d.status == ACCEPTED
                       and isinstance(d.candidate.intent, WithdrawalIntent))
+    withdrawals += sum(d.closed_hold.amount for d in ledger.decisions  # holds paid out
+                       if d.closed_hold is not None and d.closed_hold.state == "posted")
     assert ledger.balances[CASH] == withdrawals - deposits
 
 
@@ -589,9 +689,10 @@ def test_bets_settle_at_most_once_and_pay_exact_integer_payouts(ops: list[tuple]
 def test_replaying_the_same_sequence_twice_changes_nothing(ops: list[tuple], cuts: list[int],
                                                            cuts2: list[int]) -> None:
     """Redelivered entries (same entry ids) and re-sent intents (same ids, new entries) get
-    their original outcome again and never a second effect."""
+    their original outcome again and never a second effect. (Holds do not fall due while
+    the same entries come again: the writer's own work is not what is replayed here.)"""
     cands = build(ops)
-    ledger = Ledger()
+    ledger = Ledger(expire_holds=False)
     ledger.run(cands, cuts)
     outcomes = dict(ledger.by_entry)
     balances, bets = dict(ledger.balances), {k: msgspec.structs.replace(v)
@@ -633,9 +734,11 @@ def test_replaying_the_same_sequence_twice_changes_nothing(ops: list[tuple], cut
 @PROPS
 @given(SEQUENCES, CUTS)
 def test_batch_cuts_do_not_change_outcomes(ops: list[tuple], cuts: list[int]) -> None:
-    """Outcomes depend on stream order only, not on how the writer batches it."""
+    """Outcomes of what the stream brings depend on its order only, not on how the writer
+    batches it. (The writer's own work, voiding holds past their time and settling a
+    resulted market, runs at batch ends by the clock: the reference model test covers it.)"""
     cands = build(ops)
-    one, many = Ledger(), Ledger()
+    one, many = Ledger(expire_holds=False), Ledger(expire_holds=False)
     one.run(cands, [])
     many.run(cands, cuts)
     assert [(d.candidate.entry_id, d.status, d.reason, d.balance) for d in one.decisions] == \
@@ -668,7 +771,7 @@ def settle(user: int, bet_n: int, outcome: str, n: int = 4) -> SettleIntent:
 
 
 def fresh_book() -> Book:
-    return Book({CASH: 0, HOUSE: 0, ESCROW: 0})
+    return Book({CASH: 0, HOUSE: 0, ESCROW: 0, PENDING: 0})
 
 
 def test_first_deposit_opens_the_account() -> None:
@@ -677,7 +780,7 @@ def test_first_deposit_opens_the_account() -> None:
     d = decide(candidate(dep(7, 1000)), book)
     assert (d.status, d.reason, d.balance) == (ACCEPTED, None, 1000)
     assert d.postings == ((CASH, -1000), (7, 1000))
-    assert book.balances == {CASH: -1000, HOUSE: 0, ESCROW: 0, 7: 1000}
+    assert book.balances == {CASH: -1000, HOUSE: 0, ESCROW: 0, PENDING: 0, 7: 1000}
 
 
 def test_unknown_user_cannot_withdraw_or_bet() -> None:
@@ -686,7 +789,7 @@ def test_unknown_user_cannot_withdraw_or_bet() -> None:
     for intent in (wd(7, 1), bet(7, 1, "2.00")):
         d = decide(candidate(intent), book)
         assert (d.status, d.reason, d.balance, d.postings) == (REJECTED, "unknown_user", None, ())
-    assert book.balances == {CASH: 0, HOUSE: 0, ESCROW: 0}
+    assert book.balances == {CASH: 0, HOUSE: 0, ESCROW: 0, PENDING: 0}
 
 
 def test_spending_exactly_the_balance_is_allowed_one_more_is_not() -> None:
@@ -733,7 +836,7 @@ def test_a_bet_settles_once_and_only_by_its_owner() -> None:
     for outcome in ("won", "lost", "void"):
         again = decide(candidate(settle(7, 3, outcome, n=6)), book)
         assert (again.status, again.reason, again.postings) == (REJECTED, "already_settled", ())
-    assert book.balances == {CASH: -2000, HOUSE: -375, ESCROW: 0, 7: 1375, 8: 1000}
+    assert book.balances == {CASH: -2000, HOUSE: -375, ESCROW: 0, PENDING: 0, 7: 1375, 8: 1000}
 
 
 def test_pre_rejected_candidates_never_touch_the_book() -> None:
@@ -782,7 +885,7 @@ def test_deciding_and_building_a_batch_leave_their_inputs_as_they_were(
     records) and the decisions handed to build_batch are unchanged afterwards."""
     seen: set[str] = set()
     cands = [c for c in build(ops) if not (c.id in seen or seen.add(c.id))]
-    book = Book({CASH: 0, HOUSE: 0, ESCROW: 0})
+    book = Book({CASH: 0, HOUSE: 0, ESCROW: 0, PENDING: 0})
     heads = Heads(0, 0, 0, GENESIS_HASH)
     for batch in cut(cands, cuts):
         given_book = copy.deepcopy((dict(book.balances), dict(book.bets), batch))

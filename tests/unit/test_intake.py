@@ -323,3 +323,24 @@ def test_a_key_signing_an_invalid_body_of_a_forbidden_kind_gets_forbidden_kind(k
     got = admit("1-0", fields, keyring)
     assert got.pre_reason == "forbidden_kind" and got.user_id == 5
     assert _json.loads(body)["kind"] == "deposit"
+
+
+def test_a_front_end_key_can_sign_no_market_or_hold_kind() -> None:
+    """forbidden_kind for every contract v1.1 kind signed with a key that lists only bet."""
+    from producer.contract import (
+        intent_body,
+        new_resume_market,
+        new_settle_market,
+        new_suspend_market,
+        new_withdrawal_hold,
+        new_withdrawal_post,
+        new_withdrawal_void,
+    )
+
+    hold_id = str(uuid.uuid4())
+    for intent in (new_suspend_market("final"), new_resume_market("final"),
+                   new_settle_market("final", {"home": "won"}), new_withdrawal_hold(5, 100, 60),
+                   new_withdrawal_post(5, hold_id), new_withdrawal_void(5, hold_id)):
+        got = admit(ENTRY, fields(intent_body(intent)), RING)
+        assert isinstance(got, Candidate), (intent.kind, got)
+        assert (got.kind, got.pre_reason) == (intent.kind, "forbidden_kind")

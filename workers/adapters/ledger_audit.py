@@ -166,6 +166,10 @@ CHECKS: Final = (
           "SELECT id FROM users WHERE id = -2 AND balance != "
           "(SELECT COALESCE(SUM(stake), 0) FROM bets WHERE status = 'open')",
           "escrow balances differ from the open stakes"),
+    _none("the pending account holds exactly the open holds",
+          "SELECT id FROM users WHERE id = -3 AND balance != "
+          "(SELECT COALESCE(SUM(amount), 0) FROM holds WHERE state = 'open')",
+          "pending balances differ from the open holds"),
     _none("carried-forward rows only at the archive anchor",
           "SELECT entry_id FROM transaction_ledger WHERE entry_id <= 0 AND (ref_type != 'carry' "
           "OR NOT batch_no <= (SELECT through_batch FROM archive_anchor)) "

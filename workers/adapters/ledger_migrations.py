@@ -40,6 +40,10 @@ STEPS: Final[dict[int, tuple[str, ...]]] = {
     5: (  # 6: market states (contract v1.1); the table itself comes from schema.sql
         "UPDATE meta SET value = 6 WHERE key = 'schema_version'",
     ),
+    6: (  # 7: withdrawal holds (contract v1.1): the pending account; the table: schema.sql
+        "INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (-3, 0, 0)",
+        "UPDATE meta SET value = 7 WHERE key = 'schema_version'",
+    ),
 }
 
 

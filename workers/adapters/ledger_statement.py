@@ -7,7 +7,7 @@ running balance must equal the account's snapshot balance (the statement says so
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Statement:
     closing: int  # running balance after the last entry
     snapshot: int | None  # users.balance
     archives: list[str] = field(default_factory=list)  # archive files read, oldest first
+    holds: list[dict[str, Any]] = field(default_factory=list)  # withdrawal holds, by id
 
     @property
     def consistent(self) -> bool:
@@ -49,7 +50,7 @@ class Statement:
     def as_dict(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "opening": self.opening, "closing": self.closing,
                 "snapshot": self.snapshot, "consistent": self.consistent, "archives": self.archives,
-                "lines": [asdict(line) for line in self.lines]}
+                "lines": [asdict(line) for line in self.lines], "holds": self.holds}
 
 
 def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 5000,
@@ -71,9 +72,18 @@ def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 
                    for f, _, _ in files] if archive_dir is not None else []
         # With the archives read, the carried-forward row (entry id < 0) would count twice.
         sources.extend(_live(conn, user_id, carried=not files))
-        return _fold(user_id, since_ms, sources, row[0], [f for f, _, _ in files])
+        folded = _fold(user_id, since_ms, sources, row[0], [f for f, _, _ in files])
+        return replace(folded, holds=_holds(conn, user_id))
     finally:
         conn.close()
+
+
+def _holds(conn: sqlite3.Connection, user_id: int) -> list[dict[str, Any]]:
+    """The account's withdrawal holds and their state (open, posted, voided, expired)."""
+    keys = ("id", "amount", "state", "expires_at")
+    rows = conn.execute("SELECT id, amount, state, expires_at FROM holds WHERE user_id = ? "
+                        "ORDER BY seq", (user_id,))
+    return [dict(zip(keys, row)) for row in rows]
 
 
 COLS = "entry_id, created_at, ref_type, ref_id, txn_id, amount"

@@ -29,11 +29,11 @@ from workers.adapters.ledger_listing import LISTING_CACHE_MB, list_round
 from workers.adapters.ledger_migrations import upgrade
 from workers.adapters.ledger_queries import first_outcome
 from workers.core.batch_rows import BatchWrite, Heads, OutcomeRow, Stored
-from workers.core.decision import BetState
+from workers.core.decision import BetState, HoldState
 from workers.core.hash_chain import GENESIS_HASH
 from workers.settings import Listing
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 CHECKPOINT_INTERVAL_MS_DEFAULT: Final = 200
 WAL_AUTOCHECKPOINT_PAGES: Final = 50_000  # ~200 MB: only if the checkpointer falls behind
 JOURNAL_SIZE_LIMIT_BYTES: Final = 256 * 2**20  # the WAL file is truncated back to this
@@ -355,6 +355,28 @@ class Store:
                           "ORDER BY seq LIMIT ?", (after_seq, market, limit))
         return [BetState(*row) for row in rows]
 
+    def load_holds(self, hold_ids: Iterable[str]) -> dict[str, HoldState]:
+        out: dict[str, HoldState] = {}
+        for chunk in _chunks(sorted(set(hold_ids)), self._vars_per_read()):
+            sql = ("SELECT id, user_id, amount, state, expires_at FROM holds "
+                   f"WHERE id IN ({_marks(chunk)})")
+            for row in self._read(sql, chunk):
+                out[row[0]] = HoldState(*row)
+        return out
+
+    def holds_due(self, now_ms: int, limit: int) -> list[HoldState]:
+        """Open holds whose time has come by ``now_ms``, soonest first."""
+        rows = self._read("SELECT id, user_id, amount, state, expires_at FROM holds "
+                          "WHERE state = 'open' AND expires_at IS NOT NULL AND expires_at <= ? "
+                          "ORDER BY expires_at LIMIT ?", (now_ms, limit))
+        return [HoldState(*row) for row in rows]
+
+    def next_hold_due(self) -> int | None:
+        """When the next open hold falls due (ms); None if none has a time."""
+        rows = self._read("SELECT MIN(expires_at) FROM holds WHERE state = 'open' "
+                          "AND expires_at IS NOT NULL", ())
+        return rows[0][0]
+
     def load_markets(self, markets: Iterable[str]) -> dict[str, str]:
         """The state of each of these markets the ledger names (absent: open)."""
         out: dict[str, str] = {}
@@ -411,6 +433,7 @@ class Store:
         require(cur.rowcount == len(batch.settled_bets) or not batch.settled_bets,
                 "a settled bet was not open on disk")
         self._insert_outcomes(batch)
+        self._write_holds(batch)
         self._conn.executemany(  # few rows, and rarely any
             "INSERT INTO markets(market, state, updated_seq, settlement, settled_through) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT(market) DO UPDATE SET state = excluded.state, "
@@ -424,6 +447,17 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (batch.batch_no, batch.epoch, len(batch.ledger), batch.prev_hash, batch.hash,
              batch.committed_at))
+
+    def _write_holds(self, batch: BatchWrite) -> None:
+        """Holds opened, then closed (a hold may open and close in one batch); a close
+        finds its hold open on disk or the batch is a bug."""
+        self._insert("holds(id, user_id, amount, expires_at, seq, state)", batch.new_holds,
+                     consts=("open",))
+        cur = self._conn.executemany(
+            "UPDATE holds SET state = ?, closed_seq = ? WHERE id = ? AND state = 'open'",
+            batch.closed_holds)
+        require(cur.rowcount == len(batch.closed_holds) or not batch.closed_holds,
+                "a closed hold was not open on disk")
 
     def _post_balances(self, deltas: Sequence[tuple[int, int, int]]) -> None:
         """Add each account's delta; an account seen for the first time is created first.

@@ -1,5 +1,5 @@
 -- betstream ledger schema, version 6 (2: bets keyed by seq; 3: archival; 4: no bets_by_market;
--- 5: user_entries instead of the ledger_by_user index; 6: markets). Table names follow
+-- 5: user_entries instead of the ledger_by_user index; 6: markets; 7: holds). Table names follow
 -- the seed audit.
 -- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).
 
@@ -9,7 +9,8 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 
 -- Balance is a cached snapshot of SUM(transaction_ledger.amount) for the account.
--- System accounts have ids <= 0: 0 cash (outside world), -1 house, -2 escrow.
+-- System accounts have ids <= 0: 0 cash (outside world), -1 house, -2 escrow, -3 pending
+-- withdrawals (held).
 CREATE TABLE IF NOT EXISTS users (
     id         INTEGER PRIMARY KEY,
     balance    INTEGER NOT NULL DEFAULT 0,
@@ -93,6 +94,22 @@ CREATE TABLE IF NOT EXISTS markets (
     settled_through INTEGER
 ) WITHOUT ROWID;
 
+-- Withdrawal holds (contract v1.1): the amount sits in the pending account (-3) while the
+-- hold is open; posted (-> cash), voided (-> the player) or expired (voided by the writer
+-- at expires_at, ms). seq is the outcome that opened it, closed_seq the one that closed it.
+CREATE TABLE IF NOT EXISTS holds (
+    id          TEXT    PRIMARY KEY,
+    user_id     INTEGER NOT NULL,
+    amount      INTEGER NOT NULL CHECK (amount > 0),
+    state       TEXT    NOT NULL CHECK (state IN ('open', 'posted', 'voided', 'expired')),
+    expires_at  INTEGER,
+    seq         INTEGER NOT NULL,
+    closed_seq  INTEGER
+) WITHOUT ROWID;
+-- The writer finds the holds due: open ones with a time, soonest first.
+CREATE INDEX IF NOT EXISTS holds_due ON holds(expires_at)
+    WHERE state = 'open' AND expires_at IS NOT NULL;
+
 -- One row per outcome; seq is the monotonic confirmation sequence number.
 -- entry_id (the stream entry) is unique: a redelivered entry never gets a second outcome.
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -138,6 +155,7 @@ CREATE TABLE IF NOT EXISTS batches (
     committed_at INTEGER NOT NULL
 );
 
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 6), ('epoch', 0),
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', 7), ('epoch', 0),
     ('user_entries_through', 0);
-INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0);
+INSERT OR IGNORE INTO users(id, balance, created_at) VALUES (0, 0, 0), (-1, 0, 0), (-2, 0, 0),
+    (-3, 0, 0);

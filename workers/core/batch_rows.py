@@ -81,6 +81,8 @@ class BatchWrite:
     after: Heads  # the store's heads once this batch is committed
     # (change, seq of the outcome that made it), in order: the last one per market wins
     market_changes: list[tuple[MarketChange, int]] = field(default_factory=list)
+    new_holds: list[tuple[str, int, int, int | None, int]] = field(default_factory=list)
+    closed_holds: list[tuple[str, int, str]] = field(default_factory=list)  # (state, seq, id)
 
 
 def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: int,
@@ -106,7 +108,7 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
         if not _posts(d):
             continue
         txn_id, kind = cand.id, cand.kind
-        ref_id = d.settled_bet.id if d.settled_bet else txn_id
+        ref_id = _reference(d, txn_id)
         for account, amount in postings:
             entry_id += 1
             add_row((entry_id, txn_id, account, amount, kind, ref_id, now))
@@ -120,13 +122,35 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
             require(bet_seq is not None, "a settled bet must have been placed")
             settled.append((d.settled_bet.status, seq, bet_seq))
     markets = _market_changes(decisions, outcomes, chunk, seq)
+    new_holds, closed_holds = _hold_rows(decisions, outcomes)
     digest = batch_hash(heads.hash, ledger)
     after = Heads(seq, batch_no, entry_id, digest)
     return BatchWrite(
         epoch, batch_no, now, outcomes, ledger, new_bets, settled,
         [(acc, delta, now) for acc, delta in deltas.items()],  # 0 too: the account must exist
-        heads.hash, digest, after, markets,
+        heads.hash, digest, after, markets, new_holds, closed_holds,
     )
+
+
+def _reference(d: Decision, txn_id: str) -> str:
+    """A ledger row's ref_id: the bet a settle settles, the hold a post or void closes, or
+    the intent itself."""
+    if d.settled_bet is not None:
+        return d.settled_bet.id
+    return d.closed_hold.id if d.closed_hold is not None else txn_id
+
+
+def _hold_rows(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow]
+               ) -> tuple[list[tuple[str, int, int, int | None, int]], list[tuple[str, int, str]]]:
+    """Holds opened (id, user, amount, expires_at, seq) and closed (state, seq, id)."""
+    opened, closed = [], []
+    for d, o in zip(decisions, outcomes):
+        if d.new_hold is not None:
+            h = d.new_hold
+            opened.append((h.id, h.user_id, h.amount, h.expires_at, o.seq))
+        if d.closed_hold is not None:
+            closed.append((d.closed_hold.state, o.seq, d.closed_hold.id))
+    return opened, closed
 
 
 def _market_changes(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow],

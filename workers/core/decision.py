@@ -21,6 +21,9 @@ from producer.contract import (
     Intent,
     MarketIntent,
     SettleIntent,
+    WithdrawalHoldIntent,
+    WithdrawalPostIntent,
+    WithdrawalVoidIntent,
     odds_x100,
 )
 from producer.errors import InvariantViolation
@@ -30,7 +33,8 @@ from producer.invariants import require
 CASH: Final = 0  # the outside world: deposits come from it, withdrawals go to it
 HOUSE: Final = -1  # the operator's profit and loss
 ESCROW: Final = -2  # open stakes, held until their bet settles
-SYSTEM_ACCOUNTS: Final = (CASH, HOUSE, ESCROW)
+PENDING: Final = -3  # withdrawals held until their payment is posted or voided
+SYSTEM_ACCOUNTS: Final = (CASH, HOUSE, ESCROW, PENDING)
 BALANCE_ABS_MAX: Final = 2**62  # every account stays far from SQLite's 64-bit limit
 
 ACCEPTED: Final = "accepted"
@@ -38,8 +42,10 @@ REJECTED: Final = "rejected"
 REASONS: Final = (
     "insufficient_funds", "duplicate", "stale", "replay", "unknown_user", "invalid",
     "forbidden_kind", "unknown_bet", "already_settled", "id_conflict",
-    "market_suspended", "market_closed",
+    "market_suspended", "market_closed", "unknown_hold", "hold_closed",
 )
+HOLD_OPEN: Final = "open"
+HOLD_EXPIRED_DETAIL: Final = "expired"  # the detail of the writer's own void of a hold
 # A market's state as the ledger keeps it (table markets); a market never named there is
 # open. Closed is for good: no bet, suspension or resumption after it.
 MARKET_OPEN: Final = "open"
@@ -97,6 +103,16 @@ class BetState(msgspec.Struct, gc=False):
     selection: str = ""
 
 
+class HoldState(msgspec.Struct, gc=False):  # never mutated
+    """A withdrawal hold: open until posted, voided or expired (``expires_at`` ms, if any)."""
+
+    id: str
+    user_id: int
+    amount: int
+    state: str  # open | posted | voided | expired
+    expires_at: int | None = None
+
+
 class MarketChange(msgspec.Struct, gc=False):  # never mutated
     """A market's new state, as a decision (or a settlement chunk) leaves it."""
 
@@ -116,6 +132,8 @@ class Decision(msgspec.Struct, gc=False):  # never mutated
     settled_bet: BetState | None = None
     detail: str | None = None
     market_change: MarketChange | None = None  # for market kinds
+    new_hold: HoldState | None = None
+    closed_hold: HoldState | None = None  # a hold posted, voided or expired by this intent
 
 
 @dataclass(slots=True)
@@ -125,6 +143,7 @@ class Book:
     balances: MutableMapping[int, int]
     bets: MutableMapping[str, BetState] = field(default_factory=dict)
     markets: MutableMapping[str, str] = field(default_factory=dict)  # absent: open
+    holds: MutableMapping[str, HoldState] = field(default_factory=dict)
 
 
 def payout(stake: int, odds: str) -> int:
@@ -135,7 +154,7 @@ def payout(stake: int, odds: str) -> int:
 def decide_batch(candidates: Sequence[Candidate], book: Book) -> tuple[list[Decision], Book]:
     """Decide every candidate in order: the decisions, and the book after their accepted
     effects. ``book`` itself is left as it was (its bets included)."""
-    after = Book(dict(book.balances), dict(book.bets), dict(book.markets))
+    after = Book(dict(book.balances), dict(book.bets), dict(book.markets), dict(book.holds))
     return [decide(candidate, after) for candidate in candidates], after
 
 
@@ -159,6 +178,10 @@ def decide(candidate: Candidate, book: Book) -> Decision:
         return _settle(candidate, intent, book)
     if kind in MARKET_KINDS:
         return _market(candidate, intent, book)
+    if kind == "withdrawal_hold":
+        return _hold(candidate, intent, book)
+    if kind in ("withdrawal_post", "withdrawal_void"):
+        return _close_hold(candidate, intent, book)
     raise TypeError(f"no decision for {type(intent).__name__}")  # programmer error
 
 
@@ -245,6 +268,54 @@ def _market(candidate: Candidate, intent: MarketIntent, book: Book) -> Decision:
     book.markets[intent.market] = new
     change = MarketChange(intent.market, new, settlement, 0 if settlement else None)
     return Decision(candidate, ACCEPTED, None, None, market_change=change)
+
+
+def _hold(candidate: Candidate, intent: WithdrawalHoldIntent, book: Book) -> Decision:
+    """Player -> pending: the amount is reserved for a payment provider's answer."""
+    if intent.id in book.holds:  # only reachable if an id was reused under another kind
+        return _reject(candidate, book, "id_conflict")
+    decision = _move(candidate, book, intent.user_id, PENDING, intent.amount)
+    if decision.status != ACCEPTED:
+        return decision
+    expires = (candidate.ingress_ms + intent.timeout_s * 1000 if intent.timeout_s is not None
+               else None)
+    hold = HoldState(intent.id, intent.user_id, intent.amount, HOLD_OPEN, expires)
+    book.holds[hold.id] = hold
+    return msgspec.structs.replace(decision, new_hold=hold)
+
+
+def _close_hold(candidate: Candidate, intent: WithdrawalPostIntent | WithdrawalVoidIntent,
+                book: Book) -> Decision:
+    """Post (pending -> cash) or void (pending -> player) an open hold of this player."""
+    hold = book.holds.get(intent.hold_id)
+    by_writer = candidate.entry_id.startswith(WRITER_ENTRY_PREFIX)  # its expiry
+    refusal = _hold_refusal(candidate, hold, by_writer)
+    if refusal is not None:
+        return _reject(candidate, book, refusal)
+    target = CASH if intent.kind == "withdrawal_post" else hold.user_id
+    postings = ((PENDING, -hold.amount), (target, hold.amount))
+    if not _within_bounds(book, postings):
+        return _reject(candidate, book, "invalid", "balance would leave the supported range")
+    _apply(book, postings)
+    closed = msgspec.structs.replace(hold, state=_closed_state(intent.kind, by_writer))
+    book.holds[hold.id] = closed
+    return Decision(candidate, ACCEPTED, None, book.balances[hold.user_id], postings,
+                    closed_hold=closed, detail=HOLD_EXPIRED_DETAIL if by_writer else None)
+
+
+def _hold_refusal(candidate: Candidate, hold: HoldState | None, by_writer: bool) -> str | None:
+    """unknown_hold (none of this player's), hold_closed (posted, voided, or past its time:
+    only the writer's own void, its expiry, still takes it), or None."""
+    if hold is None or hold.user_id != candidate.user_id:
+        return "unknown_hold"
+    late = hold.expires_at is not None and candidate.ingress_ms >= hold.expires_at
+    return "hold_closed" if hold.state != HOLD_OPEN or (late and not by_writer) else None
+
+
+def _closed_state(kind: str, by_writer: bool) -> str:
+    if kind == "withdrawal_post":
+        return "posted"
+    return "expired" if by_writer else "voided"
 
 
 def settlement_postings(bet: BetState, outcome: str) -> tuple[tuple[int, int], ...]:

@@ -34,12 +34,17 @@ SETTLE_ID_NAMESPACE: Final = uuid.UUID("6b1d6a4e-7c1a-4f0e-9a57-5b2f3d0c8e11")
 _VARIANT: Final = {d: "89ab"[int(d, 16) & 0b11] for d in "0123456789abcdef"}  # RFC 9562
 
 
-def settle_id(settlement_id: str, bet_id: str) -> str:
-    """``uuid5(SETTLE_ID_NAMESPACE, "<settlement id>:<bet id>")``, as text, built from the
-    SHA-1 directly: ``uuid.uuid5`` cost ~11 us a bet, a tenth of settling it."""
-    h = hashlib.sha1(SETTLE_ID_NAMESPACE.bytes + f"{settlement_id}:{bet_id}".encode(),
+def writer_intent_id(name: str) -> str:
+    """``uuid5(SETTLE_ID_NAMESPACE, name)`` as text, built from the SHA-1 directly
+    (``uuid.uuid5`` cost ~11 us a bet, a tenth of settling it): the id of an intent the
+    writer makes itself, the same whichever writer makes it."""
+    h = hashlib.sha1(SETTLE_ID_NAMESPACE.bytes + name.encode(),
                      usedforsecurity=False).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def settle_id(settlement_id: str, bet_id: str) -> str:
+    return writer_intent_id(f"{settlement_id}:{bet_id}")
 WRITER_NONCE: Final = "writer-settlement"  # never claimed: the writer's own work
 
 

@@ -42,7 +42,8 @@ CHILD_POLL_S: Final = 0.5
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 DEMO_KEYS: Final = {"frontend": ["bet"], "cashier": ["deposit", "withdrawal"],
                     "settlement": ["settle"],
-                    "trading": ["suspend_market", "resume_market", "settle_market"]}
+                    "trading": ["suspend_market", "resume_market", "settle_market"],
+                    "payments": ["withdrawal_hold", "withdrawal_post", "withdrawal_void"]}
 DEMO_MARKETS: Final = 3  # each suspended and resumed on the way, resulted at the end
 PROCESSES: Final = (("writer",), ("confirmer",), ("gateway", "--demo"))  # as in the Procfile
 # Every intent leaves a nonce key that expires after nonce_ttl_s. At Redis's default effort

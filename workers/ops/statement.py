@@ -34,5 +34,9 @@ def _print_statement(st: Statement) -> None:
         when = dt.datetime.fromtimestamp(ln.at_ms / 1000, dt.timezone.utc)
         print(f"{ln.entry_id:>8}  {when.strftime('%Y-%m-%d %H:%M:%S'):<19}  "
               f"{ln.ref_type:<10}  {ln.ref_id:<36}  {ln.amount:>12}  {ln.balance:>12}")
+    for hold in st.holds:
+        due = (" due " + dt.datetime.fromtimestamp(hold["expires_at"] / 1000, dt.timezone.utc)
+               .strftime("%Y-%m-%d %H:%M:%S") if hold["expires_at"] else "")
+        print(f"withdrawal hold {hold['id']}  {hold['amount']:>12}  {hold['state']}{due}")
     verdict = "matches" if st.consistent else "DOES NOT MATCH"
     print(f"closing balance {st.closing}; account snapshot {st.snapshot}: {verdict}")

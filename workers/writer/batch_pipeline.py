@@ -29,9 +29,11 @@ from workers.core.decision import (
     BetState,
     Book,
     Candidate,
+    HoldState,
     MarketChange,
     decide_batch,
 )
+from workers.core.hold_expiry import expiry_candidates
 from workers.core.intake import DeadLetter, ingress_ms, reject_replays, reject_stale
 from workers.core.market_settlement import Settlement, chunk_candidates, chunk_change
 from workers.core.repeats import Repeat, split_repeats
@@ -43,6 +45,8 @@ BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache start
 MARKET_CACHE_SIZE_MAX: Final = 100_000  # markets; past this the cache starts afresh
 MARKET_NAMING_KINDS: Final = frozenset({"bet", *MARKET_KINDS})  # intents with a ``market``
 SETTLE_KINDS: Final = frozenset({"settle"})  # intents with a ``bet_id``
+HOLD_CLOSING_KINDS: Final = frozenset({"withdrawal_post", "withdrawal_void"})  # ``hold_id``
+HOLD_EXPIRIES_PER_BATCH_MAX: Final = 1_000  # holds one batch voids for their time
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,8 @@ class BatchPipeline:
         self.balances: dict[int, int] = {}  # cache; valid only while we hold the epoch
         self.markets: dict[str, str] = {}  # cache of market states, "open" included
         self.settlements: list[Settlement] | None = None  # None: read them from the ledger
+        self.hold_due_ms: int | None = None  # when the next open hold falls due
+        self._hold_due_known = False  # False: read it from the ledger
         self._committer: ThreadPoolExecutor | None = None  # made on first overlapped commit
 
     def close(self) -> None:
@@ -102,6 +108,7 @@ class BatchPipeline:
             self.balances.clear()
             self.markets.clear()
             self.settlements = None
+            self._hold_due_known = False
         else:
             for account in accounts:
                 self.balances.pop(account, None)
@@ -116,17 +123,34 @@ class BatchPipeline:
         fresh = reject_stale(fresh, now, self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
         fresh = reject_replays(fresh, claims)
         chunk = self._next_chunk(now)
-        if chunk is not None:  # the writer's own settles, after the batch's intents
-            fresh = [*fresh, *chunk.candidates]
-        decisions, after = decide_batch(fresh, self._book(fresh, chunk))
+        expiring = self._holds_due(now)
+        if chunk is not None or expiring:  # the writer's own work, after the batch's intents
+            fresh = [*fresh, *(chunk.candidates if chunk else []),
+                     *expiry_candidates(expiring, now)]
+        decisions, after = decide_batch(fresh, self._book(fresh, chunk, expiring))
         change = chunk.change if chunk is not None else None
         write = (build_batch(decisions, self._store.heads, epoch, now_ms(), change)
                  if decisions or change is not None else None)
         return Decided(batch, write, [d.candidate.ingress_ms for d in decisions], repeats, after)
 
     def has_chores(self) -> bool:
-        """Whether the writer has work of its own (a market to settle) with nothing read."""
-        return bool(self._settlements())
+        """Whether the writer has work of its own with nothing read: a market to settle, a
+        hold that has fallen due."""
+        due = self._hold_due()
+        return bool(self._settlements()) or (due is not None and due <= now_ms())
+
+    def _hold_due(self) -> int | None:
+        if not self._hold_due_known:
+            self.hold_due_ms = self._store.next_hold_due()
+            self._hold_due_known = True
+        return self.hold_due_ms
+
+    def _holds_due(self, now: int) -> list[HoldState]:
+        due = self._hold_due()
+        if due is None or due > now:
+            return []
+        self._hold_due_known = False  # read again once these are closed
+        return self._store.holds_due(now, HOLD_EXPIRIES_PER_BATCH_MAX)
 
     def _settlements(self) -> list[Settlement]:
         """Markets being settled, oldest first; read from the ledger after a lead or a
@@ -143,6 +167,15 @@ class BatchPipeline:
         bets = self._store.open_bets_after(first.market, first.through, chunk_max)
         return Chunk(chunk_candidates(first, bets, now), {b.id: b for b in bets},
                      chunk_change(first, bets, chunk_max))
+
+    def _follow_holds(self, write: BatchWrite) -> None:
+        """Our committed holds: a new one with a time may fall due first."""
+        if not self._hold_due_known:
+            return
+        for _, _, _, expires_at, _ in write.new_holds:
+            if expires_at is not None and (self.hold_due_ms is None
+                                           or expires_at < self.hold_due_ms):
+                self.hold_due_ms = expires_at
 
     def _follow(self, change: MarketChange) -> None:
         """Our committed market change, in the caches."""
@@ -183,11 +216,13 @@ class BatchPipeline:
             for market in decided.book_after.markets:
                 self.markets.pop(market, None)
             self.settlements = None
+            self._hold_due_known = False
             raise
         self.balances.update(decided.book_after.balances)
         self.markets.update(decided.book_after.markets)
         for change, _ in decided.write.market_changes:
             self._follow(change)
+        self._follow_holds(decided.write)
         return took_ms
 
     def _timed_commit(self, write: BatchWrite | None) -> float:
@@ -195,8 +230,9 @@ class BatchPipeline:
         self._store.commit(write)  # type: ignore[arg-type]  (None never reaches here)
         return (time.perf_counter() - started) * 1000
 
-    def _book(self, fresh: list[Candidate], chunk: Chunk | None) -> Book:
-        """The balances, bets and market states the batch's decisions read."""
+    def _book(self, fresh: list[Candidate], chunk: Chunk | None,
+              expiring: list[HoldState]) -> Book:
+        """The balances, bets, market states and holds the batch's decisions read."""
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
         self._cache_balances(wanted)
         bets = dict(chunk.bets) if chunk is not None else {}
@@ -205,7 +241,12 @@ class BatchPipeline:
             bets.update(self._store.load_bets(settles))
         markets = self._market_states(_named(fresh, "market", MARKET_NAMING_KINDS)
                                       | {b.market for b in bets.values()})
-        return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets, markets)
+        holds = {h.id: h for h in expiring}
+        closing = _named(fresh, "hold_id", HOLD_CLOSING_KINDS) - holds.keys()
+        if closing:
+            holds.update(self._store.load_holds(closing))
+        return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets, markets,
+                    holds)
 
     def _market_states(self, names: set[str]) -> dict[str, str]:
         """The markets among ``names`` that are not open (suspended or closed), from the
