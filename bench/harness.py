@@ -29,6 +29,8 @@ KEYRING = {
     "trading": {"secret": "bench-trading-desk-secret-1",
                 "kinds": ["suspend_market", "resume_market", "settle_market"]},
 }
+# Kinds every revision knows (contract v1): a keyring another revision (--compare) can load.
+KEYRING_V1 = {kid: key for kid, key in KEYRING.items() if kid != "trading"}
 
 
 REDIS_TCP_ENV: Final = "BENCH_REDIS_TCP"  # set: every process reaches Redis over TCP
@@ -112,10 +114,12 @@ class Env:
 
 
 @contextmanager
-def private_env(keep: bool = False) -> Iterator[Env]:
-    """A fresh directory, keyring and redis-server (no persistence) for one measurement."""
+def private_env(keep: bool = False, keyring: dict | None = None) -> Iterator[Env]:
+    """A fresh directory, keyring (``KEYRING`` unless given) and redis-server (no
+    persistence) for one measurement."""
     tmp = Path(tempfile.mkdtemp(prefix="betstream-bench-"))
-    (tmp / "keyring.json").write_text(json.dumps(KEYRING))
+    (tmp / "keyring.json").write_text(json.dumps(KEYRING if keyring is None else keyring))
+    (tmp / "keyring.json").chmod(0o600)  # as an operator keeps it (others' read: a warning)
     env = Env(tmp, free_port())
     server = subprocess.Popen(
         ["redis-server", "--port", str(env.port), "--bind", "127.0.0.1", "--save", "",

@@ -37,7 +37,7 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import ROOT, private_env, wait
+from bench.harness import KEYRING_V1, ROOT, private_env, wait
 from bench.throughput import DRAIN_WINDOW, prefill
 from workers.adapters.intent_stream import backlog
 
@@ -59,7 +59,7 @@ def count(intents: int, root: Path, console: Console,
 
     ``keep_profile``: where to copy callgrind's profile, for ``callgrind_annotate``
     (the private environment and its files are removed when the count is done)."""
-    with private_env() as env:
+    with private_env(keyring=KEYRING_V1) as env:  # one another revision can load
         console.print(f"  prefilling {intents:,} intents ...")
         prefill(env, intents)
         wrap = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={env.dir}/callgrind.out")

@@ -379,9 +379,16 @@ def new_resume_market(market: str, intent_id: str | None = None) -> ResumeMarket
 
 def new_settle_market(market: str, results: dict[str, str], others: str = "lost",
                       intent_id: str | None = None) -> SettleMarketIntent:
-    """``results``: selection -> won/lost/void; every other selection gets ``others``."""
-    return SettleMarketIntent(kind="settle_market", market=market, results=results,
-                              others=others, **_market_common(intent_id))
+    """``results``: selection -> won/lost/void; every other selection gets ``others``.
+    ContractError if its body would exceed BODY_BYTES_MAX (64 long selection names can):
+    the writer would dead-letter it ``too_large``."""
+    intent = SettleMarketIntent(kind="settle_market", market=market, results=results,
+                                others=others, **_market_common(intent_id))
+    size = len(intent_body(intent))
+    if size > BODY_BYTES_MAX:
+        raise ContractError(f"settle_market body is {size} bytes, over {BODY_BYTES_MAX}: "
+                            "name fewer selections (the others get `others`)", "too_large")
+    return intent
 
 
 def new_withdrawal_hold(user_id: int, amount: int, timeout_s: int | None = None,

@@ -15,6 +15,7 @@ from producer.contract import (
     new_withdrawal_hold,
     new_withdrawal_post,
     new_withdrawal_void,
+    now_ms,
 )
 from tests.conftest import Procs, wait_for
 from tests.support import balances, drained, outcome_of, query
@@ -91,3 +92,67 @@ def test_a_statement_shows_the_players_holds_and_their_state(
     assert f"withdrawal hold {held.id}" in shown.stdout and " open due " in shown.stdout
     assert f"withdrawal hold {posted.id}" in shown.stdout and "posted" in shown.stdout
     assert "closing balance 850" in shown.stdout
+
+
+# --- expiry by stream time, through the writer's own pipeline and a real ledger ------------
+
+
+def _pipeline(settings, tmp_path, clock):  # type: ignore[no-untyped-def]
+    from workers.adapters.ledger_store import Store
+    from workers.writer.batch_pipeline import BatchPipeline
+
+    store = Store(tmp_path / "pipeline.sqlite3", 5_000, checkpoint_interval_ms=0)
+    store.bump_epoch()
+    return store, BatchPipeline(settings, store, stream_clock=lambda: clock[0])
+
+
+def _run(store, pipeline, intents_at: list[tuple], now: int):  # type: ignore[no-untyped-def]
+    """One batch of ``(intent, ingress ms)`` decided at the writer's ``now`` and committed."""
+    import hashlib
+
+    from producer.contract import intent_body
+    from workers.core.decision import Candidate
+    from workers.writer.batch_source import Batch
+
+    cands = [Candidate.of(f"{at}-{n}", at, intent, hashlib.sha256(intent_body(intent)).digest(),
+                          "payments") for n, (intent, at) in enumerate(intents_at)]
+    batch = Batch([(c.entry_id, {}) for c in cands], cands, [])
+    decided = pipeline.decide(batch, {c.entry_id: c.id for c in cands}, now,
+                              store._meta("epoch"))
+    pipeline.commit(decided)
+    return decided.write.outcomes if decided.write else []
+
+
+def test_a_post_that_reached_the_stream_in_time_is_taken_though_the_writer_was_behind(
+        settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Due by stream time, not by the writer's clock: a writer 5 s behind its stream does
+    not void a hold before deciding the post that reached the stream in time."""
+    t = now_ms()  # the intents are issued now: their ingress must be near it (freshness)
+    clock = [t + 5_000]
+    store, pipeline = _pipeline(settings, tmp_path, clock)
+    hold = new_withdrawal_hold(45, 100, timeout_s=1)
+    _run(store, pipeline, [(new_deposit(45, 1_000), t), (hold, t)], now=t)
+    # the next entries read: one from before the hold's time, decided 5 s late
+    assert _run(store, pipeline, [(new_deposit(46, 1), t + 400)], now=t + 5_000)[-1].kind \
+        == "deposit", "not due at the last entry read: nothing expires"
+    post = new_withdrawal_post(45, hold.id)
+    outcomes = _run(store, pipeline, [(post, t + 500)], now=t + 5_001)
+    assert [(o.id, o.status) for o in outcomes] == [(post.id, "accepted")]
+    assert store._conn.execute("SELECT state FROM holds").fetchall() == [("posted",)]
+
+
+def test_a_hold_the_same_batch_posts_is_not_also_expired(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A due hold whose post is in the batch: the post is decided, no void of the writer's
+    own follows it (it would be refused, an outcome the player never asked for)."""
+    t = now_ms()  # the intents are issued now: their ingress must be near it (freshness)
+    clock = [t]
+    store, pipeline = _pipeline(settings, tmp_path, clock)
+    hold = new_withdrawal_hold(47, 100, timeout_s=1)
+    _run(store, pipeline, [(new_deposit(47, 1_000), t), (hold, t)], now=t)
+    post = new_withdrawal_post(47, hold.id)
+    outcomes = _run(store, pipeline, [(post, t + 900), (new_deposit(48, 1), t + 3_000)],
+                    now=t + 3_000)
+    assert [(o.kind, o.status) for o in outcomes] == [("withdrawal_post", "accepted"),
+                                                      ("deposit", "accepted")]
+    clock[0] = t + 10_000
+    assert not pipeline.has_chores(), "nothing left to expire"

@@ -197,8 +197,8 @@ def test_an_older_ledger_gains_the_tables_of_contract_1_1(
     conn = sqlite3.connect(path)
     conn.executescript(schema_sql().replace(f"('schema_version', {SCHEMA_VERSION})",
                                             f"('schema_version', {version})"))
-    for statement in undo:
-        conn.execute(statement)
+    for sql in undo:
+        conn.execute(sql)
     conn.commit()
     conn = _upgraded(conn, path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"

@@ -277,7 +277,7 @@ class Ledger:
             return [], None
         first = self.settlements[0]
         bets = sorted((b for b in self.bets.values() if b.market == first.market
-                       and b.status == "open" and b.seq > first.through),
+                       and b.status == "open" and first.through < b.seq < first.seq),
                       key=lambda b: b.seq)[:self.chunk_max]
         return (chunk_candidates(first, bets, 5),
                 chunk_change(first, bets, self.chunk_max))
@@ -327,8 +327,8 @@ class Ledger:
                                                    d.new_bet.selection)
             if d.settled_bet:
                 self.bets[d.settled_bet.id].status = d.settled_bet.status
-        for market_change, _ in write.market_changes:
-            self.follow(market_change)
+        for market_change, seq in write.market_changes:
+            self.follow(market_change, seq)
         for hold_id, user, amount, expires_at, _ in write.new_holds:
             self.holds[hold_id] = HoldState(hold_id, user, amount, "open", expires_at)
         for state, _, hold_id in write.closed_holds:
@@ -342,10 +342,10 @@ class Ledger:
         self.decisions += decisions
         return decisions
 
-    def follow(self, change: MarketChange) -> None:
+    def follow(self, change: MarketChange, seq: int) -> None:
         self.markets[change.market] = change.state
         if change.settlement is not None:
-            self.settlements.append(Settlement.of(change.market, change.settlement, 0))
+            self.settlements.append(Settlement.of(change.market, change.settlement, 0, seq))
         elif change.state == "closed":
             self.settlements = [x for x in self.settlements if x.market != change.market]
         elif change.settled_through is not None:
@@ -363,7 +363,6 @@ class Ledger:
 # --- the independent reference model -----------------------------------------------------
 
 
-SETTLE_NAMESPACE = uuid.UUID("6b1d6a4e-7c1a-4f0e-9a57-5b2f3d0c8e11")  # docs/wire-contract.md
 
 
 def reference(cands: list[Candidate], cuts: list[int] | None = None,
@@ -497,8 +496,8 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
                      and hid not in named)
         for _, hid in due:
             name = f"expire:{hid}"
-            expiry = Candidate(f"writer:{name}", now, str(uuid.uuid5(SETTLE_NAMESPACE, name)),
-                               "withdrawal_void", holds[hid][0], b"", None)
+            expiry = Candidate(f"writer:{name}", now, name, "withdrawal_void", holds[hid][0],
+                               b"", None)
             close_hold(expiry, WithdrawalVoidIntent.model_construct(
                 kind="withdrawal_void", hold_id=hid), by_writer=True)
 
@@ -515,8 +514,7 @@ def reference(cands: list[Candidate], cuts: list[int] | None = None,
             outcome = s["results"].get(bet[5], s["others"])
             apply(settle_changes(bet, outcome))
             bet[3] = outcome
-            out.append((str(uuid.uuid5(SETTLE_NAMESPACE, f"{s['id']}:{bet_id}")), "accepted",
-                        None, bal[bet[0]]))
+            out.append((f"settle:{s['id']}:{bet_id}", "accepted", None, bal[bet[0]]))
             s["after"] = n
         if len(todo) < chunk_max:
             queue.remove(s)

@@ -127,6 +127,11 @@ class IntentStream:
         self._raw.xread({c.STREAM_INTENTS: "$"}, count=1, block=self._settings.batch_wait_ms)
         return self.read_new_now(lease_owner)
 
+    def server_ms(self) -> int:
+        """Redis's clock (ms): the clock stream entry ids, and so ingress times, come from."""
+        seconds, micros = self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def read_new_now(self, lease_owner: str) -> list[Entry]:
         """New entries already there, without blocking (read-ahead during a commit), only
         if ``lease_owner`` still holds the writer lease (nothing otherwise).

@@ -27,6 +27,9 @@ from workers.adapters.ledger_store import LEDGER_BY_USER_INDEX, connect, schema_
 
 TABLES = (("batches", BATCH_COLS), ("transaction_ledger", LEDGER_COLS),
           ("outcomes", OUTCOME_COLS), ("bets", BET_COLS))
+# Never archived: their live rows are the whole of them (absent in older schema versions).
+LIVE_ONLY_TABLES = (("markets", "market, state, updated_seq, settlement, settled_through"),
+                    ("holds", "id, user_id, amount, state, expires_at, seq, closed_seq"))
 
 
 def archive_files(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
@@ -76,6 +79,10 @@ def _copy_live(merged: sqlite3.Connection, db: Path,
         for table, cols in TABLES:
             where = " WHERE entry_id > 0" if table == "transaction_ledger" else ""
             _insert(merged, table, cols, live.execute(f"SELECT {cols} FROM {table}{where}"))
+        present = {r[0] for r in live.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, cols in LIVE_ONLY_TABLES:
+            if table in present:
+                _insert(merged, table, cols, live.execute(f"SELECT {cols} FROM {table}"))
         carry = live.execute("SELECT user_id, amount FROM transaction_ledger "
                              "WHERE entry_id < 0").fetchall()
         merged.executemany("INSERT INTO carry VALUES (?, ?)", carry)

@@ -81,6 +81,8 @@ def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 
 def _holds(conn: sqlite3.Connection, user_id: int) -> list[dict[str, Any]]:
     """The account's withdrawal holds and their state (open, posted, voided, expired)."""
     keys = ("id", "amount", "state", "expires_at")
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'holds'").fetchone():
+        return []  # a file from before holds existed (a backup)
     rows = conn.execute("SELECT id, amount, state, expires_at FROM holds WHERE user_id = ? "
                         "ORDER BY seq", (user_id,))
     return [dict(zip(keys, row)) for row in rows]

@@ -7,6 +7,7 @@ batch is either wholly durable (WAL + ``synchronous=FULL``) or not there at all.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -98,6 +99,13 @@ def read_ledger(path: Path, busy_timeout_ms: int, read: Callable[[sqlite3.Connec
         return None
     finally:
         conn.close()
+
+
+def _with_seq(settlement: str | None, seq: int) -> str | None:
+    """A settle_market's stored record: its results and the seq of its own outcome."""
+    if settlement is None:
+        return None
+    return json.dumps({**json.loads(settlement), "seq": seq}, separators=(",", ":"))
 
 
 def create_private(path: Path) -> bool:
@@ -345,14 +353,17 @@ class Store:
     def load_settlements(self) -> list[tuple[str, str, int]]:
         """(market, settlement JSON, settled_through) of every market being settled."""
         return self._read("SELECT market, settlement, settled_through FROM markets "
-                          "WHERE state = 'settling' ORDER BY updated_seq", ())
+                          "WHERE state = 'settling' ORDER BY settlement ->> '$.seq'", ())
 
-    def open_bets_after(self, market: str, after_seq: int, limit: int) -> list[BetState]:
-        """Up to ``limit`` open bets on ``market`` placed after ``after_seq``, in bet order
-        (a walk of bets by seq from there: there is no index by market, on purpose)."""
+    def open_bets_after(self, market: str, after_seq: int, before_seq: int,
+                        limit: int) -> list[BetState]:
+        """Up to ``limit`` open bets on ``market`` placed after ``after_seq`` and before
+        ``before_seq``, in bet order: a walk of bets by seq between the two (there is no
+        index by market, on purpose), so one pass over them per resulted market."""
         rows = self._read("SELECT id, user_id, stake, odds, status, seq, market, selection "
-                          "FROM bets WHERE seq > ? AND market = ? AND status = 'open' "
-                          "ORDER BY seq LIMIT ?", (after_seq, market, limit))
+                          "FROM bets WHERE seq > ? AND seq < ? AND market = ? "
+                          "AND status = 'open' ORDER BY seq LIMIT ?",
+                          (after_seq, before_seq, market, limit))
         return [BetState(*row) for row in rows]
 
     def load_holds(self, hold_ids: Iterable[str]) -> dict[str, HoldState]:
@@ -440,7 +451,7 @@ class Store:
             "updated_seq = excluded.updated_seq, "
             "settlement = COALESCE(excluded.settlement, markets.settlement), "
             "settled_through = COALESCE(excluded.settled_through, markets.settled_through)",
-            [(ch.market, ch.state, seq, ch.settlement, ch.settled_through)
+            [(ch.market, ch.state, seq, _with_seq(ch.settlement, seq), ch.settled_through)
              for ch, seq in batch.market_changes])
         self._conn.execute(
             "INSERT INTO batches(batch_no, epoch, rows, prev_hash, hash, committed_at) "

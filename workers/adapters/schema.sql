@@ -1,4 +1,4 @@
--- betstream ledger schema, version 6 (2: bets keyed by seq; 3: archival; 4: no bets_by_market;
+-- betstream ledger schema, version 7 (2: bets keyed by seq; 3: archival; 4: no bets_by_market;
 -- 5: user_entries instead of the ledger_by_user index; 6: markets; 7: holds). Table names follow
 -- the seed audit.
 -- Anyone can check the invariants with the sqlite3 CLI (see docs/ledger.md).

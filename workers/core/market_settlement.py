@@ -13,7 +13,6 @@ closes only when a chunk finds none left).
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
 from typing import Final
 
@@ -29,39 +28,36 @@ from workers.core.decision import (
     MarketChange,
 )
 
-# Ids of the settles a settlement makes: the same for a bet whichever writer makes it.
-SETTLE_ID_NAMESPACE: Final = uuid.UUID("6b1d6a4e-7c1a-4f0e-9a57-5b2f3d0c8e11")
-_VARIANT: Final = {d: "89ab"[int(d, 16) & 0b11] for d in "0123456789abcdef"}  # RFC 9562
-
-
-def writer_intent_id(name: str) -> str:
-    """``uuid5(SETTLE_ID_NAMESPACE, name)`` as text, built from the SHA-1 directly
-    (``uuid.uuid5`` cost ~11 us a bet, a tenth of settling it): the id of an intent the
-    writer makes itself, the same whichever writer makes it."""
-    h = hashlib.sha1(SETTLE_ID_NAMESPACE.bytes + name.encode(),
-                     usedforsecurity=False).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+WRITER_NONCE: Final = "writer-settlement"  # never claimed: the writer's own work
+SETTLE_ID_PREFIX: Final = "settle:"
 
 
 def settle_id(settlement_id: str, bet_id: str) -> str:
-    return writer_intent_id(f"{settlement_id}:{bet_id}")
-WRITER_NONCE: Final = "writer-settlement"  # never claimed: the writer's own work
+    """The id of the settle a settlement makes for a bet: the same whichever writer makes
+    it, and never a UUID, so no intent from the stream (whose ids are UUIDs) can take it
+    first and stop the settlement."""
+    return f"{SETTLE_ID_PREFIX}{settlement_id}:{bet_id}"
 
 
 class Settlement(msgspec.Struct, frozen=True):
-    """A market being settled: the settle_market's id, results and others, and the last
-    bet seq settled so far."""
+    """A market being settled: the settle_market's id, results and others, the seq of its
+    outcome (every bet on the market was placed before it), and the last bet seq settled
+    so far."""
 
     market: str
     id: str
     results: dict[str, str]
     others: str
+    seq: int
     through: int = 0
 
     @classmethod
-    def of(cls, market: str, settlement_json: str, through: int) -> Settlement:
+    def of(cls, market: str, settlement_json: str, through: int,
+           seq: int | None = None) -> Settlement:
+        """From the stored record (which holds its seq) or, with ``seq``, a decision's."""
         record = msgspec.json.decode(settlement_json)
-        return cls(market, record["id"], record["results"], record["others"], through)
+        return cls(market, record["id"], record["results"], record["others"],
+                   record["seq"] if seq is None else seq, through)
 
     def result_of(self, bet: BetState) -> str:
         return self.results.get(bet.selection, self.others)

@@ -24,7 +24,7 @@ from producer.contract import (
     new_settle_market,
     new_suspend_market,
 )
-from producer.errors import ConfigError
+from producer.errors import ConfigError, ContractError
 from producer.signing import Keyring
 from workers.adapters.ledger_queries import market_status, outcome_of
 from workers.adapters.ledger_store import read_ledger
@@ -70,6 +70,8 @@ def _intent(args: argparse.Namespace) -> MarketIntent:
             args.market)
     except ValidationError as exc:
         raise ConfigError(f"not a valid {args.action}: {_first_error(exc)}") from None
+    except ContractError as exc:
+        raise ConfigError(f"not a valid {args.action}: {exc}") from None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -18,6 +18,7 @@ from typing import Final
 import msgspec
 
 from producer.contract import MARKET_KINDS, now_ms
+from producer.errors import InvariantViolation
 from workers.adapters.intent_stream import Claims, Entry, Finish
 from workers.adapters.ledger_store import Store
 from workers.core.batch_rows import BatchWrite, OutcomeRow, build_batch
@@ -26,6 +27,7 @@ from workers.core.decision import (
     MARKET_CLOSED,
     MARKET_OPEN,
     SYSTEM_ACCOUNTS,
+    WRITER_ENTRY_PREFIX,
     BetState,
     Book,
     Candidate,
@@ -72,7 +74,7 @@ class Decided:
 
     batch: Batch
     write: BatchWrite | None
-    ingress: list[int]  # the new outcomes' ingress times, in order
+    ingress: list[int | None]  # the new outcomes' ingress times, in order (None: the writer's)
     repeats: list[Repeat]
     book_after: Book
 
@@ -88,9 +90,13 @@ class Decided:
 
 
 class BatchPipeline:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store,
+                 stream_clock: Callable[[], int] = now_ms) -> None:
+        """``stream_clock``: the clock ingress times come from (Redis's): holds fall due by
+        it, never by ours."""
         self._s = settings
         self._store = store
+        self._stream_clock = stream_clock
         self.balances: dict[int, int] = {}  # cache; valid only while we hold the epoch
         self.markets: dict[str, str] = {}  # cache of market states, "open" included
         self.settlements: list[Settlement] | None = None  # None: read them from the ledger
@@ -123,21 +129,24 @@ class BatchPipeline:
         fresh = reject_stale(fresh, now, self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
         fresh = reject_replays(fresh, claims)
         chunk = self._next_chunk(now)
-        expiring = self._holds_due(now)
-        if chunk is not None or expiring:  # the writer's own work, after the batch's intents
-            fresh = [*fresh, *(chunk.candidates if chunk else []),
-                     *expiry_candidates(expiring, now)]
-        decisions, after = decide_batch(fresh, self._book(fresh, chunk, expiring))
+        expiring = self._holds_due(self._stream_time(batch), fresh)
+        own = [*(chunk.candidates if chunk else []), *expiry_candidates(expiring, now)]
+        decisions, after = decide_batch([*fresh, *own], self._book([*fresh, *own], chunk,
+                                                                   expiring))
+        _require_own_work_accepted(decisions[len(decisions) - len(own):])
         change = chunk.change if chunk is not None else None
         write = (build_batch(decisions, self._store.heads, epoch, now_ms(), change)
                  if decisions or change is not None else None)
-        return Decided(batch, write, [d.candidate.ingress_ms for d in decisions], repeats, after)
+        # (the writer's own work has no ingress: measured from nothing, it would flatter)
+        ingress = [None if d.candidate.entry_id.startswith(WRITER_ENTRY_PREFIX)
+                   else d.candidate.ingress_ms for d in decisions]
+        return Decided(batch, write, ingress, repeats, after)
 
     def has_chores(self) -> bool:
         """Whether the writer has work of its own with nothing read: a market to settle, a
         hold that has fallen due."""
         due = self._hold_due()
-        return bool(self._settlements()) or (due is not None and due <= now_ms())
+        return bool(self._settlements()) or (due is not None and due <= self._stream_clock())
 
     def _hold_due(self) -> int | None:
         if not self._hold_due_known:
@@ -145,12 +154,23 @@ class BatchPipeline:
             self._hold_due_known = True
         return self.hold_due_ms
 
-    def _holds_due(self, now: int) -> list[HoldState]:
+    def _stream_time(self, batch: Batch) -> int:
+        """A time no intent still to be decided reached the stream before: the last entry
+        of this batch (later entries come after it), or, with none read, Redis's clock
+        now (an entry added later gets a later id)."""
+        return ingress_ms(batch.entries[-1][0]) if batch.entries else self._stream_clock()
+
+    def _holds_due(self, stream_ms: int, fresh: Sequence[Candidate]) -> list[HoldState]:
+        """Open holds due by ``stream_ms``: every post or void that reached the stream in
+        time has been decided by then. Not those this batch's own intents name: they are
+        decided first (a void after their post would be refused)."""
         due = self._hold_due()
-        if due is None or due > now:
+        if due is None or due > stream_ms:
             return []
         self._hold_due_known = False  # read again once these are closed
-        return self._store.holds_due(now, HOLD_EXPIRIES_PER_BATCH_MAX)
+        named = _named(fresh, "hold_id", HOLD_CLOSING_KINDS)
+        return [h for h in self._store.holds_due(stream_ms, HOLD_EXPIRIES_PER_BATCH_MAX)
+                if h.id not in named]
 
     def _settlements(self) -> list[Settlement]:
         """Markets being settled, oldest first; read from the ledger after a lead or a
@@ -164,7 +184,7 @@ class BatchPipeline:
         if not settlements:
             return None
         first, chunk_max = settlements[0], self._s.settle_chunk_bets_max
-        bets = self._store.open_bets_after(first.market, first.through, chunk_max)
+        bets = self._store.open_bets_after(first.market, first.through, first.seq, chunk_max)
         return Chunk(chunk_candidates(first, bets, now), {b.id: b for b in bets},
                      chunk_change(first, bets, chunk_max))
 
@@ -177,13 +197,13 @@ class BatchPipeline:
                                            or expires_at < self.hold_due_ms):
                 self.hold_due_ms = expires_at
 
-    def _follow(self, change: MarketChange) -> None:
-        """Our committed market change, in the caches."""
+    def _follow(self, change: MarketChange, seq: int) -> None:
+        """Our committed market change (made by the outcome ``seq``), in the caches."""
         self.markets[change.market] = change.state
         if self.settlements is None:
             return
         if change.settlement is not None:
-            self.settlements.append(Settlement.of(change.market, change.settlement, 0))
+            self.settlements.append(Settlement.of(change.market, change.settlement, 0, seq))
         elif change.state == MARKET_CLOSED:
             self.settlements = [s for s in self.settlements if s.market != change.market]
         elif change.settled_through is not None:
@@ -220,8 +240,8 @@ class BatchPipeline:
             raise
         self.balances.update(decided.book_after.balances)
         self.markets.update(decided.book_after.markets)
-        for change, _ in decided.write.market_changes:
-            self._follow(change)
+        for change, seq in decided.write.market_changes:
+            self._follow(change, seq)
         self._follow_holds(decided.write)
         return took_ms
 
@@ -271,6 +291,15 @@ class BatchPipeline:
         self.balances.update(self._store.load_balances(missing))
 
 
+def _require_own_work_accepted(decisions: Sequence) -> None:
+    """The writer's own settles and voids target what it found open: a refusal would move
+    its cursor past a bet, or stall on a hold, so it is a bug (never retried)."""
+    for d in decisions:
+        if d.status != ACCEPTED:
+            raise InvariantViolation(f"the writer's own {d.candidate.kind} "
+                                     f"{d.candidate.id} was refused: {d.reason}")
+
+
 def _named(fresh: Sequence[Candidate], field: str, kinds: frozenset[str]) -> set[str]:
     """The ``field`` (a bet id, a market) of every candidate of these kinds with an intent."""
     return {getattr(c.intent, field) for c in fresh if c.intent is not None and c.kind in kinds}
@@ -295,6 +324,6 @@ def _report(entries: Sequence[Entry], outcomes: Sequence[OutcomeRow], ingress: S
     rejected = Counter(o.reason or "" for o in outcomes if o.status != ACCEPTED)
     accepted = len(outcomes) - rejected.total()
     oldest = ingress_ms(entries[0][0]) if entries else None  # one read: in stream order
-    latencies = [o.committed_at - at for o, at in zip(outcomes, ingress)]
+    latencies = [o.committed_at - at for o, at in zip(outcomes, ingress) if at is not None]
     return BatchReport(len(entries), accepted, rejected, Counter(d.reason for d in dead),
                        len(repeats), commit_ms, oldest, latencies)

@@ -66,7 +66,8 @@ class Writer:
         self._lease = LeaseKeeper(self.lease, settings.lease_renew_ms)
         self.source = BatchSource(settings, self.stream, self._lease, self._keyring())
         self._store: Store | None = store if isinstance(store, Store) else None
-        self.pipeline = BatchPipeline(settings, self._store) if self._store else None
+        self.pipeline = (BatchPipeline(settings, self._store, self.stream.server_ms)
+                         if self._store else None)
         self.epoch = 0
         self._trimmed_at = 0.0
         self._deferred: Committed | None = None  # committed; finished during the next commit
@@ -147,7 +148,7 @@ class Writer:
             self._store = self._retry("open_store", self._open_store, stop)
             if self._store is None:
                 return False
-            self.pipeline = BatchPipeline(self._s, self._store)
+            self.pipeline = BatchPipeline(self._s, self._store, self.stream.server_ms)
         return True
 
     def _stand_by(self, stop: threading.Event) -> None:
