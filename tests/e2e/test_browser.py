@@ -107,11 +107,13 @@ def test_bet_slip_shows_a_bets_whole_life_and_greys_out_a_suspended_market(
     with sync_playwright() as pw:
         browser, page = open_slip(pw, pipe.http, user=4)
         slips = {}
-        for market, selection in (("final", "home"), ("cup", "away"), ("semi", "draw")):
+        for placed, (market, selection) in enumerate((("final", "home"), ("cup", "away"),
+                                                      ("semi", "draw"))):
             page.fill("#market", market)
             page.select_option("#selection", selection)
             page.fill("#stake", "2.00")
             page.click("#place")
+            expect(page.locator(".slip")).to_have_count(placed + 1)  # this bet's slip is first
             slip = page.locator(".slip").first
             expect(slip).to_have_attribute("data-status", "accepted", timeout=15_000)
             slips[market] = page.locator(f'[data-id="{slip.get_attribute("data-id")}"]')
@@ -136,6 +138,7 @@ def test_bet_slip_shows_a_bets_whole_life_and_greys_out_a_suspended_market(
         expect(page.locator("#market-state")).to_have_text("suspended")
         expect(page.locator("#market")).to_have_css("opacity", "0.45")
         page.click("#place")
+        expect(page.locator(".slip")).to_have_count(4)
         refused = page.locator(".slip").first
         expect(refused).to_have_attribute("data-status", "rejected", timeout=15_000)
         expect(refused).to_contain_text("Market suspended")

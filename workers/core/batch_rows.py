@@ -99,6 +99,7 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
     deltas: dict[int, int] = defaultdict(int)
     add_outcome, add_row = outcomes.append, ledger.append
     seq, entry_id = heads.seq, heads.entry_id
+    contract_1_1 = False  # a market or hold decision in the batch (rare: rows of their own)
     for d in decisions:
         cand = d.candidate
         seq += 1
@@ -108,7 +109,7 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
         if not _posts(d):
             continue
         txn_id, kind = cand.id, cand.kind
-        ref_id = _reference(d, txn_id)
+        ref_id = d.ref or txn_id  # the bet a settle settles, the hold a post or void closes
         for account, amount in postings:
             entry_id += 1
             add_row((entry_id, txn_id, account, amount, kind, ref_id, now))
@@ -116,13 +117,15 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
         if d.new_bet:
             placed[d.new_bet.id] = seq  # a settle later in this batch refers to it by this
             new_bets.append(_bet_row(d.new_bet, cand, seq))
-        if d.settled_bet:
+        elif d.settled_bet:
             bet_seq = d.settled_bet.seq if d.settled_bet.seq is not None else placed.get(
                 d.settled_bet.id)
             require(bet_seq is not None, "a settled bet must have been placed")
             settled.append((d.settled_bet.status, seq, bet_seq))
-    markets = _market_changes(decisions, outcomes, chunk, seq)
-    new_holds, closed_holds = _hold_rows(decisions, outcomes)
+        elif d.rare:
+            contract_1_1 = True
+    markets = _market_changes(decisions, outcomes, chunk, seq, contract_1_1)
+    new_holds, closed_holds = _hold_rows(decisions, outcomes, contract_1_1)
     digest = batch_hash(heads.hash, ledger)
     after = Heads(seq, batch_no, entry_id, digest)
     return BatchWrite(
@@ -132,19 +135,13 @@ def build_batch(decisions: Sequence[Decision], heads: Heads, epoch: int, now: in
     )
 
 
-def _reference(d: Decision, txn_id: str) -> str:
-    """A ledger row's ref_id: the bet a settle settles, the hold a post or void closes, or
-    the intent itself."""
-    if d.settled_bet is not None:
-        return d.settled_bet.id
-    return d.closed_hold.id if d.closed_hold is not None else txn_id
-
-
-def _hold_rows(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow]
+def _hold_rows(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow], any_decided: bool
                ) -> tuple[list[tuple[str, int, int, int | None, int]], list[tuple[str, int, str]]]:
-    """Holds opened (id, user, amount, expires_at, seq) and closed (state, seq, id)."""
-    opened, closed = [], []
-    for d, o in zip(decisions, outcomes):
+    """Holds opened (id, user, amount, expires_at, seq) and closed (state, seq, id), looked
+    for only when ``any_decided``."""
+    opened: list[tuple[str, int, int, int | None, int]] = []
+    closed: list[tuple[str, int, str]] = []
+    for d, o in zip(decisions, outcomes) if any_decided else ():
         if d.new_hold is not None:
             h = d.new_hold
             opened.append((h.id, h.user_id, h.amount, h.expires_at, o.seq))
@@ -154,11 +151,13 @@ def _hold_rows(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow]
 
 
 def _market_changes(decisions: Sequence[Decision], outcomes: Sequence[OutcomeRow],
-                    chunk: MarketChange | None, last_seq: int) -> list[tuple[MarketChange, int]]:
-    """Each market change with the seq of the outcome that made it, in order; a settlement
-    chunk's cursor last, as of the batch's last outcome."""
+                    chunk: MarketChange | None, last_seq: int,
+                    any_decided: bool) -> list[tuple[MarketChange, int]]:
+    """Each market change with the seq of the outcome that made it, in order (looked for
+    only when ``any_decided``); a settlement chunk's cursor last, as of the batch's last
+    outcome."""
     changes = [(d.market_change, o.seq) for d, o in zip(decisions, outcomes)
-               if d.market_change is not None]
+               if d.market_change is not None] if any_decided else []
     return changes + [(chunk, last_seq)] if chunk is not None else changes
 
 

@@ -134,6 +134,8 @@ class Decision(msgspec.Struct, gc=False):  # never mutated
     market_change: MarketChange | None = None  # for market kinds
     new_hold: HoldState | None = None
     closed_hold: HoldState | None = None  # a hold posted, voided or expired by this intent
+    ref: str | None = None  # its ledger rows' ref_id when not its own id: a bet, a hold
+    rare: bool = False  # a market or hold decision: rows of their own (batch_rows)
 
 
 @dataclass(slots=True)
@@ -247,7 +249,8 @@ def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book)
     settled = msgspec.structs.replace(bet, status=intent.outcome)
     book.bets[bet.id] = settled
     balance = book.balances[intent.user_id]
-    return Decision(candidate, ACCEPTED, None, balance, postings, settled_bet=settled)
+    return Decision(candidate, ACCEPTED, None, balance, postings, settled_bet=settled,
+                    ref=bet.id)
 
 
 def _market(candidate: Candidate, intent: MarketIntent, book: Book) -> Decision:
@@ -267,7 +270,7 @@ def _market(candidate: Candidate, intent: MarketIntent, book: Book) -> Decision:
         new = MARKET_SUSPENDED if intent.kind == "suspend_market" else MARKET_OPEN
     book.markets[intent.market] = new
     change = MarketChange(intent.market, new, settlement, 0 if settlement else None)
-    return Decision(candidate, ACCEPTED, None, None, market_change=change)
+    return Decision(candidate, ACCEPTED, None, None, market_change=change, rare=True)
 
 
 def _hold(candidate: Candidate, intent: WithdrawalHoldIntent, book: Book) -> Decision:
@@ -281,7 +284,7 @@ def _hold(candidate: Candidate, intent: WithdrawalHoldIntent, book: Book) -> Dec
                else None)
     hold = HoldState(intent.id, intent.user_id, intent.amount, HOLD_OPEN, expires)
     book.holds[hold.id] = hold
-    return msgspec.structs.replace(decision, new_hold=hold)
+    return msgspec.structs.replace(decision, new_hold=hold, rare=True)
 
 
 def _close_hold(candidate: Candidate, intent: WithdrawalPostIntent | WithdrawalVoidIntent,
@@ -300,7 +303,8 @@ def _close_hold(candidate: Candidate, intent: WithdrawalPostIntent | WithdrawalV
     closed = msgspec.structs.replace(hold, state=_closed_state(intent.kind, by_writer))
     book.holds[hold.id] = closed
     return Decision(candidate, ACCEPTED, None, book.balances[hold.user_id], postings,
-                    closed_hold=closed, detail=HOLD_EXPIRED_DETAIL if by_writer else None)
+                    closed_hold=closed, detail=HOLD_EXPIRED_DETAIL if by_writer else None,
+                    ref=hold.id, rare=True)
 
 
 def _hold_refusal(candidate: Candidate, hold: HoldState | None, by_writer: bool) -> str | None:

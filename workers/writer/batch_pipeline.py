@@ -27,7 +27,6 @@ from workers.core.decision import (
     MARKET_CLOSED,
     MARKET_OPEN,
     SYSTEM_ACCOUNTS,
-    WRITER_ENTRY_PREFIX,
     BetState,
     Book,
     Candidate,
@@ -137,9 +136,11 @@ class BatchPipeline:
         change = chunk.change if chunk is not None else None
         write = (build_batch(decisions, self._store.heads, epoch, now_ms(), change)
                  if decisions or change is not None else None)
-        # (the writer's own work has no ingress: measured from nothing, it would flatter)
-        ingress = [None if d.candidate.entry_id.startswith(WRITER_ENTRY_PREFIX)
-                   else d.candidate.ingress_ms for d in decisions]
+        # (the writer's own work, last, has no ingress: measured from now, it would flatter)
+        stream_decided = len(decisions) - len(own)
+        ingress: list[int | None] = [d.candidate.ingress_ms
+                                     for d in decisions[:stream_decided]]
+        ingress += [None] * len(own)
         return Decided(batch, write, ingress, repeats, after)
 
     def has_chores(self) -> bool:
