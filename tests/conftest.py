@@ -244,7 +244,9 @@ class Procs:
 
 
 @pytest.fixture
-def procs(env: dict[str, str], tmp_path: Path) -> Iterator[Procs]:
+def procs(env: dict[str, str], tmp_path: Path, redis_client: redis.Redis) -> Iterator[Procs]:
+    """Processes on this test's clean Redis (``redis_client`` flushed it): a key an earlier
+    test left on the worker's server (a lease set without expiry) must not reach them."""
     p = Procs(env, tmp_path)
     yield p
     p.stop_all()
