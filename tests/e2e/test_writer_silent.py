@@ -1,8 +1,8 @@
-"""A writer cannot die silently (issue 29, item 7).
+"""A writer cannot die silently.
 
-Seen: a writer died of SIGBUS (its ledger's ``-shm`` made immutable) with nothing logged;
-the breaker stayed CLOSED, producers kept sending, and after the restart 11,150 intents were
-rejected ``stale``. Now a fatal signal leaves a traceback in the log (``faulthandler``, in
+A writer killed by a signal (SIGBUS on a ledger whose ``-shm`` cannot be written) logs
+nothing and moves the breaker no more: producers would keep sending until their intents
+turned ``stale``. So a fatal signal leaves a traceback in the log (``faulthandler``, in
 the writer and in its admission child), and a writer silent past
 ``WRITER_SILENT_MAX_MS`` while intents wait opens the breaker. Here the watcher runs in the
 test, as the gateway runs it; a returning writer closes the breaker as after any fault.

@@ -1,5 +1,5 @@
 """Private files: what betstream creates is mode 0600 (even under the usual umask 022), and a
-keyring or gateway secret that others may write is refused (issue 29, item 4)."""
+keyring or gateway secret that others may write is refused."""
 
 from __future__ import annotations
 

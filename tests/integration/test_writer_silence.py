@@ -1,4 +1,4 @@
-"""A writer cannot die silently (issue 29, item 7): a watcher opens the breaker once no
+"""A writer cannot die silently: a watcher opens the breaker once no
 writer has shown a sign of life for ``WRITER_SILENT_MAX_MS`` while intents wait, against a
 real Redis (beacons written by the writer's own ``HealthBeacon``; the watcher's clock is
 injected, so hours of silence take no time)."""

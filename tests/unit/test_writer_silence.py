@@ -1,4 +1,4 @@
-"""How a watcher reckons a writer's silence from its beacons (issue 29, item 7): pure rules
+"""How a watcher reckons a writer's silence from its beacons: pure rules
 with an injected clock, and the settings that bound it."""
 
 from __future__ import annotations
