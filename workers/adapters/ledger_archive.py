@@ -30,6 +30,7 @@ from workers.adapters.ledger_store import (
     SQL_VARIABLES_MAX,
     connect,
     schema_sql,
+    table_names,
 )
 from workers.core.archive_rules import CARRY_REF, carried, carry_entry_id, period_of
 from workers.core.hash_chain import GENESIS_HASH
@@ -320,7 +321,7 @@ def _open_live(db: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     if not Path(db).exists():
         raise ConfigError(f"database not found: {db}")
     conn = connect(db, busy_timeout_ms)
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = table_names(conn)
     if "archive_anchor" not in tables:
         conn.close()
         raise ConfigError(f"{db} predates archival (schema 3): start the writer once to "

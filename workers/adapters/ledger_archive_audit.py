@@ -23,7 +23,12 @@ from workers.adapters.ledger_archive import (
     read_anchor,
 )
 from workers.adapters.ledger_audit import Check, require_ledger, run_checks
-from workers.adapters.ledger_store import LEDGER_BY_USER_INDEX, connect, schema_sql
+from workers.adapters.ledger_store import (
+    LEDGER_BY_USER_INDEX,
+    connect,
+    schema_sql,
+    table_names,
+)
 
 TABLES = (("batches", BATCH_COLS), ("transaction_ledger", LEDGER_COLS),
           ("outcomes", OUTCOME_COLS), ("bets", BET_COLS))
@@ -34,7 +39,7 @@ LIVE_ONLY_TABLES = (("markets", "market, state, updated_seq, settlement, settled
 
 def archive_files(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
     """(file, first_batch, through_batch) in chain order; none before archival existed."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = table_names(conn)
     if "archive_files" not in tables:
         return []
     return conn.execute("SELECT file, first_batch, through_batch FROM archive_files "
@@ -79,7 +84,7 @@ def _copy_live(merged: sqlite3.Connection, db: Path,
         for table, cols in TABLES:
             where = " WHERE entry_id > 0" if table == "transaction_ledger" else ""
             _insert(merged, table, cols, live.execute(f"SELECT {cols} FROM {table}{where}"))
-        present = {r[0] for r in live.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        present = table_names(live)
         for table, cols in LIVE_ONLY_TABLES:
             if table in present:
                 _insert(merged, table, cols, live.execute(f"SELECT {cols} FROM {table}"))

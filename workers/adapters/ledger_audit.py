@@ -15,7 +15,7 @@ from typing import Final
 from producer.contract import MARKET_KINDS
 from producer.errors import ConfigError
 from workers.adapters.ledger_listing import LISTED_ACCOUNT_MIN, MARK_SQL, has_user_entries
-from workers.adapters.ledger_store import connect
+from workers.adapters.ledger_store import connect, table_names
 from workers.core.hash_chain import GENESIS_HASH, batch_hash
 
 EXAMPLES_MAX: Final = 5  # offending ids shown per failed check
@@ -41,8 +41,7 @@ def _none(name: str, sql: str, what: str, needs: str | None = None
     """A check that passes when ``sql`` returns no rows; one that ``needs`` a table an older
     schema version lacks (a backup made before it) passes with nothing to check."""
     def run(conn: sqlite3.Connection) -> Check:
-        if needs is not None and not _rows(conn, "SELECT 1 FROM sqlite_master WHERE type = "
-                                                 f"'table' AND name = '{needs}'"):
+        if needs is not None and needs not in table_names(conn):
             return Check(name, True, f"nothing to check (no {needs} table in this file)")
         bad = _rows(conn, sql)
         if not bad:
@@ -207,7 +206,7 @@ def audit(path: Path, busy_timeout_ms: int = 5000) -> list[Check]:
 def run_checks(conn: sqlite3.Connection) -> list[Check]:
     """Every check on an open connection (a ledger written before archival existed has no
     anchor table: an empty temporary one stands in, so the checks read the same)."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = table_names(conn)
     if "archive_anchor" not in tables:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS archive_anchor(through_batch INTEGER, "
                      "head_hash TEXT, seq_max INTEGER)")
@@ -215,7 +214,7 @@ def run_checks(conn: sqlite3.Connection) -> list[Check]:
 
 
 def require_ledger(conn: sqlite3.Connection, path: Path) -> None:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = table_names(conn)
     missing = {"users", "transaction_ledger", "bets", "outcomes", "batches", "meta"} - tables
     if missing:
         raise ConfigError(f"{path} is not a betstream ledger (missing {sorted(missing)})")

@@ -18,7 +18,7 @@ from workers.adapters.ledger_listing import (
     has_user_entries,
     read_mark,
 )
-from workers.adapters.ledger_store import connect
+from workers.adapters.ledger_store import connect, table_names
 from workers.core.archive_rules import SYSTEM_ACCOUNT_MIN, carry_entry_id
 
 
@@ -81,7 +81,7 @@ def statement(db: Path, user_id: int, since_ms: int = 0, busy_timeout_ms: int = 
 def _holds(conn: sqlite3.Connection, user_id: int) -> list[dict[str, Any]]:
     """The account's withdrawal holds and their state (open, posted, voided, expired)."""
     keys = ("id", "amount", "state", "expires_at")
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'holds'").fetchone():
+    if "holds" not in table_names(conn):
         return []  # a file from before holds existed (a backup)
     rows = conn.execute("SELECT id, amount, state, expires_at FROM holds WHERE user_id = ? "
                         "ORDER BY seq", (user_id,))

@@ -101,6 +101,11 @@ def read_ledger(path: Path, busy_timeout_ms: int, read: Callable[[sqlite3.Connec
         conn.close()
 
 
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    """The tables a ledger file has (older schema versions lack the newer ones)."""
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _with_seq(settlement: str | None, seq: int) -> str | None:
     """A settle_market's stored record: its results and the seq of its own outcome."""
     if settlement is None:
