@@ -33,7 +33,7 @@ from workers.adapters.confirmer_progress import load_progress, save_progress
 from workers.adapters.ledger_queries import outcome_seq_max, outcomes_after
 from workers.adapters.ledger_store import connect
 from workers.adapters.redis_lease import Lease, LeaseKeeper
-from workers.core.decision import WRITER_ENTRY_PREFIX
+from workers.core.decision import writers_own
 from workers.core.intake import ingress_ms
 from workers.logs import get_logger
 from workers.settings import Settings
@@ -92,7 +92,7 @@ class Confirmer:
         last = rows[-1][6] if rows else self.published
         # (the writer's own settles came in by no stream entry: no ingress to measure from)
         new = [ingress_ms(e) for r, e in zip(rows, entry_ids)
-               if r[6] > self._high and not e.startswith(WRITER_ENTRY_PREFIX)]
+               if r[6] > self._high and not writers_own(e)]
         before = self._publisher.publish_round(rows, new, last)
         self._beat_at = time.monotonic()
         if self._lost_since(before, conn):

@@ -56,8 +56,14 @@ MARKET_RESULTED: Final = (MARKET_SETTLING, MARKET_CLOSED)
 _MARKET_REFUSALS: Final = {MARKET_SUSPENDED: "market_suspended",
                            MARKET_SETTLING: "market_closed", MARKET_CLOSED: "market_closed"}
 # Stream entry ids are "<ms>-<n>"; an entry id with this prefix is the writer's own work
-# (a bet settled for a settle_market), never something read from the stream.
+# (a bet settled for a settle_market, a hold voided for its time), never read from the stream.
 WRITER_ENTRY_PREFIX: Final = "writer:"
+HOLD_CLOSING_KINDS: Final = frozenset({"withdrawal_post", "withdrawal_void"})  # ``hold_id``
+
+
+def writers_own(entry_id: str) -> bool:
+    """Whether an outcome's entry is the writer's own work rather than a stream entry."""
+    return entry_id.startswith(WRITER_ENTRY_PREFIX)
 
 
 # Records made for every intent (Candidate, Decision, BetState, and batch.OutcomeRow) are
@@ -182,7 +188,7 @@ def decide(candidate: Candidate, book: Book) -> Decision:
         return _market(candidate, intent, book)
     if kind == "withdrawal_hold":
         return _hold(candidate, intent, book)
-    if kind in ("withdrawal_post", "withdrawal_void"):
+    if kind in HOLD_CLOSING_KINDS:
         return _close_hold(candidate, intent, book)
     raise TypeError(f"no decision for {type(intent).__name__}")  # programmer error
 
@@ -240,7 +246,7 @@ def _settle(candidate: Candidate, intent: SettleIntent | FastSettle, book: Book)
     if bet is None or bet.user_id != intent.user_id:
         return _reject(candidate, book, "unknown_bet")
     if bet.status != "open" or (book.markets.get(bet.market) in MARKET_RESULTED
-                                and not candidate.entry_id.startswith(WRITER_ENTRY_PREFIX)):
+                                and not writers_own(candidate.entry_id)):
         return _reject(candidate, book, "already_settled")  # (or its market's settlement is)
     postings = settlement_postings(bet, intent.outcome)
     if not _within_bounds(book, postings):
@@ -291,7 +297,7 @@ def _close_hold(candidate: Candidate, intent: WithdrawalPostIntent | WithdrawalV
                 book: Book) -> Decision:
     """Post (pending -> cash) or void (pending -> player) an open hold of this player."""
     hold = book.holds.get(intent.hold_id)
-    by_writer = candidate.entry_id.startswith(WRITER_ENTRY_PREFIX)  # its expiry
+    by_writer = writers_own(candidate.entry_id)  # its expiry
     refusal = _hold_refusal(candidate, hold, by_writer)
     if refusal is not None:
         return _reject(candidate, book, refusal)

@@ -24,6 +24,7 @@ from workers.adapters.ledger_store import Store
 from workers.core.batch_rows import BatchWrite, OutcomeRow, build_batch
 from workers.core.decision import (
     ACCEPTED,
+    HOLD_CLOSING_KINDS,
     MARKET_CLOSED,
     MARKET_OPEN,
     SYSTEM_ACCOUNTS,
@@ -46,7 +47,6 @@ BALANCE_CACHE_SIZE_MAX: Final = 1_000_000  # accounts; past this the cache start
 MARKET_CACHE_SIZE_MAX: Final = 100_000  # markets; past this the cache starts afresh
 MARKET_NAMING_KINDS: Final = frozenset({"bet", *MARKET_KINDS})  # intents with a ``market``
 SETTLE_KINDS: Final = frozenset({"settle"})  # intents with a ``bet_id``
-HOLD_CLOSING_KINDS: Final = frozenset({"withdrawal_post", "withdrawal_void"})  # ``hold_id``
 HOLD_EXPIRIES_PER_BATCH_MAX: Final = 1_000  # holds one batch voids for their time
 
 
@@ -107,16 +107,20 @@ class BatchPipeline:
         if self._committer is not None:
             self._committer.shutdown(wait=True)
 
-    def forget(self, accounts: Sequence[int] | None = None) -> None:
-        """Drop cached balances (all, or those a failed batch touched)."""
+    def forget(self, accounts: Sequence[int] | None = None,
+               markets: Sequence[str] = ()) -> None:
+        """Drop cached balances and market states (all, or those a failed batch touched);
+        the settlements and the next hold due are read from the ledger again either way."""
         if accounts is None:
             self.balances.clear()
             self.markets.clear()
-            self.settlements = None
-            self._hold_due_known = False
         else:
             for account in accounts:
                 self.balances.pop(account, None)
+            for market in markets:
+                self.markets.pop(market, None)
+        self.settlements = None
+        self._hold_due_known = False
 
     def decide(self, batch: Batch, claims: Claims, now: int, epoch: int) -> Decided:
         """Repeats, freshness at ``now``, replays (``claims``: the nonce claims of every
@@ -128,10 +132,11 @@ class BatchPipeline:
         fresh = reject_stale(fresh, now, self._s.intent_age_max_ms, self._s.clock_skew_max_ms)
         fresh = reject_replays(fresh, claims)
         chunk = self._next_chunk(now)
-        expiring = self._holds_due(self._stream_time(batch), fresh)
+        closing = _named(fresh, "hold_id", HOLD_CLOSING_KINDS)  # holds the batch posts or voids
+        expiring = self._holds_due(self._stream_time(batch), closing)
         own = [*(chunk.candidates if chunk else []), *expiry_candidates(expiring, now)]
-        decisions, after = decide_batch([*fresh, *own], self._book([*fresh, *own], chunk,
-                                                                   expiring))
+        todo = [*fresh, *own]
+        decisions, after = decide_batch(todo, self._book(todo, chunk, expiring, closing))
         _require_own_work_accepted(decisions[len(decisions) - len(own):])
         change = chunk.change if chunk is not None else None
         write = (build_batch(decisions, self._store.heads, epoch, now_ms(), change)
@@ -161,17 +166,16 @@ class BatchPipeline:
         now (an entry added later gets a later id)."""
         return ingress_ms(batch.entries[-1][0]) if batch.entries else self._stream_clock()
 
-    def _holds_due(self, stream_ms: int, fresh: Sequence[Candidate]) -> list[HoldState]:
+    def _holds_due(self, stream_ms: int, closing: set[str]) -> list[HoldState]:
         """Open holds due by ``stream_ms``: every post or void that reached the stream in
-        time has been decided by then. Not those this batch's own intents name: they are
-        decided first (a void after their post would be refused)."""
+        time has been decided by then. Not those this batch's own intents close
+        (``closing``): they are decided first (a void after their post would be refused)."""
         due = self._hold_due()
         if due is None or due > stream_ms:
             return []
         self._hold_due_known = False  # read again once these are closed
-        named = _named(fresh, "hold_id", HOLD_CLOSING_KINDS)
         return [h for h in self._store.holds_due(stream_ms, HOLD_EXPIRIES_PER_BATCH_MAX)
-                if h.id not in named]
+                if h.id not in closing]
 
     def _settlements(self) -> list[Settlement]:
         """Markets being settled, oldest first; read from the ledger after a lead or a
@@ -233,11 +237,7 @@ class BatchPipeline:
         try:
             took_ms = commit()
         except Exception:
-            self.forget(list(decided.book_after.balances))
-            for market in decided.book_after.markets:
-                self.markets.pop(market, None)
-            self.settlements = None
-            self._hold_due_known = False
+            self.forget(list(decided.book_after.balances), list(decided.book_after.markets))
             raise
         self.balances.update(decided.book_after.balances)
         self.markets.update(decided.book_after.markets)
@@ -252,8 +252,9 @@ class BatchPipeline:
         return (time.perf_counter() - started) * 1000
 
     def _book(self, fresh: list[Candidate], chunk: Chunk | None,
-              expiring: list[HoldState]) -> Book:
-        """The balances, bets, market states and holds the batch's decisions read."""
+              expiring: list[HoldState], closing: set[str]) -> Book:
+        """The balances, bets, market states and holds the batch's decisions read
+        (``closing``: the holds its intents post or void)."""
         wanted = {c.user_id for c in fresh} | set(SYSTEM_ACCOUNTS)
         self._cache_balances(wanted)
         bets = dict(chunk.bets) if chunk is not None else {}
@@ -263,9 +264,8 @@ class BatchPipeline:
         markets = self._market_states(_named(fresh, "market", MARKET_NAMING_KINDS)
                                       | {b.market for b in bets.values()})
         holds = {h.id: h for h in expiring}
-        closing = _named(fresh, "hold_id", HOLD_CLOSING_KINDS) - holds.keys()
-        if closing:
-            holds.update(self._store.load_holds(closing))
+        if stored := closing - holds.keys():
+            holds.update(self._store.load_holds(stored))
         return Book({a: self.balances[a] for a in wanted if a in self.balances}, bets, markets,
                     holds)
 
